@@ -1,0 +1,1 @@
+//! dynia's control layer: configuration files, the admin API, daemon wiring and status.

@@ -1,0 +1,1 @@
+//! dynia's data plane: the L7 proxy that replaces HAProxy on every node.

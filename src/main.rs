@@ -1,0 +1,2 @@
+//! The `dynia` command: CLI parsing and wiring only.
+fn main() {}

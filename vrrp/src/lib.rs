@@ -1,0 +1,1 @@
+//! dynia's election (replaces keepalived): a pure state machine, advert codecs, Reserved-IP drivers.
