@@ -1,1 +1,301 @@
 //! dynia's data plane: the L7 proxy that replaces HAProxy on every node.
+//!
+//! [`Proxy`] owns the listeners, the swappable [`state::Snapshot`] the data
+//! path reads through `ArcSwap`, and the registry of backends whose health
+//! survives reloads. The control layer builds a [`ProxyConfig`] from the node
+//! file and the cluster document and calls [`Proxy::start`] / [`Proxy::apply`];
+//! it reads [`Proxy::status`] for `/status.json` and election tracking.
+
+pub mod backend;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod forward;
+pub mod health;
+mod io;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use backend::Health;
+pub use config::{
+    AdminState, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, ProxyConfig,
+    ServiceConfig,
+};
+pub use metrics::ProxyMetrics;
+
+use state::{Registry, Snapshot};
+
+/// Why the proxy could not start or take a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid proxy configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("listener `{name}`: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// State shared by the accept loops, connections and the control handle.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) metrics: ProxyMetrics,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) tracker: TaskTracker,
+    /// Fired at shutdown: every connection finishes gracefully.
+    pub(crate) stop: CancellationToken,
+    registry: Mutex<Registry>,
+    listeners: Mutex<Vec<Running>>,
+}
+
+struct Running {
+    name: Arc<str>,
+    bind: SocketAddr,
+    local: SocketAddr,
+    stop: CancellationToken,
+    alive: Arc<AtomicBool>,
+}
+
+/// Handle to a running proxy. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+/// One listener as it runs.
+#[derive(Debug, Clone)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub local: SocketAddr,
+    pub serving: bool,
+}
+
+/// A service's pool as the proxy sees it now.
+#[derive(Debug, Clone)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of a service's pool.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub health: Health,
+    pub state: AdminState,
+    pub inflight: usize,
+}
+
+impl Proxy {
+    /// Validates `config`, binds its listeners and starts serving and checking.
+    /// Must be called inside a Tokio runtime.
+    pub async fn start(
+        config: ProxyConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<Proxy, ProxyError> {
+        config.validate()?;
+        let metrics = ProxyMetrics::new(registry)?;
+        let mut reg = Registry::new(metrics.clone());
+        let listeners = config.listeners.clone();
+        let bound = bind_all(&listeners)?;
+        let snapshot = reg.build(config);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            connections: AtomicUsize::new(0),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            registry: Mutex::new(reg),
+            listeners: Mutex::new(Vec::new()),
+        });
+        let proxy = Proxy { shared };
+        for (l, tcp) in listeners.iter().zip(bound) {
+            proxy.run_listener(l, tcp);
+        }
+        Ok(proxy)
+    }
+
+    fn run_listener(&self, l: &ListenerConfig, tcp: tokio::net::TcpListener) {
+        let local = tcp.local_addr().unwrap_or(l.bind);
+        let stop = CancellationToken::new();
+        let alive = Arc::new(AtomicBool::new(true));
+        let name: Arc<str> = l.name.as_str().into();
+        tracing::info!(listener = %name, addr = %local, "listening");
+        let (s, n, st, a) = (
+            self.shared.clone(),
+            name.clone(),
+            stop.clone(),
+            alive.clone(),
+        );
+        tokio::spawn(async move {
+            server::accept_loop(s, tcp, n, st).await;
+            a.store(false, Ordering::Relaxed);
+        });
+        lock(&self.shared.listeners).push(Running {
+            name,
+            bind: l.bind,
+            local,
+            stop,
+            alive,
+        });
+    }
+
+    /// Hot swap: validates `config`, binds new listeners, then stores the new
+    /// snapshot in one step. On any error nothing changes.
+    pub fn apply(&self, config: ProxyConfig) -> Result<(), ProxyError> {
+        config.validate()?;
+        let running: Vec<(Arc<str>, SocketAddr)> = lock(&self.shared.listeners)
+            .iter()
+            .map(|r| (r.name.clone(), r.bind))
+            .collect();
+        let new: Vec<ListenerConfig> = config
+            .listeners
+            .iter()
+            .filter(|l| !running.iter().any(|(n, b)| **n == *l.name && *b == l.bind))
+            .cloned()
+            .collect();
+        // Stop listeners that go away or move before binding their successors,
+        // so a listener can change its address to one it frees.
+        let removed: Vec<Running> = {
+            let mut all = lock(&self.shared.listeners);
+            let (gone, keep): (Vec<_>, Vec<_>) = all.drain(..).partition(|r| {
+                !config
+                    .listeners
+                    .iter()
+                    .any(|l| *l.name == *r.name && l.bind == r.bind)
+            });
+            *all = keep;
+            gone
+        };
+        let bound = match bind_all(&new) {
+            Ok(b) => b,
+            Err(e) => {
+                // Put the old listeners back untouched: nothing changes.
+                lock(&self.shared.listeners).extend(removed);
+                return Err(e);
+            }
+        };
+        for r in &removed {
+            r.stop.cancel();
+            tracing::info!(listener = %r.name, addr = %r.local, "listener closed");
+        }
+        let snapshot = lock(&self.shared.registry).build(config);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        for (l, tcp) in new.iter().zip(bound) {
+            self.run_listener(l, tcp);
+        }
+        Ok(())
+    }
+
+    /// The configuration currently served.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.shared.snapshot.load().config.clone()
+    }
+
+    /// Listeners with the address each is bound to.
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        lock(&self.shared.listeners)
+            .iter()
+            .map(|r| ListenerStatus {
+                name: r.name.to_string(),
+                local: r.local,
+                serving: r.alive.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Every service's pool with health, admin state and in-flight counts.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        let snap = self.shared.snapshot.load();
+        snap.services
+            .iter()
+            .zip(&snap.config.services)
+            .map(|(rt, cfg)| ServiceStatus {
+                name: rt.name.to_string(),
+                hosts: cfg.hosts.iter().map(|h| h.to_string()).collect(),
+                members: rt
+                    .members
+                    .iter()
+                    .map(|m| MemberStatus {
+                        id: m.backend.member.to_string(),
+                        addr: m.backend.addr,
+                        health: m.backend.health(),
+                        state: m.state,
+                        inflight: m.backend.inflight(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Whether this node's proxy can serve: every listener accepting, and, if
+    /// any service is configured, at least one service with a member not DOWN.
+    pub fn can_serve(&self) -> bool {
+        let listening = lock(&self.shared.listeners)
+            .iter()
+            .all(|r| r.alive.load(Ordering::Relaxed));
+        let snap = self.shared.snapshot.load();
+        let some_member = snap.services.is_empty()
+            || snap.services.iter().any(|s| {
+                s.members
+                    .iter()
+                    .any(|m| m.state != AdminState::Maint && m.backend.health() != Health::Down)
+            });
+        listening && some_member
+    }
+
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets connections finish within `grace`, stops checks.
+    /// Returns whether every connection finished in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        for r in lock(&self.shared.listeners).drain(..) {
+            r.stop.cancel();
+        }
+        self.shared.stop.cancel();
+        self.shared.tracker.close();
+        let done = tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_ok();
+        lock(&self.shared.registry).stop();
+        done
+    }
+}
+
+fn bind_all(listeners: &[ListenerConfig]) -> Result<Vec<tokio::net::TcpListener>, ProxyError> {
+    listeners
+        .iter()
+        .map(|l| {
+            server::bind(l.bind).map_err(|source| ProxyError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Locks a mutex of the control path, recovering from a poisoned one.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

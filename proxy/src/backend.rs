@@ -1,0 +1,234 @@
+//! One (service, member) endpoint: its health, its in-flight count and its
+//! pool of kept-alive HTTP/1.1 connections.
+//!
+//! A `Backend` outlives configuration swaps for as long as its
+//! (service, member, address) still exists, which is how health state survives
+//! reloads. Everything the data path reads here is an atomic; the idle pool is
+//! a bounded lock-free queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::body::ReqBody;
+use crate::metrics::MemberMetrics;
+
+/// Idle upstream connections kept per backend.
+pub const POOL_CAPACITY: usize = 256;
+/// An idle upstream connection older than this is closed rather than reused.
+pub const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
+
+/// Health of a member for one service, as the checker last judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked yet (or in MAINT): routable, passive failures still retry.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Health::Unknown => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        }
+    }
+}
+
+/// A member endpoint of one service.
+pub struct Backend {
+    pub service: Arc<str>,
+    pub member: Arc<str>,
+    pub addr: SocketAddr,
+    health: AtomicU8,
+    inflight: AtomicUsize,
+    pub pool: ConnPool,
+    pub metrics: MemberMetrics,
+    /// Woken by a passive failure so the checker looks at once.
+    pub check_now: Notify,
+}
+
+impl Backend {
+    pub fn new(
+        service: Arc<str>,
+        member: Arc<str>,
+        addr: SocketAddr,
+        metrics: MemberMetrics,
+    ) -> Backend {
+        Backend {
+            service,
+            member,
+            addr,
+            health: AtomicU8::new(Health::Unknown.to_u8()),
+            inflight: AtomicUsize::new(0),
+            pool: ConnPool::new(),
+            metrics,
+            check_now: Notify::new(),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_health(&self, h: Health) {
+        self.health.store(h.to_u8(), Ordering::Relaxed);
+        self.metrics.up.set(i64::from(h == Health::Up));
+    }
+
+    /// Requests to this member whose response has not fully passed yet.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn start_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(self.clone())
+    }
+
+    /// Records a connect error, reset or timeout seen by a request.
+    pub(crate) fn passive_failure(&self) {
+        self.metrics.failures.inc();
+        self.check_now.notify_one();
+    }
+
+    /// A ready connection: a pooled one if any is still usable, else a new one.
+    pub(crate) async fn connection(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(Upstream, bool), ConnectError> {
+        while let Some(mut up) = self.pool.take() {
+            if up.sender.ready().await.is_ok() {
+                return Ok((up, true));
+            }
+        }
+        Ok((self.connect(connect_timeout, false).await?, false))
+    }
+
+    /// Opens a new HTTP/1.1 connection; `upgrades` keeps it usable for a tunnel.
+    pub(crate) async fn connect(
+        &self,
+        timeout: Duration,
+        upgrades: bool,
+    ) -> Result<Upstream, ConnectError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(ConnectError::Io(e)),
+            Err(_) => return Err(ConnectError::Timeout),
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let addr = self.addr;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%addr, error = %e, "upstream connection ended");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "upstream connection ended");
+                }
+            });
+        }
+        Ok(Upstream {
+            sender,
+            since: Instant::now(),
+        })
+    }
+}
+
+/// Why a connection to a member could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect: {0}")]
+    Io(std::io::Error),
+    #[error("connect timed out")]
+    Timeout,
+    #[error("handshake: {0}")]
+    Handshake(hyper::Error),
+}
+
+/// An HTTP/1.1 connection to a member, ready for one request.
+pub struct Upstream {
+    pub(crate) sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+}
+
+/// Bounded, lock-free pool of idle connections to one member.
+pub struct ConnPool {
+    idle: ArrayQueue<Upstream>,
+}
+
+impl ConnPool {
+    fn new() -> ConnPool {
+        ConnPool {
+            idle: ArrayQueue::new(POOL_CAPACITY),
+        }
+    }
+
+    /// Returns a connection whose previous exchange completed.
+    pub(crate) fn put(&self, mut up: Upstream) {
+        if up.sender.is_closed() {
+            return;
+        }
+        up.since = Instant::now();
+        let _ = self.idle.push(up);
+    }
+
+    fn take(&self) -> Option<Upstream> {
+        while let Some(up) = self.idle.pop() {
+            if !up.sender.is_closed() && up.since.elapsed() < POOL_IDLE_MAX {
+                return Some(up);
+            }
+        }
+        None
+    }
+
+    /// Closes every idle connection (the member left the configuration).
+    pub fn clear(&self) {
+        while self.idle.pop().is_some() {}
+    }
+
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+}
+
+/// Counts a request against a member until dropped.
+pub struct InflightGuard(Arc<Backend>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,294 @@
+//! The proxy's own view of its configuration: plain, already-validated data.
+//!
+//! The control layer parses the node file and the cluster document (TOML, with
+//! locations for errors) and hands the proxy one [`ProxyConfig`]. Keeping the
+//! proxy free of file formats means it can be driven by tests, the demo and the
+//! daemon alike, and that every value here is already known to be sane:
+//! [`ProxyConfig::validate`] re-checks the invariants the data path relies on.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything the data plane needs; swapped as a whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Monotonic counter of the cluster document this was built from.
+    pub generation: u64,
+    pub listeners: Vec<ListenerConfig>,
+    pub limits: Limits,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One plain-HTTP listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub bind: SocketAddr,
+}
+
+/// Timeouts and size limits; every one has a safe default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A client must send a complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// A keep-alive client connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Time from sending the request head to receiving the response head.
+    pub response_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(30),
+            max_header_bytes: 65536,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A service: the hosts it answers for, and its pool of every member's `private_ip:port`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostPattern>,
+    pub retries: u32,
+    pub health: HealthConfig,
+    /// One entry per cluster member, in cluster-document order.
+    pub members: Vec<MemberConfig>,
+}
+
+/// A member endpoint of a service's pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberConfig {
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    pub state: AdminState,
+}
+
+/// Operator-set state of a member (cluster document `state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdminState {
+    /// Receives requests when healthy.
+    Active,
+    /// Finishes what it has, gets no new requests, keeps being checked.
+    Drain,
+    /// Gets no requests and no health checks.
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Active health check, with HAProxy's `httpchk` semantics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub path: String,
+    pub expect_status: Vec<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that turn an UP member DOWN.
+    pub fall: u32,
+    /// Consecutive successes that turn a DOWN member UP.
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/dynia-health".into(),
+            expect_status: vec![200],
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+        }
+    }
+}
+
+/// A host a service answers for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `app.example.com` (stored lowercase).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored as `.example.com`).
+    Suffix(String),
+    /// `*`: every host not matched otherwise.
+    Any,
+}
+
+impl HostPattern {
+    /// Parses `name`, `*.suffix` or `*`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<HostPattern> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Some(HostPattern::Any);
+        }
+        let valid = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+        };
+        if let Some(rest) = s.strip_prefix("*.") {
+            return valid(rest).then(|| HostPattern::Suffix(format!(".{rest}")));
+        }
+        valid(&s).then_some(HostPattern::Exact(s))
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+            HostPattern::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// A violated invariant of a [`ProxyConfig`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("listener `{0}` is defined twice")]
+    DuplicateListener(String),
+    #[error("service `{0}` is defined twice")]
+    DuplicateService(String),
+    #[error("host `{host}` is claimed by services `{first}` and `{second}`")]
+    DuplicateHost {
+        host: String,
+        first: String,
+        second: String,
+    },
+    #[error("service `{service}`: member `{member}` appears twice")]
+    DuplicateMember { service: String, member: String },
+    #[error("service `{service}`: {what}")]
+    BadHealth { service: String, what: String },
+    #[error("limits: {0}")]
+    BadLimit(String),
+}
+
+/// Upper bound on retries per request, whatever the config says.
+pub const MAX_RETRIES: u32 = 10;
+/// hyper refuses read buffers smaller than this.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+impl ProxyConfig {
+    /// Checks what the data path assumes; the control layer has already given
+    /// the user located errors, so these only guard programmatic callers.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for l in &self.listeners {
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError::DuplicateListener(l.name.clone()));
+            }
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::BadLimit(format!(
+                "max_header_bytes must be at least {MIN_HEADER_BYTES}"
+            )));
+        }
+        if l.max_connections == 0 {
+            return Err(ConfigError::BadLimit(
+                "max_connections must be at least 1".into(),
+            ));
+        }
+        for (what, d) in [
+            ("header_read_timeout", l.header_read_timeout),
+            ("idle_timeout", l.idle_timeout),
+            ("connect_timeout", l.connect_timeout),
+            ("response_timeout", l.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::BadLimit(format!("{what} must be more than 0")));
+            }
+        }
+        let mut services = HashSet::new();
+        let mut hosts: std::collections::HashMap<&HostPattern, &str> = Default::default();
+        for s in &self.services {
+            if !services.insert(&*s.name) {
+                return Err(ConfigError::DuplicateService(s.name.to_string()));
+            }
+            for h in &s.hosts {
+                if let Some(first) = hosts.insert(h, &s.name) {
+                    return Err(ConfigError::DuplicateHost {
+                        host: h.to_string(),
+                        first: first.to_string(),
+                        second: s.name.to_string(),
+                    });
+                }
+            }
+            let mut members = HashSet::new();
+            for m in &s.members {
+                if !members.insert(&*m.id) {
+                    return Err(ConfigError::DuplicateMember {
+                        service: s.name.to_string(),
+                        member: m.id.to_string(),
+                    });
+                }
+            }
+            let h = &s.health;
+            let bad = |what: &str| ConfigError::BadHealth {
+                service: s.name.to_string(),
+                what: what.to_string(),
+            };
+            if h.fall == 0 || h.rise == 0 {
+                return Err(bad("fall and rise must be at least 1"));
+            }
+            if h.interval.is_zero() || h.timeout.is_zero() {
+                return Err(bad("interval and timeout must be more than 0"));
+            }
+            if !h.path.starts_with('/') {
+                return Err(bad("health path must start with `/`"));
+            }
+            if h.expect_status.is_empty() {
+                return Err(bad("expect_status must list at least one status"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(HostPattern::parse("*"), Some(HostPattern::Any));
+        assert_eq!(
+            HostPattern::parse("App.Example.com"),
+            Some(HostPattern::Exact("app.example.com".into()))
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com"),
+            Some(HostPattern::Suffix(".example.com".into()))
+        );
+        for bad in ["", "*.", "a..b", "a b", "*x.com", "x.*.com", "a/b"] {
+            assert_eq!(HostPattern::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Active health checks with HAProxy's `httpchk` semantics.
+//!
+//! One task per (service, member) that is not in MAINT: `GET path` every
+//! `interval` (with ±10% jitter so checks spread out), a `timeout` covering
+//! connect and response head, the status compared with `expect_status`.
+//! `fall` consecutive failures turn an UP member DOWN, `rise` consecutive
+//! successes turn a DOWN member UP. The first check decides an unknown
+//! member's state at once. A passive failure seen by a request wakes the
+//! checker early. The counting is a pure function ([`Judge`]) so it is tested
+//! without sockets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Health};
+use crate::config::HealthConfig;
+
+/// Bytes of a check answer's body that are read (and discarded) at most.
+const MAX_CHECK_BODY: usize = 64 * 1024;
+/// A passive failure never makes checks run more often than this.
+const MIN_EARLY_CHECK_GAP: Duration = Duration::from_millis(100);
+
+/// The rise/fall counter of one (service, member).
+#[derive(Debug, Clone)]
+pub struct Judge {
+    state: Health,
+    streak: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Judge {
+    pub fn new(state: Health, rise: u32, fall: u32) -> Judge {
+        assert!(rise >= 1 && fall >= 1, "rise and fall are at least 1");
+        Judge {
+            state,
+            streak: 0,
+            rise,
+            fall,
+        }
+    }
+
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Feeds one check result; returns the new state when it changed.
+    pub fn observe(&mut self, ok: bool) -> Option<Health> {
+        let next = match (self.state, ok) {
+            (Health::Unknown, true) => Some(Health::Up),
+            (Health::Unknown, false) => Some(Health::Down),
+            (Health::Up, true) | (Health::Down, false) => {
+                self.streak = 0;
+                None
+            }
+            (Health::Up, false) => {
+                self.streak += 1;
+                (self.streak >= self.fall).then_some(Health::Down)
+            }
+            (Health::Down, true) => {
+                self.streak += 1;
+                (self.streak >= self.rise).then_some(Health::Up)
+            }
+        };
+        if let Some(s) = next {
+            self.state = s;
+            self.streak = 0;
+        }
+        next
+    }
+}
+
+/// Outcome of one check, with the reason kept for the log line.
+#[derive(Debug)]
+pub enum CheckResult {
+    Pass(u16),
+    Fail(String),
+}
+
+/// Runs one `GET path` against `backend` within `cfg.timeout`.
+pub async fn check_once(backend: &Backend, cfg: &HealthConfig) -> CheckResult {
+    match tokio::time::timeout(cfg.timeout, request(backend, &cfg.path)).await {
+        Err(_) => CheckResult::Fail(format!("timeout after {:?}", cfg.timeout)),
+        Ok(Err(e)) => CheckResult::Fail(e),
+        Ok(Ok(code)) if cfg.expect_status.contains(&code) => CheckResult::Pass(code),
+        Ok(Ok(code)) => CheckResult::Fail(format!("status {code}")),
+    }
+}
+
+async fn request(backend: &Backend, path: &str) -> Result<u16, String> {
+    let stream = TcpStream::connect(backend.addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, backend.addr.to_string())
+        .header(hyper::header::USER_AGENT, "dynia-health-check")
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let code = resp.status().as_u16();
+    // Read a bounded amount so the member sees a clean exchange.
+    let mut body = resp.into_body();
+    let mut read = 0usize;
+    while read < MAX_CHECK_BODY {
+        match body.frame().await {
+            Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+    }
+    conn.abort();
+    Ok(code)
+}
+
+/// Spawns the checker of `backend`; it stops when `cancel` fires.
+pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut judge = Judge::new(backend.health(), cfg.rise, cfg.fall);
+        // First check soon, spread so a fleet of checkers does not fire at once.
+        let first = jitter(cfg.interval.min(Duration::from_millis(500)), 1.0);
+        let mut wait = first;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = backend.check_now.notified() => {
+                    tokio::time::sleep(MIN_EARLY_CHECK_GAP).await;
+                }
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+            let result = check_once(&backend, &cfg).await;
+            let ok = matches!(result, CheckResult::Pass(_));
+            if ok {
+                backend.metrics.checks_ok.inc();
+            } else {
+                backend.metrics.checks_failed.inc();
+            }
+            let before = judge.state();
+            if let Some(now) = judge.observe(ok) {
+                backend.set_health(now);
+                let reason = match &result {
+                    CheckResult::Pass(code) => format!("status {code}"),
+                    CheckResult::Fail(why) => why.clone(),
+                };
+                tracing::info!(
+                    service = %backend.service,
+                    member = %backend.member,
+                    addr = %backend.addr,
+                    from = before.as_str(),
+                    to = now.as_str(),
+                    reason = %reason,
+                    "member health changed"
+                );
+            } else if backend.health() != judge.state() {
+                backend.set_health(judge.state());
+            }
+            wait = jitter(cfg.interval, 0.1);
+        }
+    });
+}
+
+/// `base` scaled by a random factor in `[1 - spread, 1 + spread]` (`[0, 1]` for spread 1).
+fn jitter(base: Duration, spread: f64) -> Duration {
+    let f = if spread >= 1.0 {
+        rand::thread_rng().gen_range(0.0..=1.0)
+    } else {
+        rand::thread_rng().gen_range(1.0 - spread..=1.0 + spread)
+    };
+    base.mul_f64(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_result_decides_unknown() {
+        let mut j = Judge::new(Health::Unknown, 2, 3);
+        assert_eq!(j.observe(true), Some(Health::Up));
+        let mut j = Judge::new(Health::Unknown, 2, 3);
+        assert_eq!(j.observe(false), Some(Health::Down));
+    }
+
+    #[test]
+    fn fall_then_rise() {
+        let mut j = Judge::new(Health::Up, 2, 3);
+        assert_eq!(j.observe(false), None);
+        assert_eq!(j.observe(false), None);
+        assert_eq!(j.observe(false), Some(Health::Down));
+        assert_eq!(j.observe(true), None);
+        assert_eq!(j.observe(true), Some(Health::Up));
+    }
+
+    #[test]
+    fn streak_resets_on_contrary_result() {
+        let mut j = Judge::new(Health::Up, 2, 3);
+        j.observe(false);
+        j.observe(false);
+        j.observe(true);
+        assert_eq!(j.observe(false), None);
+        assert_eq!(j.observe(false), None);
+        assert_eq!(j.observe(false), Some(Health::Down));
+        j.observe(true);
+        j.observe(false);
+        assert_eq!(j.observe(true), None);
+        assert_eq!(j.observe(true), Some(Health::Up));
+    }
+
+    #[test]
+    fn jitter_bounds() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(5), 0.1);
+            assert!(d >= Duration::from_millis(4500) && d <= Duration::from_millis(5500));
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The swappable runtime state of the proxy and how a new config becomes one.
+//!
+//! A [`Snapshot`] is immutable: routing table, services with their member
+//! lists (each pointing at a long-lived [`Backend`]) and the limits. Requests
+//! load it once through `ArcSwap` and finish on it, whatever is stored later.
+//! The [`Registry`] of backends lives across snapshots: a (service, member,
+//! address) that remains keeps its backend, hence its health and pool; one that
+//! disappears has its checker cancelled and its idle connections closed, while
+//! requests already holding it finish.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Health};
+use crate::config::{AdminState, HealthConfig, Limits, ProxyConfig};
+use crate::health::spawn_checker;
+use crate::metrics::{ProxyMetrics, ServiceMetrics, NO_SERVICE};
+use crate::route::Router;
+
+/// What the data path reads for a request.
+pub struct Snapshot {
+    pub config: Arc<ProxyConfig>,
+    pub router: Router,
+    pub services: Vec<ServiceRt>,
+    pub limits: Limits,
+    /// Metrics of requests that matched no service.
+    pub unrouted: Arc<ServiceMetrics>,
+}
+
+/// One service as the data path sees it.
+pub struct ServiceRt {
+    pub name: Arc<str>,
+    pub retries: u32,
+    /// Seconds announced in `Retry-After` when no member can take a request.
+    pub retry_after: u64,
+    pub members: Vec<MemberRt>,
+    rr: AtomicUsize,
+    pub metrics: Arc<ServiceMetrics>,
+}
+
+/// A member of a service's pool in this snapshot.
+pub struct MemberRt {
+    pub backend: Arc<Backend>,
+    pub state: AdminState,
+}
+
+impl MemberRt {
+    fn eligible(&self) -> bool {
+        self.state == AdminState::Active && self.backend.health() != Health::Down
+    }
+}
+
+/// Members already tried by one request (pools are at most 64 members here).
+#[derive(Default, Clone, Copy)]
+pub struct Tried(u64);
+
+impl Tried {
+    fn has(self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+    pub fn add(&mut self, i: usize) {
+        if i < 64 {
+            self.0 |= 1 << i;
+        }
+    }
+}
+
+impl ServiceRt {
+    /// Round robin over the members that are ACTIVE, not DOWN and not yet tried.
+    pub fn pick(&self, tried: Tried) -> Option<(usize, &Arc<Backend>)> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| !tried.has(i) && self.members[i].eligible())
+            .map(|i| (i, &self.members[i].backend))
+    }
+}
+
+type Key = (Arc<str>, Arc<str>, SocketAddr);
+
+struct Entry {
+    backend: Arc<Backend>,
+    /// Running checker and the settings it runs with; `None` in MAINT.
+    checker: Option<(CancellationToken, HealthConfig)>,
+}
+
+/// Backends that exist across snapshots, keyed by (service, member, address).
+pub struct Registry {
+    entries: HashMap<Key, Entry>,
+    metrics: ProxyMetrics,
+    service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
+    unrouted: Arc<ServiceMetrics>,
+}
+
+impl Registry {
+    pub fn new(metrics: ProxyMetrics) -> Registry {
+        let unrouted = Arc::new(metrics.service(NO_SERVICE));
+        Registry {
+            entries: HashMap::new(),
+            metrics,
+            service_metrics: HashMap::new(),
+            unrouted,
+        }
+    }
+
+    /// Builds the snapshot for `config`, starting, restarting and stopping
+    /// health checkers as needed. Must run inside the Tokio runtime.
+    pub fn build(&mut self, config: ProxyConfig) -> Snapshot {
+        let mut keep: HashMap<Key, ()> = HashMap::new();
+        let mut services = Vec::with_capacity(config.services.len());
+        for svc in &config.services {
+            let metrics = self
+                .service_metrics
+                .entry(svc.name.clone())
+                .or_insert_with(|| Arc::new(self.metrics.service(&svc.name)))
+                .clone();
+            let mut members = Vec::with_capacity(svc.members.len());
+            for m in &svc.members {
+                let key: Key = (svc.name.clone(), m.id.clone(), m.addr);
+                keep.insert(key.clone(), ());
+                let entry = self.entries.entry(key).or_insert_with(|| Entry {
+                    backend: Arc::new(Backend::new(
+                        svc.name.clone(),
+                        m.id.clone(),
+                        m.addr,
+                        self.metrics.member(&svc.name, &m.id),
+                    )),
+                    checker: None,
+                });
+                let wanted = (m.state != AdminState::Maint).then(|| svc.health.clone());
+                let same = match (&entry.checker, &wanted) {
+                    (Some((_, have)), Some(want)) => have == want,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    if let Some((cancel, _)) = entry.checker.take() {
+                        cancel.cancel();
+                    }
+                    if let Some(cfg) = wanted {
+                        let cancel = CancellationToken::new();
+                        spawn_checker(entry.backend.clone(), cfg.clone(), cancel.clone());
+                        entry.checker = Some((cancel, cfg));
+                    }
+                }
+                members.push(MemberRt {
+                    backend: entry.backend.clone(),
+                    state: m.state,
+                });
+            }
+            let retry_after = svc.health.interval.as_secs().clamp(1, 60);
+            services.push(ServiceRt {
+                name: svc.name.clone(),
+                retries: svc.retries.min(crate::config::MAX_RETRIES),
+                retry_after,
+                members,
+                rr: AtomicUsize::new(0),
+                metrics,
+            });
+        }
+        let metrics = &self.metrics;
+        self.entries.retain(|key, entry| {
+            if keep.contains_key(key) {
+                return true;
+            }
+            if let Some((cancel, _)) = entry.checker.take() {
+                cancel.cancel();
+            }
+            entry.backend.pool.clear();
+            metrics.forget_member(&key.0, &key.1);
+            tracing::info!(service = %key.0, member = %key.1, addr = %key.2, "member left the pool");
+            false
+        });
+        self.service_metrics
+            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
+        let router = Router::new(
+            config
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (&s.hosts[..], i)),
+        );
+        Snapshot {
+            limits: config.limits,
+            config: Arc::new(config),
+            router,
+            services,
+            unrouted: self.unrouted.clone(),
+        }
+    }
+
+    /// Stops every checker (shutdown).
+    pub fn stop(&mut self) {
+        for e in self.entries.values_mut() {
+            if let Some((cancel, _)) = e.checker.take() {
+                cancel.cancel();
+            }
+        }
+    }
+}
