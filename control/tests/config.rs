@@ -544,7 +544,9 @@ fn node_rules_each_at_their_place() {
         ("[admin]\nlisten = \"localhost:9180\"\n", "\"localhost:9180\"", "invalid socket address"),
         ("[admin]\nlisten = \"127.0.0.1\"\n", "\"127.0.0.1\"", "invalid socket address"),
         ("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\n[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:81\"\n", "\"a\"\nbind = \"0.0.0.0:81\"", "already used by listener 1"),
-        ("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\n[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\n", "\"0.0.0.0:80\"", "already used by listener \"a\""),
+        ("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:80\"\n[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\n", "\"0.0.0.0:80\"", "overlaps listener \"a\" at 0.0.0.0:80"),
+        ("[[listener]]\nname = \"a\"\nbind = \"10.0.0.1:80\"\n[[listener]]\nname = \"b\"\nbind = \"0.0.0.0:80\"\n", "\"0.0.0.0:80\"", "overlaps listener \"a\""),
+        ("[[listener]]\nname = \"a\"\nbind = \"0.0.0.0:9180\"\n", "\"0.0.0.0:9180\"", "overlaps the admin listener at 127.0.0.1:9180"),
         ("[[listener]]\nname = \"a\"\nbind = \":80\"\n", "\":80\"", "invalid socket address"),
         ("[[listener]]\nname = \"\"\nbind = \"0.0.0.0:80\"\n", "\"\"", "listener name"),
         ("[limits]\nmax_header_bytes = 4096\n", "4096", "between 8192 and 1048576"),
@@ -637,6 +639,25 @@ fn pair_private_ip_and_key_file() {
         "cluster.toml",
     )
     .unwrap();
+    validate_pair(&n, &d).unwrap();
+}
+
+#[test]
+fn pair_listener_must_not_take_a_service_port() {
+    let text = format!("{NODE_MIN}[[listener]]\nname = \"http\"\nbind = \"0.0.0.0:8080\"\n");
+    let n = parse_node_file(&text, "dynia.toml").unwrap();
+    let d = parse_cluster_doc(CLUSTER_MIN, "cluster.toml").unwrap();
+    let errors = triples(&validate_pair(&n, &d).unwrap_err());
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!((errors[0].0, errors[0].1), at(&text, "\"0.0.0.0:8080\"", 0));
+    assert!(
+        errors[0].2.contains("loop back into dynia"),
+        "{}",
+        errors[0].2
+    );
+    // Another address on the same port is fine.
+    let text = text.replace("0.0.0.0:8080", "203.0.113.10:8080");
+    let n = parse_node_file(&text, "dynia.toml").unwrap();
     validate_pair(&n, &d).unwrap();
 }
 

@@ -86,8 +86,9 @@ pub fn load_cluster_doc(path: impl AsRef<Path>) -> Result<ClusterDoc, ConfigErro
 
 /// The rules that join this node's file to the cluster document: `node.id`
 /// is a member; an IP `node.private_ip` equals that member's; the `dynia`
-/// transport has `election.key_file`. Errors point into the node file when it
-/// was parsed from text (see [`NodeFile::origin`]).
+/// transport has `election.key_file`; no listener takes this node's own
+/// upstream address of a service (requests would loop). Errors point into the
+/// node file when it was parsed from text (see [`NodeFile::origin`]).
 pub fn validate_pair(node: &NodeFile, cluster: &ClusterDoc) -> Result<(), ConfigErrors> {
     let problems = validate::pair(node, cluster);
     let errors = match (node.origin.path(), node.origin.text()) {

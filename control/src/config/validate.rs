@@ -7,7 +7,7 @@
 //! one run.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::cluster::{ClusterDoc, Health, Service, Transport};
 use super::duration::{divides, Duration};
@@ -54,7 +54,6 @@ pub(crate) fn node_file(n: &NodeFile) -> Problems {
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut binds = HashMap::new();
     for (i, l) in n.listeners.iter().enumerate() {
         if !is_simple_name(&l.name) {
             p.push(
@@ -75,12 +74,21 @@ pub(crate) fn node_file(n: &NodeFile) -> Problems {
                 ),
             );
         }
-        if let Some(first) = binds.insert(l.bind, i) {
+        if let Some(first) = n.listeners[..i].iter().find(|o| overlaps(o.bind, l.bind)) {
             p.push(
                 kp!["listener", i, "bind"],
                 format!(
-                    "bind {} is already used by listener {:?}; give each listener its own address",
-                    l.bind, n.listeners[first].name
+                    "bind {} overlaps listener {:?} at {}; give each listener its own address or port",
+                    l.bind, first.name, first.bind
+                ),
+            );
+        }
+        if overlaps(l.bind, n.admin.listen) {
+            p.push(
+                kp!["listener", i, "bind"],
+                format!(
+                    "bind {} overlaps the admin listener at {}; move one of them to another port",
+                    l.bind, n.admin.listen
                 ),
             );
         }
@@ -489,6 +497,25 @@ pub(crate) fn pair(n: &NodeFile, d: &ClusterDoc) -> Problems {
             }
         }
     }
+    // A service port this node's proxy itself listens on sends every request
+    // back into the proxy.
+    if let Some(m) = d.member(&n.node.id) {
+        for (i, l) in n.listeners.iter().enumerate() {
+            let upstream = SocketAddr::new(m.private_ip, l.bind.port());
+            if let Some(s) = d.services.iter().find(|s| s.port == l.bind.port()) {
+                if overlaps(l.bind, upstream) {
+                    p.push(
+                        kp!["listener", i, "bind"],
+                        format!(
+                            "listener {:?} binds {}, which takes in service {:?}'s upstream {upstream} on this node: \
+                             requests would loop back into dynia; bind another port or change the service's port",
+                            l.name, l.bind, s.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
     if d.election.transport == Transport::Dynia && n.election.key_file.is_none() {
         p.push(
             kp!["election", "key_file"],
@@ -496,6 +523,11 @@ pub(crate) fn pair(n: &NodeFile, d: &ClusterDoc) -> Problems {
         );
     }
     p
+}
+
+/// Whether two TCP binds would take the same port on some address.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn within(
