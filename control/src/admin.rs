@@ -67,8 +67,10 @@ type Resp = Response<Full<Bytes>>;
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -81,7 +83,11 @@ pub fn error(status: StatusCode, kind: &str, message: &str) -> Resp {
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
     match serde_json::to_vec_pretty(value) {
         Ok(b) => respond(status, "application/json", b),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
     }
 }
 
@@ -100,13 +106,16 @@ async fn route(d: &Daemon, req: Request<Incoming>) -> Resp {
             crate::page::render(&d.status()),
         ),
         (_, p) if p.starts_with("/v1/") => {
-            if let Err(r) = authorize(d, &req) {
-                return r;
+            if let Some(refusal) = authorize(d, &req) {
+                return refusal;
             }
             let method = req.method().clone();
-            let body = match read_body(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
+            let Some(body) = read_body(req).await else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "request",
+                    &format!("request body unreadable or larger than {MAX_BODY} bytes"),
+                );
             };
             control(d, method, p, body).await
         }
@@ -118,7 +127,11 @@ async fn control(d: &Daemon, method: Method, path: &str, _body: Bytes) -> Resp {
     match (method, path) {
         (Method::POST, "/v1/reload") => match d.reload().await {
             Ok(done) => json(StatusCode::OK, &done),
-            Err(errors) => error(StatusCode::UNPROCESSABLE_ENTITY, "config", &errors.to_string()),
+            Err(errors) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "config",
+                &errors.to_string(),
+            ),
         },
         (Method::GET, "/v1/cluster") => {
             let loaded = d.loaded();
@@ -128,10 +141,11 @@ async fn control(d: &Daemon, method: Method, path: &str, _body: Bytes) -> Resp {
     }
 }
 
-fn authorize(d: &Daemon, req: &Request<Incoming>) -> Result<(), Resp> {
+/// `None` when the request carries the admin token, else the refusal.
+fn authorize(d: &Daemon, req: &Request<Incoming>) -> Option<Resp> {
     let loaded = d.loaded();
     let Some(token) = &loaded.admin_token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "auth",
             "this node has no admin token: set [admin] token_file in the node file",
@@ -143,9 +157,9 @@ fn authorize(d: &Daemon, req: &Request<Incoming>) -> Result<(), Resp> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(g) if bool::from(g.as_bytes().ct_eq(token.expose())) => Ok(()),
-        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "auth", "wrong admin token")),
-        None => Err(error(
+        Some(g) if bool::from(g.as_bytes().ct_eq(token.expose_bytes())) => None,
+        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "auth", "wrong admin token")),
+        None => Some(error(
             StatusCode::UNAUTHORIZED,
             "auth",
             "missing `Authorization: Bearer <admin token>`",
@@ -153,13 +167,10 @@ fn authorize(d: &Daemon, req: &Request<Incoming>) -> Result<(), Resp> {
     }
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(error(
-            StatusCode::BAD_REQUEST,
-            "request",
-            &format!("request body unreadable or larger than {MAX_BODY} bytes"),
-        )),
-    }
+async fn read_body(req: Request<Incoming>) -> Option<Bytes> {
+    Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .ok()
+        .map(|c| c.to_bytes())
 }

@@ -71,7 +71,12 @@ impl AdminClient {
     }
 
     /// Sends one call; a non-2xx answer becomes [`ClientError::Refused`].
-    pub async fn call(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
         match tokio::time::timeout(self.timeout, self.call_inner(method, path, body)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout {
@@ -81,7 +86,12 @@ impl AdminClient {
         }
     }
 
-    async fn call_inner(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, ClientError> {
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
         let unreachable = |why: String| ClientError::Unreachable {
             addr: self.addr,
             why,
@@ -100,18 +110,21 @@ impl AdminClient {
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(t) = &self.token {
             let mut v = b"Bearer ".to_vec();
-            v.extend_from_slice(t.expose());
-            let mut hv = header::HeaderValue::from_bytes(&v).map_err(|_| ClientError::BadAnswer {
-                addr: self.addr,
-                why: "the admin token has characters a header cannot carry".into(),
-            })?;
+            v.extend_from_slice(t.expose_bytes());
+            let mut hv =
+                header::HeaderValue::from_bytes(&v).map_err(|_| ClientError::BadAnswer {
+                    addr: self.addr,
+                    why: "the admin token has characters a header cannot carry".into(),
+                })?;
             hv.set_sensitive(true);
             req = req.header(header::AUTHORIZATION, hv);
         }
-        let req = req.body(Full::new(body)).map_err(|e| ClientError::BadAnswer {
-            addr: self.addr,
-            why: e.to_string(),
-        })?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::BadAnswer {
+                addr: self.addr,
+                why: e.to_string(),
+            })?;
         let resp = sender
             .send_request(req)
             .await
@@ -165,7 +178,10 @@ fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
         Err(_) => ClientError::Refused {
             status: status.as_u16(),
             kind: "http".into(),
-            message: format!("{status}: {}", String::from_utf8_lossy(&body[..body.len().min(512)])),
+            message: format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ),
         },
     }
 }

@@ -31,7 +31,10 @@ pub fn run(node_path: &Path) -> u8 {
         Ok(()) => OK,
         Err(crate::daemon::DaemonError::Config(errors)) => {
             print_config_errors(&errors);
-            eprintln!("dynia: not started; fix the configuration above, then `dynia check -c {}`", node_path.display());
+            eprintln!(
+                "dynia: not started; fix the configuration above, then `dynia check -c {}`",
+                node_path.display()
+            );
             FAILED
         }
         Err(e) => {
@@ -87,7 +90,11 @@ pub fn reload(node_path: &Path) -> u8 {
     };
     match runtime().block_on(client.reload()) {
         Ok(r) => {
-            println!("reloaded: generation {}, config hash {}", r.generation, &r.config_hash[..12.min(r.config_hash.len())]);
+            println!(
+                "reloaded: generation {}, config hash {}",
+                r.generation,
+                &r.config_hash[..12.min(r.config_hash.len())]
+            );
             OK
         }
         Err(ClientError::Refused { message, .. }) => {
@@ -126,11 +133,17 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
         &s.config_hash[..12.min(s.config_hash.len())],
         s.reserved_ip.address.as_deref().unwrap_or("-")
     );
-    println!("{:<20} {:<8} {:>8} {:<16} {:<7} {:>10} {:>9}", "ID", "ROLE", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES");
+    println!(
+        "{:<20} {:<8} {:>8} {:<16} {:<7} {:>10} {:>9}",
+        "ID", "ROLE", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
+    );
     for m in &s.members {
         let (up, total) = s.services.iter().fold((0, 0), |(u, t), svc| {
             let h = svc.members.iter().find(|x| x.id == m.id);
-            (u + usize::from(h.is_some_and(|h| h.health == "up")), t + usize::from(h.is_some()))
+            (
+                u + usize::from(h.is_some_and(|h| h.health == "up")),
+                t + usize::from(h.is_some()),
+            )
         });
         let me = if m.id == s.node { "*" } else { " " };
         println!(
@@ -158,13 +171,14 @@ pub fn upstream(listen: SocketAddr, id: &str) -> u8 {
             }
         };
         tracing::info!(id, addr = %up.addr, "demo upstream listening");
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("dynia upstream: {e}");
-                return FAILED;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("dynia upstream: {e}");
+                    return FAILED;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -84,16 +84,17 @@ impl ControlMetrics {
             "Generation of the cluster document being served.",
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("dynia_config_reloads_total", "Configuration reloads, by result."),
+            Opts::new(
+                "dynia_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
             &["result"],
         )?;
         let build = IntGaugeVec::new(
             Opts::new("dynia_build_info", "Build of the running dynia; always 1."),
             &["version"],
         )?;
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         // Both results exist from the start so rates work before the first failure.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
@@ -155,7 +156,10 @@ impl Daemon {
 
     /// The configuration last loaded successfully.
     pub fn loaded(&self) -> Arc<Loaded> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Asks the daemon to shut down (as SIGTERM does).
@@ -171,7 +175,12 @@ impl Daemon {
             warn_restart_only(&old.node, &new.node);
             self.proxy
                 .apply(proxy_config(&new.node, &new.cluster))
-                .map_err(|e| ConfigErrors::from(config::ConfigError::other(&self.node_path, e.to_string())))?;
+                .map_err(|e| {
+                    ConfigErrors::from(config::ConfigError::InDocument {
+                        key: "listener".into(),
+                        message: e.to_string(),
+                    })
+                })?;
             Ok(new)
         });
         match result {
@@ -226,8 +235,12 @@ impl Daemon {
                         id: m.id.clone(),
                         private_ip: m.private_ip.to_string(),
                         priority: m.priority,
-                        state: m.state.as_str().into(),
-                        role: if is_me { "init".into() } else { "unknown".into() },
+                        state: member_state(m.state).into(),
+                        role: if is_me {
+                            "init".into()
+                        } else {
+                            "unknown".into()
+                        },
                         generation: is_me.then_some(loaded.cluster.generation),
                         last_seen_ms: is_me.then_some(0),
                     }
@@ -276,13 +289,23 @@ impl Daemon {
     }
 }
 
+fn member_state(s: config::MemberState) -> &'static str {
+    crate::wiring::admin_state(s).as_str()
+}
+
 /// Keys that only take effect at start: say so rather than ignore silently.
 fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
     if old.admin.listen != new.admin.listen {
-        tracing::warn!(key = "admin.listen", "change takes effect at the next restart");
+        tracing::warn!(
+            key = "admin.listen",
+            "change takes effect at the next restart"
+        );
     }
     if old.node.worker_threads != new.node.worker_threads {
-        tracing::warn!(key = "node.worker_threads", "change takes effect at the next restart");
+        tracing::warn!(
+            key = "node.worker_threads",
+            "change takes effect at the next restart"
+        );
     }
     if old.node.id != new.node.id {
         tracing::warn!(key = "node.id", "change takes effect at the next restart");

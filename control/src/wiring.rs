@@ -42,7 +42,11 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
         .map(|s| ServiceConfig {
             name: Arc::from(s.name.as_str()),
             // Validation already refused patterns that do not parse.
-            hosts: s.hosts.iter().filter_map(|h| HostPattern::parse(h)).collect(),
+            hosts: s
+                .hosts
+                .iter()
+                .filter_map(|h| HostPattern::parse(h))
+                .collect(),
             retries: s.retries,
             health: HealthConfig {
                 path: s.health.path.clone(),
@@ -71,7 +75,7 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
     }
 }
 
-fn admin_state(s: MemberState) -> AdminState {
+pub fn admin_state(s: MemberState) -> AdminState {
     match s {
         MemberState::Active => AdminState::Active,
         MemberState::Drain => AdminState::Drain,
