@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod logging;
 pub mod page;
 pub mod status;
