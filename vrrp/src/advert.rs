@@ -561,7 +561,7 @@ impl SendCounter {
     }
 
     /// (epoch, seq) for the next advert.
-    pub fn next(&mut self) -> (u64, u64) {
+    pub fn advance(&mut self) -> (u64, u64) {
         // u64 sequence at 1000 adverts/s lasts ~5.8e8 years; saturate anyway.
         self.seq = self.seq.saturating_add(1);
         (self.epoch, self.seq)

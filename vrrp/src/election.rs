@@ -534,12 +534,12 @@ impl Election {
         self.master_adver_interval_ms = self.advert_interval_ms;
         self.heard = None;
         if self.can_serve {
-            self.to_backup(now, self.master_down_interval_ms());
+            self.enter_backup(now, self.master_down_interval_ms());
             out.push(Action::BecomeBackup {
                 reason: Reason::Started,
             });
         } else {
-            self.to_fault();
+            self.enter_fault();
             out.push(Action::EnterFault {
                 reason: Reason::Started,
             });
@@ -557,7 +557,7 @@ impl Election {
             Role::Backup => {
                 let due = self.down_deadline.expect("backup has a down timer");
                 if now >= due {
-                    self.to_master(now);
+                    self.enter_master(now);
                     self.send_advert(now, out);
                     out.push(Action::BecomeMaster {
                         reason: Reason::MasterDown,
@@ -609,7 +609,7 @@ impl Election {
                     || (a.priority == local && addr_greater(a.from, self.cfg.local_addr));
                 if a.priority != 0 && higher {
                     self.master_adver_interval_ms = interval_ms;
-                    self.to_backup(now, self.master_down_interval_ms());
+                    self.enter_backup(now, self.master_down_interval_ms());
                     out.push(Action::BecomeBackup {
                         reason: Reason::PreemptedBy {
                             from: a.from,
@@ -635,19 +635,19 @@ impl Election {
                     priority: 0,
                     interval_ms: self.advert_interval_ms,
                 });
-                self.to_fault();
+                self.enter_fault();
                 out.push(Action::EnterFault {
                     reason: Reason::TrackingFailed,
                 });
             }
             (Role::Backup, false) => {
-                self.to_fault();
+                self.enter_fault();
                 out.push(Action::EnterFault {
                     reason: Reason::TrackingFailed,
                 });
             }
             (Role::Fault, true) => {
-                self.to_backup(now, self.master_down_interval_ms());
+                self.enter_backup(now, self.master_down_interval_ms());
                 out.push(Action::BecomeBackup {
                     reason: Reason::TrackingRecovered,
                 });
@@ -674,7 +674,7 @@ impl Election {
         match self.role {
             Role::Master => {
                 let hold = self.yield_hold_ms.max(self.master_down_interval_ms());
-                self.to_backup(now, hold);
+                self.enter_backup(now, hold);
                 self.yielded = true;
                 out.push(Action::BecomeBackup {
                     reason: Reason::SplitBrainYield { holder },
@@ -744,7 +744,7 @@ impl Election {
         }
     }
 
-    fn to_backup(&mut self, now: Millis, down_in_ms: u64) {
+    fn enter_backup(&mut self, now: Millis, down_in_ms: u64) {
         self.set_role(Role::Backup);
         self.adver_deadline = None;
         self.down_deadline = Some(now.add_ms(down_in_ms));
@@ -752,7 +752,7 @@ impl Election {
         self.lower_since = None;
     }
 
-    fn to_master(&mut self, now: Millis) {
+    fn enter_master(&mut self, now: Millis) {
         debug_assert!(self.can_serve);
         self.set_role(Role::Master);
         self.down_deadline = None;
@@ -761,7 +761,7 @@ impl Election {
         self.lower_since = None;
     }
 
-    fn to_fault(&mut self) {
+    fn enter_fault(&mut self) {
         self.set_role(Role::Fault);
         self.adver_deadline = None;
         self.down_deadline = None;
