@@ -5,11 +5,12 @@
 
 use std::net::Ipv4Addr;
 
-use dynia_vrrp::vrrp3::{decode, encode, MAX_LEN, MULTICAST_V4};
+use dynia_vrrp::vrrp3::{decode, decode_unicast, encode, MAX_LEN, MULTICAST_V4};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let src = Ipv4Addr::new(10, 0, 0, 1);
+    let _ = decode_unicast(data, src, Ipv4Addr::new(10, 0, 0, 2));
     for dst in [MULTICAST_V4, Ipv4Addr::new(10, 0, 0, 2)] {
         let Ok(p) = decode(data, src, dst) else {
             continue;

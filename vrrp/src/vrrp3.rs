@@ -20,8 +20,11 @@
 //! Checksum (§5.2.8): the 16-bit one's complement of the one's complement sum
 //! of the VRRP message and an IPv4 pseudo-header (source, destination, zero,
 //! protocol 112, VRRP length), as keepalived computes it. With multicast the
-//! destination is 224.0.0.18; with unicast peers keepalived uses the peer's
-//! address (the shell picks `dst` accordingly).
+//! destination is 224.0.0.18; with unicast peers current keepalived uses the
+//! peer's address, while keepalived before the fix for its issue #642 (and
+//! later ones with `old_unicast_checksum`) put 224.0.0.18 there even for
+//! unicast. [`encode`] takes `dst` from the shell; [`decode_unicast`] accepts
+//! either and says which one verified.
 //!
 //! Decoding borrows the datagram: no allocation per packet.
 
@@ -216,6 +219,31 @@ pub fn decode(msg: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Result<Vrrp3Packet<'_
     })
 }
 
+/// Which pseudo-header destination made a unicast packet's checksum verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChecksumDst {
+    /// The packet's real destination (RFC 5798, current keepalived).
+    Actual,
+    /// 224.0.0.18 although sent unicast (older keepalived).
+    Multicast,
+}
+
+/// [`decode`] for a unicast packet: verifies the checksum with the real
+/// destination first, then with 224.0.0.18 (older keepalived).
+pub fn decode_unicast(
+    msg: &[u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Result<(Vrrp3Packet<'_>, ChecksumDst), Vrrp3Error> {
+    match decode(msg, src, dst) {
+        Ok(p) => Ok((p, ChecksumDst::Actual)),
+        Err(Vrrp3Error::BadChecksum) if dst != MULTICAST_V4 => {
+            decode(msg, src, MULTICAST_V4).map(|p| (p, ChecksumDst::Multicast))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +301,32 @@ mod tests {
         );
         assert_eq!(
             decode(&KNOWN, Ipv4Addr::new(10, 0, 0, 3), MULTICAST_V4),
+            Err(Vrrp3Error::BadChecksum)
+        );
+    }
+
+    #[test]
+    fn unicast_accepts_either_pseudo_header_destination() {
+        let peer = Ipv4Addr::new(10, 0, 0, 2);
+        // KNOWN was summed with 224.0.0.18: what older keepalived sends unicast.
+        let (p, how) = decode_unicast(&KNOWN, SRC, peer).unwrap();
+        assert_eq!((p.vrid, how), (51, ChecksumDst::Multicast));
+        let mut buf = [0u8; MAX_LEN];
+        let n = encode(
+            51,
+            100,
+            100,
+            &[Ipv4Addr::new(10, 0, 0, 100)],
+            SRC,
+            peer,
+            &mut buf,
+        )
+        .unwrap();
+        let (_, how) = decode_unicast(&buf[..n], SRC, peer).unwrap();
+        assert_eq!(how, ChecksumDst::Actual);
+        buf[2] ^= 1;
+        assert_eq!(
+            decode_unicast(&buf[..n], SRC, peer),
             Err(Vrrp3Error::BadChecksum)
         );
     }
