@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod election;
 pub mod logging;
 pub mod page;
 pub mod status;

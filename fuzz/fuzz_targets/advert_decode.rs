@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
 use dynia_vrrp::advert::{
-    decode, encode, Advert, AdvertKey, ClusterId, MemberSet, ReceiveFilter, ADVERT_LEN,
+    decode, encode, Advert, AdvertKey, ClusterId, MemberSet, ReceiveFilter, SenderRole, ADVERT_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             seq: u64_at(16),
             generation: u64_at(24),
             config_hash: [data[6]; 32],
+            role: [SenderRole::Master, SenderRole::Backup, SenderRole::Fault][usize::from(data[7] % 3)],
         };
         let bytes: [u8; ADVERT_LEN] = encode(&a, k);
         assert_eq!(decode(&bytes, k), Ok(a));

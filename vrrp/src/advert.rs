@@ -23,7 +23,15 @@
 //!  44   8  sequence (strictly increases within an epoch)
 //!  52   8  cluster-document generation
 //!  60  32  cluster-document hash (SHA-256)
-//!  92  32  HMAC-SHA256(cluster key, bytes 0..92)
+//!  92   1  sender's role: 1 master, 2 backup, 3 fault (see [`SenderRole`])
+//!  93   3  reserved, zero
+//!  96  32  HMAC-SHA256(cluster key, bytes 0..96)
+//! ```
+//! Only a master's adverts drive the election (RFC 5798: backups are silent
+//! to the state machine). Backups and faulted nodes still send a slower
+//! heartbeat with their role, so every member knows when it last heard every
+//! other one and at which generation it is (drift without polling).
+//! ```text
 //! ```
 //! A datagram of any other length, magic or version is refused before the
 //! MAC is computed; the MAC is verified (constant time) before any other
@@ -42,7 +50,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAGIC: [u8; 4] = *b"DYNV";
 pub const VERSION: u8 = 1;
 /// Bytes covered by the MAC.
-pub const BODY_LEN: usize = 92;
+pub const BODY_LEN: usize = 96;
 pub const MAC_LEN: usize = 32;
 /// Total datagram length.
 pub const ADVERT_LEN: usize = BODY_LEN + MAC_LEN;
@@ -118,6 +126,45 @@ pub struct Advert {
     pub generation: u64,
     /// The sender's cluster-document hash.
     pub config_hash: [u8; 32],
+    /// What the sender is; only [`SenderRole::Master`] adverts feed the election.
+    pub role: SenderRole,
+}
+
+/// The sender's election role, carried in every advert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SenderRole {
+    Master,
+    Backup,
+    Fault,
+}
+
+impl SenderRole {
+    fn to_byte(self) -> u8 {
+        match self {
+            SenderRole::Master => 1,
+            SenderRole::Backup => 2,
+            SenderRole::Fault => 3,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<SenderRole> {
+        match b {
+            1 => Some(SenderRole::Master),
+            2 => Some(SenderRole::Backup),
+            3 => Some(SenderRole::Fault),
+            _ => None,
+        }
+    }
+
+    /// The `/status.json` spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SenderRole::Master => "master",
+            SenderRole::Backup => "backup",
+            SenderRole::Fault => "fault",
+        }
+    }
 }
 
 impl Advert {
@@ -182,6 +229,7 @@ pub fn encode(a: &Advert, key: &AdvertKey) -> [u8; ADVERT_LEN] {
     b[44..52].copy_from_slice(&a.seq.to_be_bytes());
     b[52..60].copy_from_slice(&a.generation.to_be_bytes());
     b[60..92].copy_from_slice(&a.config_hash);
+    b[92] = a.role.to_byte();
     let mut mac = key.mac.clone();
     mac.update(&b[..BODY_LEN]);
     b[BODY_LEN..].copy_from_slice(&mac.finalize().into_bytes());
@@ -238,6 +286,10 @@ pub fn decode(bytes: &[u8], key: &AdvertKey) -> Result<Advert, AdvertError> {
     };
     let mut config_hash = [0u8; 32];
     config_hash.copy_from_slice(&bytes[60..92]);
+    let role = SenderRole::from_byte(bytes[92]).ok_or(AdvertError::Malformed("sender role"))?;
+    if bytes[93..96].iter().any(|&x| x != 0) {
+        return Err(AdvertError::Malformed("reserved bytes not zero"));
+    }
     let a = Advert {
         vrid: bytes[5],
         cluster: ClusterId(be_u64(&bytes[12..20])),
@@ -248,6 +300,7 @@ pub fn decode(bytes: &[u8], key: &AdvertKey) -> Result<Advert, AdvertError> {
         seq: be_u64(&bytes[44..52]),
         generation: be_u64(&bytes[52..60]),
         config_hash,
+        role,
     };
     if a.priority == 255 {
         return Err(AdvertError::Malformed("priority 255"));

@@ -26,6 +26,7 @@ fn sample(sender: IpAddr, epoch: u64, seq: u64) -> Advert {
         seq,
         generation: 7,
         config_hash: [0x9f; 32],
+        role: SenderRole::Master,
     }
 }
 
