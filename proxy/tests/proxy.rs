@@ -182,12 +182,19 @@ async fn failing_health_takes_member_out_after_fall_and_back_after_rise() {
     );
     let before = sick.hits();
     let mut c = Client::connect(rig.addr).await.unwrap();
+    let mut answers = Vec::new();
     for _ in 0..20 {
         let a = c.get(HOST, "/").await.unwrap();
         assert_eq!(a.status, 200);
         assert_ne!(a.member(), Some(&*id));
+        answers.push(a);
     }
     assert_eq!(sick.hits(), before);
+    let counts = count_by_member(&answers);
+    assert!(
+        counts.values().all(|&n| n == 10),
+        "the two healthy members share evenly: {counts:?}"
+    );
 
     sick.set_health(200);
     wait_until(WAIT, "member UP again", || {
