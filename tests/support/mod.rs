@@ -3,6 +3,7 @@
 //! and bounded waiting for events.
 #![allow(dead_code)]
 
+pub mod netns;
 #[path = "../../proxy/tests/support/mod.rs"]
 pub mod web;
 

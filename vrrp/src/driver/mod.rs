@@ -13,19 +13,21 @@
 //!
 //! Where the rest goes:
 //! - `l2` (add the address to an interface + gratuitous ARP, remove on leave):
-//!   a future `driver/l2.rs` and a `Driver::L2` variant.
+//!   [`l2`], the `Driver::L2` variant.
 //! - hooks (`on_master`, `on_backup`, `on_fault`): they run *beside* any driver,
 //!   not instead of one, so they belong in a future `driver/hooks.rs` that the
 //!   election shell calls after the driver; they are not a `Driver` variant.
 
 pub mod digitalocean;
 mod http;
+pub mod l2;
 mod secret;
 
 pub use digitalocean::{
     DigitalOcean, DigitalOceanConfig, MetadataClient, PollPolicy, RetryPolicy, Timeouts,
     DEFAULT_API_URL, DEFAULT_METADATA_URL,
 };
+pub use l2::{L2Config, L2};
 pub use secret::Secret;
 
 use std::fmt;
@@ -170,7 +172,8 @@ pub enum Driver {
     None(NoneDriver),
     /// DigitalOcean Reserved IP through the public API (`driver = "digitalocean"`).
     DigitalOcean(DigitalOcean),
-    // L2(L2Driver) — later work: see the module doc.
+    /// An address on a local interface plus gratuitous ARP (`driver = "l2"`).
+    L2(L2),
 }
 
 impl Driver {
@@ -179,6 +182,7 @@ impl Driver {
         match self {
             Driver::None(_) => "none",
             Driver::DigitalOcean(_) => "digitalocean",
+            Driver::L2(_) => "l2",
         }
     }
 
@@ -188,6 +192,7 @@ impl Driver {
         match self {
             Driver::None(_) => Ok(ClaimOutcome::NotApplicable),
             Driver::DigitalOcean(d) => d.claim().await,
+            Driver::L2(d) => d.claim().await,
         }
     }
 
@@ -196,6 +201,7 @@ impl Driver {
         match self {
             Driver::None(_) => Ok(ReleaseOutcome::NotApplicable),
             Driver::DigitalOcean(d) => d.release().await,
+            Driver::L2(d) => d.release().await,
         }
     }
 
@@ -204,6 +210,7 @@ impl Driver {
         match self {
             Driver::None(_) => Ok(Holder::Unknown),
             Driver::DigitalOcean(d) => d.holder().await,
+            Driver::L2(d) => d.holder().await,
         }
     }
 }
@@ -211,6 +218,12 @@ impl Driver {
 impl From<DigitalOcean> for Driver {
     fn from(d: DigitalOcean) -> Self {
         Driver::DigitalOcean(d)
+    }
+}
+
+impl From<L2> for Driver {
+    fn from(d: L2) -> Self {
+        Driver::L2(d)
     }
 }
 
