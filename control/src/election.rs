@@ -43,6 +43,10 @@ const RECONCILE: Duration = Duration::from_secs(5);
 const COMMANDS: usize = 16;
 /// Longest a hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A master re-asserts the Reserved IP at most this often (see `reassert`).
+const REASSERT_MIN_GAP: Duration = Duration::from_secs(1);
+/// After hearing its successor, a leaving master keeps the Reserved IP this long at least.
+const HANDOVER_SETTLE_MIN: Duration = Duration::from_millis(200);
 /// After resigning, how long a leaving master waits to hear its successor.
 const HANDOVER_WAIT_MIN: Duration = Duration::from_secs(1);
 
@@ -353,6 +357,12 @@ struct Shell {
     counter: SendCounter,
     started: Instant,
     want: watch::Sender<Want>,
+    /// Wakes the driver task to claim again while holding: a master that
+    /// hears a lower-priority master (a healed split) re-announces the
+    /// Reserved IP, as keepalived re-sends gratuitous ARP in
+    /// `vrrp_state_master_rx` (`vrrp_garp_lower_prio_repeat`), so clients
+    /// whose cache points at the other node come back at once.
+    reassert: Arc<tokio::sync::Notify>,
 }
 
 impl Shell {
@@ -387,6 +397,7 @@ impl Shell {
             counter: SendCounter::new(epoch),
             started: Instant::now(),
             want,
+            reassert: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -407,6 +418,7 @@ impl Shell {
             self.metrics.clone(),
             elsewhere_tx,
             self.settings.clone(),
+            self.reassert.clone(),
         ));
         let mut serving = can_serve();
         let now = self.now();
@@ -505,6 +517,12 @@ impl Shell {
                 if a.role == SenderRole::Master {
                     let acts = self.election.step(self.now(), a.to_input());
                     self.apply(acts.as_slice()).await;
+                    if self.election.role() == Role::Master
+                        && a.priority > 0
+                        && a.priority < self.election.priority().get()
+                    {
+                        self.reassert.notify_one();
+                    }
                 }
             }
             Err(reason) => {
@@ -644,6 +662,12 @@ impl Shell {
                         if let Ok(a) = self.filter.accept(&buf[..n], Some(from.ip())) {
                             if a.role == SenderRole::Master && a.priority > 0 {
                                 tracing::info!(successor = %a.sender, "successor took over");
+                                // Its advert precedes its claim (address + GARP):
+                                // keep the Reserved IP a moment longer so clients
+                                // have moved before we let go.
+                                let settle =
+                                    (self.settings.advert_interval * 3).max(HANDOVER_SETTLE_MIN);
+                                tokio::time::sleep(settle).await;
                                 break;
                             }
                         }
@@ -681,6 +705,7 @@ async fn driver_task(
     metrics: Metrics,
     elsewhere: mpsc::Sender<IpAddr>,
     settings: Settings,
+    reassert: Arc<tokio::sync::Notify>,
 ) {
     loop {
         let w = *want.borrow_and_update();
@@ -697,11 +722,20 @@ async fn driver_task(
             }
             Want::Hold => {
                 claim(&driver, &shared, &metrics).await;
+                let mut last_claim = Instant::now();
                 // Reconcile until the wish changes.
                 loop {
                     tokio::select! {
                         r = want.changed() => { if r.is_err() { return; } break; }
                         _ = tokio::time::sleep(RECONCILE) => {}
+                        _ = reassert.notified() => {
+                            if last_claim.elapsed() >= REASSERT_MIN_GAP {
+                                tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
+                                claim(&driver, &shared, &metrics).await;
+                                last_claim = Instant::now();
+                            }
+                            continue;
+                        }
                     }
                     match driver.holder().await {
                         Ok(Holder::Me) | Ok(Holder::Unknown) => {}

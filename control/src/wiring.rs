@@ -163,7 +163,7 @@ pub async fn driver(
 ) -> Result<dynia_vrrp::driver::Driver, dynia_vrrp::driver::DriverError> {
     use crate::config::Driver as Kind;
     use dynia_vrrp::driver::{
-        DigitalOcean, DigitalOceanConfig, Driver, DriverError, NoneDriver, Secret,
+        DigitalOcean, DigitalOceanConfig, Driver, DriverError, L2Config, NoneDriver, Secret, L2,
     };
     let r = &loaded.node.reserved_ip;
     match r.driver {
@@ -194,9 +194,19 @@ pub async fn driver(
             cfg.metadata_url = r.metadata_url.clone();
             Ok(Driver::DigitalOcean(DigitalOcean::new(cfg).await?))
         }
-        Kind::L2 => Err(DriverError::Config {
-            what: "driver \"l2\" is not available in this build yet".into(),
-            hint: "use driver = \"none\" or \"digitalocean\"",
-        }),
+        Kind::L2 => {
+            let (Some(address), Some(interface)) = (r.address, &r.interface) else {
+                return Err(DriverError::Config {
+                    what: "driver \"l2\" needs `address` and `interface` in [reserved_ip]".into(),
+                    hint: "see deploy/examples/dynia.toml",
+                });
+            };
+            let prefix = r.prefix_len().unwrap_or(32);
+            Ok(Driver::L2(L2::new(L2Config::new(
+                interface.clone(),
+                address,
+                prefix,
+            ))?))
+        }
     }
 }

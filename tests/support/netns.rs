@@ -467,7 +467,9 @@ impl NetnsCluster {
         if let Some(mut c) = self.procs[i].take() {
             // Resume first: a stopped process dies on SIGKILL anyway, but
             // this keeps the order of events obvious in logs.
-            self.signal_pid(c.id(), libc::SIGCONT);
+            // It may have exited (and been reaped) already: ignore errors.
+            // SAFETY: kill(2) on our own child's pid.
+            let _ = unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }

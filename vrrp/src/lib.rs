@@ -3,7 +3,7 @@
 //! * [`election`]: the RFC 5798 state machine, pure (clock and events injected).
 //! * [`advert`]: the `dynia` transport's authenticated advert, replay guard, receive filter.
 //! * [`vrrp3`]: the RFC 5798 VRRPv3 IPv4 packet codec (keepalived interop).
-//! * [`driver`]: what moves the Reserved IP (DigitalOcean API, none; L2 to come).
+//! * [`driver`]: what moves the Reserved IP (DigitalOcean API, L2 address + gratuitous ARP, none).
 //! * `dosim` (feature `simulator`): a local DigitalOcean API + metadata simulator.
 
 pub mod advert;
