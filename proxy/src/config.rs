@@ -28,7 +28,8 @@ pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
     /// Plain listeners only: answer `308` to `https://` (the port of the first
-    /// TLS listener, omitted when 443), except a service's health path.
+    /// TLS listener, omitted when 443) for every host a TLS listener has a
+    /// certificate for, except a service's health path.
     pub redirect_https: bool,
     /// TLS certificates chosen by SNI, the first for clients without SNI or
     /// with an unknown name. Empty = plain HTTP. Read at every start and apply.

@@ -27,7 +27,8 @@ use crate::state::{ServiceRt, Snapshot, Tried};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
-    /// A plain listener with `redirect_https`: answer 308 to `https://`.
+    /// A plain listener with `redirect_https`, and a host some certificate
+    /// here covers: answer 308 to `https://`.
     pub redirect_https: bool,
 }
 
@@ -106,7 +107,7 @@ fn redirect_https(
     Some(r)
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn request_host(req: &Request<Incoming>) -> Option<String> {
     if let Some(h) = req
         .headers()
         .get(header::HOST)

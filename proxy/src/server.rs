@@ -179,8 +179,14 @@ async fn serve_http<I>(
     let io = TokioIo::new(io);
     let svc_shared = shared.clone();
     let svc_state = state.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let snap = svc_shared.snapshot.load_full();
+        let mut info = info;
+        if info.redirect_https {
+            // Only hosts some certificate here covers go to https.
+            info.redirect_https = crate::forward::request_host(&req)
+                .is_some_and(|h| svc_shared.tls.has_certificate_for(&h));
+        }
         svc_state.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightReq(svc_state.clone());
         async move {

@@ -17,6 +17,8 @@
 //!   the caller then changes nothing. A certificate within
 //!   [`EXPIRY_WARNING`] of its notAfter is logged as a warning at every load
 //!   and every [`EXPIRY_CHECK_EVERY`].
+//! - `redirect_https` (plain listeners) sends to https only the hosts some
+//!   TLS listener has a certificate for (`Tls::has_certificate_for`).
 //! - Metrics: `dynia_tls_certificate_expiry_seconds{name}` — seconds from the
 //!   scrape to the certificate's notAfter, computed at scrape time; `name` is
 //!   `<listener>:<certificate file>` (the file is what an operator replaces).
@@ -252,22 +254,38 @@ impl CertResolver {
 
     /// Index of the certificate for `sni`: exact, then wildcard, then the first.
     fn index(&self, sni: Option<&str>) -> usize {
-        let Some(name) = sni else { return 0 };
-        let name = name.trim_end_matches('.');
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        if let Some(&i) = self.exact.get(name) {
-            return i;
-        }
-        name.split_once('.')
-            .and_then(|(_, parent)| self.wildcard.get(parent).copied())
+        sni.and_then(|name| lookup(&self.exact, &self.wildcard, name))
             .unwrap_or(0)
     }
+}
+
+/// The value for DNS name `name` (any case, trailing dot allowed): an exact
+/// entry, else a wildcard entry for its parent (`*.` covers one label).
+fn lookup<T: Copy>(
+    exact: &HashMap<String, T>,
+    wildcard: &HashMap<String, T>,
+    name: &str,
+) -> Option<T> {
+    let name = name.trim_end_matches('.');
+    let lower;
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        name
+    };
+    if let Some(&v) = exact.get(name) {
+        return Some(v);
+    }
+    let (_, parent) = name.split_once('.')?;
+    wildcard.get(parent).copied()
+}
+
+/// Every DNS name some TLS listener has a certificate for.
+#[derive(Default)]
+struct Names {
+    exact: HashMap<String, ()>,
+    wildcard: HashMap<String, ()>,
 }
 
 impl ResolvesServerCert for CertResolver {
@@ -286,6 +304,7 @@ pub(crate) struct ListenerTls {
 /// resumption state shared across reloads, and the metrics.
 pub(crate) struct Tls {
     listeners: ArcSwap<HashMap<String, Arc<ListenerTls>>>,
+    names: ArcSwap<Names>,
     session_cache: Arc<dyn StoresServerSessions>,
     ticketer: Arc<dyn ProducesTickets>,
     expiry: Arc<ArcSwap<Vec<(String, i64)>>>,
@@ -312,6 +331,7 @@ impl Tls {
         let ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::from)?;
         Ok(Tls {
             listeners: ArcSwap::from_pointee(HashMap::new()),
+            names: ArcSwap::from_pointee(Names::default()),
             session_cache: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_SIZE),
             ticketer,
             expiry,
@@ -367,10 +387,17 @@ impl Tls {
     /// certificates close to expiry.
     pub(crate) fn store(&self, prepared: Prepared) {
         let mut expiry = Vec::new();
-        let mut names: Vec<&String> = prepared.0.keys().collect();
-        names.sort();
-        for name in names {
+        let mut covered = Names::default();
+        let mut listeners: Vec<&String> = prepared.0.keys().collect();
+        listeners.sort();
+        for name in listeners {
             for c in &prepared.0[name].certs {
+                for n in &c.names {
+                    match n.strip_prefix("*.") {
+                        Some(parent) => covered.wildcard.insert(parent.to_owned(), ()),
+                        None => covered.exact.insert(n.clone(), ()),
+                    };
+                }
                 let label = format!("{name}:{}", c.cert.display());
                 if !expiry.iter().any(|(l, _)| *l == label) {
                     expiry.push((label, c.not_after));
@@ -379,7 +406,20 @@ impl Tls {
         }
         warn_expiring(&prepared.0, unix_now());
         self.expiry.store(Arc::new(expiry));
+        self.names.store(Arc::new(covered));
         self.listeners.store(Arc::new(prepared.0));
+    }
+
+    /// Whether some TLS listener has a certificate for `host` (a `Host`
+    /// value, port allowed): `redirect_https` sends only those to https.
+    pub(crate) fn has_certificate_for(&self, host: &str) -> bool {
+        let names = self.names.load();
+        lookup(
+            &names.exact,
+            &names.wildcard,
+            crate::route::strip_port(host),
+        )
+        .is_some()
     }
 
     /// The TLS of listener `name`, or `None` for a plain listener.
@@ -404,17 +444,22 @@ impl Tls {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        match tokio::time::timeout(timeout, listener.acceptor.accept(stream)).await {
-            Ok(Ok(s)) => {
-                self.handshakes_ok.inc();
-                Some(s)
-            }
-            Ok(Err(e)) => {
-                self.handshakes_failed.inc();
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                None
-            }
-            Err(_) => {
+        let accept = listener.acceptor.accept(stream);
+        tokio::pin!(accept);
+        tokio::select! {
+            r = &mut accept => match r {
+                Ok(s) => {
+                    self.handshakes_ok.inc();
+                    Some(s)
+                }
+                Err(e) => {
+                    self.handshakes_failed.inc();
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+            },
+            _ = tokio::time::sleep(timeout) => {
+                // Counted before the connection is closed (when `accept` drops).
                 self.handshakes_timed_out.inc();
                 tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
                 None
