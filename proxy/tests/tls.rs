@@ -702,3 +702,55 @@ async fn redirect_https_on_a_tls_listener_is_refused() {
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("redirect_https"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_over_tls() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ws_listener = tokio::net::TcpListener::bind("127.0.0.5:0").await.unwrap();
+    let ws_addr = ws_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = ws_listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    let ca = Ca::new("dynia test CA");
+    let dir = TlsDir::new("wss");
+    let leaf = ca.issue(HOST, &[HOST], KeyKind::EcdsaPkcs8, Validity::Year);
+    let mut cfg = config(
+        vec![files(leaf.write(&dir.0, "app"))],
+        ws_addr,
+        None,
+        Limits::default(),
+        0,
+    );
+    // The echo server has no health path: check too rarely to matter.
+    cfg.services[0].health.interval = Duration::from_secs(30);
+    let proxy = Proxy::start(cfg, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let https = proxy.listeners()[0].local;
+    let tcp = TcpStream::connect(https).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(ca.client(false, &[b"http/1.1"]))
+        .connect(HOST.try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("wss://{HOST}/chat"), tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..5 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+}
