@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dynia_proxy::{
-    AdminState, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, ProxyConfig,
-    ServiceConfig,
+    AdminState, CertificateFiles, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig,
+    ProxyConfig, ServiceConfig,
 };
 
 use crate::config::{ClusterDoc, MemberState, NodeFile};
@@ -34,6 +34,17 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
         .map(|l| ListenerConfig {
             name: l.name.clone(),
             bind: l.bind,
+            redirect_https: l.redirect_https,
+            // Paths only: the proxy reads the files at every start and apply,
+            // so a reload picks up renewed certificates.
+            certificates: l
+                .certificates
+                .iter()
+                .map(|c| CertificateFiles {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                })
+                .collect(),
         })
         .collect();
     let services = cluster
@@ -56,6 +67,10 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
                 fall: s.health.fall,
                 rise: s.health.rise,
             },
+            // Validation already refused values that are not header values.
+            hsts: s
+                .hsts_header()
+                .and_then(|h| http::HeaderValue::try_from(h).ok()),
             members: cluster
                 .members
                 .iter()

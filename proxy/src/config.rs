@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +22,25 @@ pub struct ProxyConfig {
     pub services: Vec<ServiceConfig>,
 }
 
-/// One plain-HTTP listening socket.
+/// One listening socket: plain HTTP, or TLS when it has certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
+    /// Plain listeners only: answer `308` to `https://` (the port of the first
+    /// TLS listener, omitted when 443) for every host a TLS listener has a
+    /// certificate for, except a service's health path.
+    pub redirect_https: bool,
+    /// TLS certificates chosen by SNI, the first for clients without SNI or
+    /// with an unknown name. Empty = plain HTTP. Read at every start and apply.
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Timeouts and size limits; every one has a safe default.
@@ -64,6 +79,8 @@ pub struct ServiceConfig {
     pub hosts: Vec<HostPattern>,
     pub retries: u32,
     pub health: HealthConfig,
+    /// `Strict-Transport-Security` set on this service's answers over TLS.
+    pub hsts: Option<http::HeaderValue>,
     /// One entry per cluster member, in cluster-document order.
     pub members: Vec<MemberConfig>,
 }
@@ -188,6 +205,8 @@ pub enum ConfigError {
     BadHealth { service: String, what: String },
     #[error("limits: {0}")]
     BadLimit(String),
+    #[error("listener `{listener}`: {what}")]
+    BadListener { listener: String, what: String },
 }
 
 /// Upper bound on retries per request, whatever the config says.
@@ -196,6 +215,15 @@ pub const MAX_RETRIES: u32 = 10;
 pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl ProxyConfig {
+    /// The port `redirect_https` sends clients to: the first TLS listener's,
+    /// 443 when there is none.
+    pub fn https_port(&self) -> u16 {
+        self.listeners
+            .iter()
+            .find(|l| !l.certificates.is_empty())
+            .map_or(443, |l| l.bind.port())
+    }
+
     /// Checks what the data path assumes; the control layer has already given
     /// the user located errors, so these only guard programmatic callers.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -203,6 +231,12 @@ impl ProxyConfig {
         for l in &self.listeners {
             if !names.insert(l.name.as_str()) {
                 return Err(ConfigError::DuplicateListener(l.name.clone()));
+            }
+            if l.redirect_https && !l.certificates.is_empty() {
+                return Err(ConfigError::BadListener {
+                    listener: l.name.clone(),
+                    what: "redirect_https is for plain listeners; this one has certificates".into(),
+                });
             }
         }
         let l = &self.limits;

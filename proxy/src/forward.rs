@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
 use crate::body::{ReqBody, RespBody};
+use crate::config::{ProxyConfig, ServiceConfig};
 use crate::state::{ServiceRt, Snapshot, Tried};
 
 /// Facts about the client connection a request came on.
@@ -26,6 +27,9 @@ use crate::state::{ServiceRt, Snapshot, Tried};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// A plain listener with `redirect_https`, and a host some certificate
+    /// here covers: answer 308 to `https://`.
+    pub redirect_https: bool,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -48,7 +52,18 @@ pub async fn handle(
         return local(StatusCode::NOT_FOUND, "no service for this host\n");
     };
     let svc = &snap.services[idx];
-    let resp = forward(&snap, svc, req, host, info).await;
+    let cfg = &snap.config.services[idx];
+    let mut resp = match info.redirect_https && !info.tls {
+        true => match redirect_https(&snap.config, cfg, &req, host.as_deref()) {
+            Some(r) => r,
+            None => forward(&snap, svc, req, host, info).await,
+        },
+        false => forward(&snap, svc, req, host, info).await,
+    };
+    if let (true, Some(hsts)) = (info.tls, &cfg.hsts) {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     svc.metrics.count(resp.status().as_u16());
     svc.metrics
         .duration
@@ -56,7 +71,43 @@ pub async fn handle(
     resp
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+/// The `308` to `https://` for a request on a `redirect_https` listener, or
+/// `None` for the service's health path (health checkers often speak plain
+/// HTTP), which is forwarded as usual.
+fn redirect_https(
+    config: &ProxyConfig,
+    svc: &ServiceConfig,
+    req: &Request<Incoming>,
+    host: Option<&str>,
+) -> Option<Response<RespBody>> {
+    let path = req.uri().path();
+    let pq = req.uri().path_and_query().map_or(path, |p| p.as_str());
+    if path == svc.health.path || pq == svc.health.path {
+        return None;
+    }
+    let name = crate::route::strip_port(host.unwrap_or_default());
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':')
+        });
+    if !valid {
+        return Some(local(StatusCode::BAD_REQUEST, "bad host\n"));
+    }
+    let port = match config.https_port() {
+        443 => String::new(),
+        p => format!(":{p}"),
+    };
+    let pq = if pq.starts_with('/') { pq } else { "/" };
+    let location = format!("https://{name}{port}{pq}");
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return Some(local(StatusCode::BAD_REQUEST, "bad request target\n"));
+    };
+    let mut r = local(StatusCode::PERMANENT_REDIRECT, "moved to https\n");
+    r.headers_mut().insert(header::LOCATION, location);
+    Some(r)
+}
+
+pub(crate) fn request_host(req: &Request<Incoming>) -> Option<String> {
     if let Some(h) = req
         .headers()
         .get(header::HOST)
@@ -385,6 +436,7 @@ mod tests {
         let info = ConnInfo {
             peer: "192.0.2.7:5555".parse().unwrap(),
             tls: false,
+            redirect_https: false,
         };
         prepare_request(&mut parts, Some("app.example.com"), info, false);
         assert_eq!(parts.headers[&X_FORWARDED_FOR], "203.0.113.1, 192.0.2.7");

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,8 +30,8 @@ use tokio_util::task::TaskTracker;
 
 pub use backend::Health;
 pub use config::{
-    AdminState, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, ProxyConfig,
-    ServiceConfig,
+    AdminState, CertificateFiles, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig,
+    ProxyConfig, ServiceConfig,
 };
 pub use metrics::ProxyMetrics;
 
@@ -49,6 +50,13 @@ pub enum ProxyError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        listener: String,
+        source: tls::TlsError,
+    },
+    #[error("TLS: {0}")]
+    TlsSetup(#[from] tls::TlsError),
 }
 
 /// State shared by the accept loops, connections and the control handle.
@@ -59,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Fired at shutdown: every connection finishes gracefully.
     pub(crate) stop: CancellationToken,
+    /// Acceptors of the TLS listeners, swapped on apply.
+    pub(crate) tls: tls::Tls,
     registry: Mutex<Registry>,
     listeners: Mutex<Vec<Running>>,
 }
@@ -112,9 +122,12 @@ impl Proxy {
     ) -> Result<Proxy, ProxyError> {
         config.validate()?;
         let metrics = ProxyMetrics::new(registry)?;
+        let tls = tls::Tls::new(registry)?;
+        let prepared = tls.prepare(&config)?;
         let mut reg = Registry::new(metrics.clone());
         let listeners = config.listeners.clone();
         let bound = bind_all(&listeners)?;
+        tls.store(prepared);
         let snapshot = reg.build(config);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -122,6 +135,7 @@ impl Proxy {
             connections: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            tls,
             registry: Mutex::new(reg),
             listeners: Mutex::new(Vec::new()),
         });
@@ -129,6 +143,7 @@ impl Proxy {
         for (l, tcp) in listeners.iter().zip(bound) {
             proxy.run_listener(l, tcp);
         }
+        tokio::spawn(check_expiry(proxy.shared.clone()));
         Ok(proxy)
     }
 
@@ -161,6 +176,8 @@ impl Proxy {
     /// snapshot in one step. On any error nothing changes.
     pub fn apply(&self, config: ProxyConfig) -> Result<(), ProxyError> {
         config.validate()?;
+        // Certificates are read first: a bad one changes nothing.
+        let prepared = self.shared.tls.prepare(&config)?;
         let running: Vec<(Arc<str>, SocketAddr)> = lock(&self.shared.listeners)
             .iter()
             .map(|r| (r.name.clone(), r.bind))
@@ -197,6 +214,7 @@ impl Proxy {
             tracing::info!(listener = %r.name, addr = %r.local, "listener closed");
         }
         let snapshot = lock(&self.shared.registry).build(config);
+        self.shared.tls.store(prepared);
         self.shared.snapshot.store(Arc::new(snapshot));
         for (l, tcp) in new.iter().zip(bound) {
             self.run_listener(l, tcp);
@@ -279,6 +297,19 @@ impl Proxy {
             .is_ok();
         lock(&self.shared.registry).stop();
         done
+    }
+}
+
+/// Warns every [`tls::EXPIRY_CHECK_EVERY`] about certificates close to expiry
+/// (each load warns too), until shutdown.
+async fn check_expiry(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(tls::EXPIRY_CHECK_EVERY);
+    tick.tick().await; // the first tick is now: the load just warned
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => shared.tls.check_expiry(),
+        }
     }
 }
 

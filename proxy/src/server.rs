@@ -1,9 +1,11 @@
 //! Client side: listening sockets, accepted connections and their limits.
 //!
 //! Each listener runs an accept loop. A connection over `max_connections` is
-//! closed at once (counted, never queued). Connections are served by hyper
-//! (HTTP/1.1, and HTTP/2 with prior knowledge) with the header read timeout and
-//! size limit of the snapshot current when they were accepted; an idle
+//! closed at once (counted, never queued). On a TLS listener the handshake
+//! comes first, bounded by `header_read_timeout` (see `tls`), and the
+//! negotiated ALPN picks HTTP/2 or HTTP/1.1. Connections are served by hyper
+//! (HTTP/1.1, and HTTP/2 by ALPN or with prior knowledge) with the header read
+//! timeout and size limit of the snapshot current when they were accepted; an idle
 //! keep-alive connection is closed after `idle_timeout`. Shutdown stops the
 //! accept loops, asks every connection to finish gracefully and waits for
 //! them within a grace period.
@@ -17,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +70,9 @@ pub(crate) async fn accept_loop(
         shared.metrics.connections_total.inc();
         shared.metrics.connections_active.inc();
         let s = shared.clone();
+        let listener_name = name.clone();
         shared.tracker.spawn(async move {
-            serve_connection(&s, stream, peer).await;
+            serve_connection(&s, stream, peer, &listener_name).await;
             s.connections.fetch_sub(1, Ordering::AcqRel);
             s.metrics.connections_active.dec();
         });
@@ -98,20 +102,91 @@ impl Drop for InflightReq {
     }
 }
 
-async fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+/// Which HTTP the client side speaks on a connection.
+#[derive(Clone, Copy)]
+enum Http {
+    /// HTTP/1.1, or HTTP/2 with prior knowledge (plain; TLS without ALPN or
+    /// with `http/1.1`, where upgrades such as WebSocket must work).
+    Auto,
+    /// ALPN `h2`.
+    H2,
+}
+
+async fn serve_connection(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+) {
     let _ = stream.set_nodelay(true);
-    let limits = shared.snapshot.load().limits;
+    let (limits, redirect_https) = {
+        let snap = shared.snapshot.load();
+        let redirect = snap
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.name == listener && l.redirect_https);
+        (snap.limits, redirect)
+    };
     let state = Arc::new(ConnState {
         start: Instant::now(),
         last_active_ms: AtomicU64::new(0),
         inflight: AtomicU32::new(0),
     });
-    let io = TokioIo::new(ActivityIo::new(stream, state.clone()));
-    let info = ConnInfo { peer, tls: false };
+    let io = ActivityIo::new(stream, state.clone());
+    let Some(tls) = shared.tls.listener(listener) else {
+        let info = ConnInfo {
+            peer,
+            tls: false,
+            redirect_https,
+        };
+        return serve_http(shared, io, info, state, limits, Http::Auto).await;
+    };
+    let handshake = shared
+        .tls
+        .handshake(&tls, io, limits.header_read_timeout, peer);
+    let stream = tokio::select! {
+        s = handshake => match s {
+            Some(s) => s,
+            None => return,
+        },
+        _ = shared.stop.cancelled() => return,
+    };
+    drop(tls);
+    let http = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Http::H2,
+        _ => Http::Auto,
+    };
+    let info = ConnInfo {
+        peer,
+        tls: true,
+        redirect_https: false,
+    };
+    serve_http(shared, stream, info, state, limits, http).await
+}
+
+async fn serve_http<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    state: Arc<ConnState>,
+    limits: crate::config::Limits,
+    http: Http,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let io = TokioIo::new(io);
     let svc_shared = shared.clone();
     let svc_state = state.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let snap = svc_shared.snapshot.load_full();
+        let mut info = info;
+        if info.redirect_https {
+            // Only hosts some certificate here covers go to https.
+            info.redirect_https = crate::forward::request_host(&req)
+                .is_some_and(|h| svc_shared.tls.has_certificate_for(&h));
+        }
         svc_state.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightReq(svc_state.clone());
         async move {
@@ -131,9 +206,34 @@ async fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketA
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
     let stop = shared.stop.clone();
+    let idle = limits.idle_timeout;
+    if let Http::H2 = http {
+        // ALPN said h2: no HTTP/1 sniffing (and no HTTP/1 upgrades) on this one.
+        let builder = builder.http2_only();
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        drive(conn, |c| c.graceful_shutdown(), &stop, &state, idle, peer).await;
+    } else {
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        drive(conn, |c| c.graceful_shutdown(), &stop, &state, idle, peer).await;
+    }
+}
+
+/// Runs a client connection to its end, asking it to finish gracefully at
+/// shutdown or once idle.
+async fn drive<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+    stop: &CancellationToken,
+    state: &ConnState,
+    idle: Duration,
+    peer: SocketAddr,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut graceful = false;
     loop {
         tokio::select! {
@@ -144,11 +244,11 @@ async fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketA
                 return;
             }
             _ = stop.cancelled(), if !graceful => {
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
                 graceful = true;
             }
-            _ = idle_expired(&state, limits.idle_timeout), if !graceful => {
-                conn.as_mut().graceful_shutdown();
+            _ = idle_expired(state, idle), if !graceful => {
+                graceful_shutdown(conn.as_mut());
                 graceful = true;
             }
         }

@@ -37,6 +37,8 @@ fn config(
         listeners: vec![ListenerConfig {
             name: "http".into(),
             bind: "127.0.0.1:0".parse().unwrap(),
+            redirect_https: false,
+            certificates: Vec::new(),
         }],
         limits,
         services: vec![ServiceConfig {
@@ -44,6 +46,7 @@ fn config(
             hosts: vec![HostPattern::parse(HOST).unwrap()],
             retries: 2,
             health,
+            hsts: None,
             members: members
                 .iter()
                 .map(|(id, addr, state)| MemberConfig {

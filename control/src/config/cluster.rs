@@ -148,6 +148,60 @@ pub struct Service {
     /// `[service.health]`: the health check.
     #[serde(default)]
     pub health: Health,
+    /// `Strict-Transport-Security` on this service's HTTPS answers (never on
+    /// plain HTTP): the header value, `"max-age=31536000; includeSubDomains"`,
+    /// or a duration, `"8760h"` meaning `"max-age=31536000"`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<String>,
+}
+
+impl Service {
+    /// The `Strict-Transport-Security` value this service sends, if any
+    /// (`None` too when `hsts` is invalid: validation reports that).
+    pub fn hsts_header(&self) -> Option<String> {
+        self.hsts.as_deref().and_then(|h| hsts_header(h).ok())
+    }
+}
+
+/// `hsts` as a header value: a duration becomes `max-age=SECONDS`; otherwise
+/// the value must be `max-age=N` with optional `includeSubDomains` and
+/// `preload` directives (RFC 6797 §6.1), separated by `;`.
+pub fn hsts_header(value: &str) -> Result<String, String> {
+    if let Ok(d) = value.parse::<Duration>() {
+        return Ok(format!("max-age={}", d.as_millis() / 1000));
+    }
+    let mut max_age = false;
+    let mut seen: Vec<String> = Vec::new();
+    for directive in value.split(';').map(str::trim) {
+        let (name, arg) = match directive.split_once('=') {
+            Some((n, a)) => (n.trim().to_ascii_lowercase(), Some(a.trim())),
+            None => (directive.to_ascii_lowercase(), None),
+        };
+        if seen.contains(&name) {
+            return Err(format!("directive {name:?} appears twice"));
+        }
+        match (name.as_str(), arg) {
+            ("max-age", Some(n)) => {
+                let n = n.trim_matches('"');
+                if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 10 {
+                    return Err(format!("max-age must be a number of seconds, not {n:?}"));
+                }
+                max_age = true;
+            }
+            ("includesubdomains" | "preload", None) => {}
+            ("", None) => return Err("it has an empty directive".into()),
+            _ => {
+                return Err(format!(
+                    "{directive:?} is not max-age=SECONDS, includeSubDomains or preload"
+                ))
+            }
+        }
+        seen.push(name);
+    }
+    if !max_age {
+        return Err("max-age=SECONDS is missing".into());
+    }
+    Ok(value.trim().to_owned())
 }
 
 fn default_retries() -> u32 {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use super::cluster::{ClusterDoc, Health, Service, Transport};
+use super::cluster::{hsts_header, ClusterDoc, Health, Service, Transport};
 use super::duration::{divides, Duration};
 use super::node::{Driver, NodeFile, PrivateIp};
 use super::source::{kp, KeyPath, Problems};
@@ -402,6 +402,16 @@ fn service<'a>(
         );
     }
     health(p, i, &s.health);
+    if let Some(h) = &s.hsts {
+        if let Err(why) = hsts_header(h) {
+            p.push(
+                kp!["service", i, "hsts"],
+                format!(
+                    "hsts {h:?} is invalid: {why}; write a header value like \"max-age=31536000; includeSubDomains\" or a duration like \"8760h\""
+                ),
+            );
+        }
+    }
 }
 
 fn health(p: &mut Problems, i: usize, h: &Health) {
@@ -694,6 +704,33 @@ mod tests {
             "a b",
         ] {
             assert!(host_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hsts_values() {
+        for (good, want) in [
+            ("max-age=31536000", "max-age=31536000"),
+            (
+                "max-age=63072000; includeSubDomains; preload",
+                "max-age=63072000; includeSubDomains; preload",
+            ),
+            ("8760h", "max-age=31536000"),
+            ("0s", "max-age=0"),
+        ] {
+            assert_eq!(hsts_header(good).as_deref(), Ok(want), "{good}");
+        }
+        for bad in [
+            "",
+            "includeSubDomains",
+            "max-age=",
+            "max-age=1y",
+            "max-age=1; max-age=2",
+            "max-age=1; secure",
+            "max-age=1;; preload",
+            "365d",
+        ] {
+            assert!(hsts_header(bad).is_err(), "{bad}");
         }
     }
 
