@@ -1,1 +1,13 @@
-//! dynia's control layer: configuration files, the admin API, daemon wiring and status.
+//! dynia's control layer: the two configuration files, the daemon that runs
+//! the proxy (and, later, the election) on them, the admin API and its client,
+//! the status views, and the `dynia` subcommands.
+
+pub mod admin;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod logging;
+pub mod page;
+pub mod status;
+pub mod wiring;

@@ -1,0 +1,187 @@
+//! Client of a daemon's admin API, used by the `dynia` commands.
+//!
+//! Every call has a timeout and reads a bounded answer; errors say which
+//! address could not be reached and what the daemon answered.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::Secret;
+
+/// Largest answer read from a daemon.
+const MAX_ANSWER: usize = 8 << 20;
+
+/// Why a call to a daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the dynia daemon at {addr}: {why} (is `dynia run` running with this node file?)")]
+    Unreachable { addr: SocketAddr, why: String },
+    #[error("the daemon at {addr} did not answer within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("{message}")]
+    Refused {
+        status: u16,
+        kind: String,
+        message: String,
+    },
+    #[error("unexpected answer from {addr}: {why}")]
+    BadAnswer { addr: SocketAddr, why: String },
+}
+
+/// Talks to one daemon's admin listener.
+#[derive(Clone)]
+pub struct AdminClient {
+    addr: SocketAddr,
+    token: Option<Secret>,
+    timeout: Duration,
+}
+
+impl AdminClient {
+    /// A client of `addr`; an unspecified address (0.0.0.0) means this host.
+    pub fn new(addr: SocketAddr, token: Option<Secret>) -> AdminClient {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        AdminClient {
+            addr,
+            token,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> AdminClient {
+        self.timeout = timeout;
+        self
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Sends one call; a non-2xx answer becomes [`ClientError::Refused`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        match tokio::time::timeout(self.timeout, self.call_inner(method, path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                addr: self.addr,
+                timeout: self.timeout,
+            }),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ClientError> {
+        let unreachable = |why: String| ClientError::Unreachable {
+            addr: self.addr,
+            why,
+        };
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.token {
+            let mut v = b"Bearer ".to_vec();
+            v.extend_from_slice(t.expose_bytes());
+            let mut hv =
+                header::HeaderValue::from_bytes(&v).map_err(|_| ClientError::BadAnswer {
+                    addr: self.addr,
+                    why: "the admin token has characters a header cannot carry".into(),
+                })?;
+            hv.set_sensitive(true);
+            req = req.header(header::AUTHORIZATION, hv);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::BadAnswer {
+                addr: self.addr,
+                why: e.to_string(),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| ClientError::BadAnswer {
+                addr: self.addr,
+                why: e.to_string(),
+            })?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(refusal(status, &bytes))
+    }
+
+    /// `GET /status.json`.
+    pub async fn status(&self) -> Result<crate::status::Status, ClientError> {
+        let b = self.call(Method::GET, "/status.json", Bytes::new()).await?;
+        serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: format!("status.json: {e}"),
+        })
+    }
+
+    /// `POST /v1/reload`.
+    pub async fn reload(&self) -> Result<crate::daemon::Reloaded, ClientError> {
+        let b = self.call(Method::POST, "/v1/reload", Bytes::new()).await?;
+        serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: format!("reload answer: {e}"),
+        })
+    }
+}
+
+fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: String,
+        message: String,
+    }
+    match serde_json::from_slice::<E>(body) {
+        Ok(e) => ClientError::Refused {
+            status: status.as_u16(),
+            kind: e.error,
+            message: e.message,
+        },
+        Err(_) => ClientError::Refused {
+            status: status.as_u16(),
+            kind: "http".into(),
+            message: format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(512)])
+            ),
+        },
+    }
+}

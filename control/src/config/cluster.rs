@@ -1,0 +1,186 @@
+//! The cluster document, `/var/lib/dynia/cluster.toml`: what must be
+//! identical on every node (SPEC §3) — the generation counter, members,
+//! services and election timing.
+//!
+//! This module owns its typed shape, its defaults, its canonical TOML form
+//! (`dynia` commands write it) and its hash, the drift check: the hash is over
+//! the canonical form, so comments, whitespace, key order and spelled-out
+//! defaults in a file do not change it. The rules the values must follow live
+//! in `validate`.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::duration::Duration;
+use std::net::IpAddr;
+
+/// The whole cluster document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterDoc {
+    /// A counter, +1 on every change.
+    pub generation: u64,
+    /// The cluster's name.
+    pub cluster: String,
+    /// `[election]`: election timing, the same on every member.
+    #[serde(default)]
+    pub election: ClusterElection,
+    /// `[[member]]`: every node of the cluster.
+    #[serde(default, rename = "member", skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Member>,
+    /// `[[service]]`: what the proxy serves.
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+}
+
+impl ClusterDoc {
+    /// The canonical TOML text of this document: what `dynia` commands write
+    /// and what [`ClusterDoc::hash`] hashes. Parsing it gives this document back.
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, integer, bool, table or array of those, and
+        // no Option is serialized as None: serializing cannot fail.
+        toml::to_string(self).expect("a ClusterDoc always serializes to TOML")
+    }
+
+    /// Lowercase hex SHA-256 of [`ClusterDoc::to_toml`]: equal documents have
+    /// equal hashes however their files are formatted.
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.to_toml().as_bytes());
+        let mut hex = String::with_capacity(64);
+        for byte in digest {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        hex
+    }
+
+    /// The member with this id.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `election.transport`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// UDP unicast to every member, HMAC-SHA256 authenticated. The default.
+    #[default]
+    Dynia,
+    /// RFC 5798 packets, keepalived-compatible.
+    Vrrp3,
+}
+
+/// `[election]` of the cluster document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterElection {
+    /// `"dynia"` or `"vrrp3"`. Default `"dynia"`.
+    pub transport: Transport,
+    /// Virtual router id, 1..=255. Default 51.
+    pub vrid: u8,
+    /// Time between adverts. Default 200ms.
+    pub advert_interval: Duration,
+    /// A higher-priority node takes over from a lower one. Default true.
+    pub preempt: bool,
+    /// Wait before preempting. Default 0s.
+    pub preempt_delay: Duration,
+}
+
+impl Default for ClusterElection {
+    fn default() -> Self {
+        ClusterElection {
+            transport: Transport::Dynia,
+            vrid: 51,
+            advert_interval: Duration::from_millis(200),
+            preempt: true,
+            preempt_delay: Duration::from_millis(0),
+        }
+    }
+}
+
+/// `member.state`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Serves traffic. The default.
+    #[default]
+    Active,
+    /// Finishes what it has, gets no new requests; still health-checked.
+    Drain,
+    /// Out of service; not health-checked.
+    Maint,
+}
+
+/// `[[member]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Two lowercase words joined by a dash: `misty-owl`.
+    pub id: String,
+    /// Where the proxy and the election reach this member.
+    pub private_ip: IpAddr,
+    /// Election priority, 1..=254.
+    pub priority: u8,
+    /// The DigitalOcean droplet id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub droplet_id: Option<u64>,
+    /// `"active"`, `"drain"` or `"maint"`. Default `"active"`.
+    #[serde(default)]
+    pub state: MemberState,
+}
+
+/// `[[service]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Unique name, for commands, logs and metrics.
+    pub name: String,
+    /// Host patterns: an exact name, `*.suffix`, or `*`.
+    pub hosts: Vec<String>,
+    /// Port on every member's private IP.
+    pub port: u16,
+    /// Retries on another member after a connect failure. Default 2.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `[service.health]`: the health check.
+    #[serde(default)]
+    pub health: Health,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+/// `[service.health]`: HAProxy semantics; every key has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Path of the `GET`. Default `/dynia-health`.
+    pub path: String,
+    /// Statuses that count as up. Default `[200]`.
+    pub expect_status: Vec<u16>,
+    /// Time between checks. Default 5s.
+    pub interval: Duration,
+    /// Time for one check. Default 2s.
+    pub timeout: Duration,
+    /// Failed checks in a row that mark a member DOWN. Default 3.
+    pub fall: u32,
+    /// Passed checks in a row that mark a member UP. Default 2.
+    pub rise: u32,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            path: "/dynia-health".to_owned(),
+            expect_status: vec![200],
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! dynia's two configuration files (SPEC §3) and its secret files.
+//!
+//! This module owns reading, checking and writing configuration: the node
+//! file ([`NodeFile`], `/etc/dynia/dynia.toml`, this node only), the cluster
+//! document ([`ClusterDoc`], `state_dir/cluster.toml`, identical on every
+//! member) and secrets ([`Secret`], mode 0600 files). Everything an operator
+//! wrote wrong comes back as [`ConfigErrors`]: every problem at once, each as
+//! `file:line:column: what is wrong; what to do` (SPEC §8).
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! # fn main() -> Result<(), dynia_control::config::ConfigErrors> {
+//! use dynia_control::config::{cluster_doc_path, load_cluster_doc, load_node_file, validate_pair};
+//! let node = load_node_file(Path::new("/etc/dynia/dynia.toml"))?;
+//! let cluster = load_cluster_doc(&cluster_doc_path(&node))?;
+//! validate_pair(&node, &cluster)?;
+//! println!("generation {} hash {}", cluster.generation, cluster.hash());
+//! # Ok(()) }
+//! ```
+
+mod cluster;
+mod duration;
+mod error;
+mod node;
+mod secret;
+mod source;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use cluster::{ClusterDoc, ClusterElection, Health, Member, MemberState, Service, Transport};
+pub use duration::{Duration, DurationError};
+pub use error::{ConfigError, ConfigErrors, Location};
+pub use node::{
+    Admin, Certificate, Driver, Hooks, Limits, Listener, Node, NodeElection, NodeFile, Origin,
+    PrivateIp, ReservedIp,
+};
+pub use secret::{read_secret, write_secret, Secret};
+
+use source::Source;
+
+/// Parses and validates a node file. `path` is used only in error locations.
+pub fn parse_node_file(text: &str, path: impl AsRef<Path>) -> Result<NodeFile, ConfigErrors> {
+    let path = path.as_ref();
+    let src = Source::new(text, path);
+    let mut node: NodeFile = src.deserialize()?;
+    errors_or(src.located(validate::node_file(&node)))?;
+    node.origin = Origin::new(path, text);
+    Ok(node)
+}
+
+/// Parses and validates a cluster document. `path` is used only in error
+/// locations (a document fetched from a peer may be named after the peer).
+pub fn parse_cluster_doc(text: &str, path: impl AsRef<Path>) -> Result<ClusterDoc, ConfigErrors> {
+    let src = Source::new(text, path.as_ref());
+    let doc: ClusterDoc = src.deserialize()?;
+    errors_or(src.located(validate::cluster_doc(&doc)))?;
+    Ok(doc)
+}
+
+/// Reads, parses and validates the node file at `path`.
+pub fn load_node_file(path: impl AsRef<Path>) -> Result<NodeFile, ConfigErrors> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::read(
+            path,
+            e,
+            "pass the node file with -c/--config PATH (see dynia.example.toml)",
+        )
+    })?;
+    parse_node_file(&text, path)
+}
+
+/// Reads, parses and validates the cluster document at `path`.
+pub fn load_cluster_doc(path: impl AsRef<Path>) -> Result<ClusterDoc, ConfigErrors> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::read(
+            path,
+            e,
+            "run `dynia init` to write a first cluster document, or check [node] state_dir",
+        )
+    })?;
+    parse_cluster_doc(&text, path)
+}
+
+/// The rules that join this node's file to the cluster document: `node.id`
+/// is a member; an IP `node.private_ip` equals that member's; the `dynia`
+/// transport has `election.key_file`; no listener takes this node's own
+/// upstream address of a service (requests would loop). Errors point into the
+/// node file when it was parsed from text (see [`NodeFile::origin`]).
+pub fn validate_pair(node: &NodeFile, cluster: &ClusterDoc) -> Result<(), ConfigErrors> {
+    let problems = validate::pair(node, cluster);
+    let errors = match (node.origin.path(), node.origin.text()) {
+        (Some(path), Some(text)) => Source::new(text, path).located(problems),
+        _ => problems.unlocated(),
+    };
+    errors_or(errors)
+}
+
+impl ClusterDoc {
+    /// Checks the rules of a document built in memory (e.g. by a command,
+    /// before sending it). Errors name key paths such as `service[1].port`.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        errors_or(validate::cluster_doc(self).unlocated())
+    }
+}
+
+/// Where the cluster document lives: `state_dir/cluster.toml`.
+pub fn cluster_doc_path(node: &NodeFile) -> PathBuf {
+    node.node.state_dir.join("cluster.toml")
+}
+
+fn errors_or(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
+    match ConfigErrors::from_vec(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

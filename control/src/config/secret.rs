@@ -1,0 +1,157 @@
+//! Secret files: the admin token, the cluster key, the DigitalOcean token.
+//!
+//! This module owns how a secret is read and written (SPEC §3): a file of
+//! mode 0600 whose content is the secret, a trailing newline ignored. A file
+//! that group or others may access is refused, not silently used, and a
+//! [`Secret`] never prints its bytes, so it cannot leak into a log line, a
+//! metric, an error or `/status` by accident.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use super::error::ConfigError;
+
+/// Bytes of a secret. `Debug` and `Display` print `<redacted>`; read the bytes
+/// with [`Secret::expose_bytes`]. The bytes are overwritten with zeros on drop
+/// (best effort: copies made by the caller are theirs to clear).
+#[derive(Clone)]
+pub struct Secret {
+    bytes: Vec<u8>,
+}
+
+impl Secret {
+    /// A secret from bytes, e.g. one just generated.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret { bytes }
+    }
+
+    /// The secret's bytes. Call this only where the secret is used (a MAC
+    /// key, an `Authorization` header), never to print it.
+    pub fn expose_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        self.bytes.fill(0);
+        std::hint::black_box(&self.bytes);
+    }
+}
+
+/// Largest secret file read; a token or key is a few hundred bytes at most.
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file. Refuses a file whose mode gives group or others any
+/// access (`mode & 0o077 != 0`) with an error that says `chmod 600 PATH`, a
+/// file that is not a regular file, and an empty one. One trailing newline
+/// (`\n` or `\r\n`) is removed.
+pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
+    let read_err = |e| ConfigError::read(path, e, "check the path, and that dynia may read it");
+    let mut file = File::open(path).map_err(read_err)?;
+    // The mode of the file we opened, not of whatever the path names later.
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(ConfigError::SecretUnusable {
+            path: path.to_path_buf(),
+            problem: "a secret must be a regular file; point the setting at the file that holds it",
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::SecretMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut file)
+        .take(MAX_SECRET_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_SECRET_BYTES {
+        bytes.fill(0);
+        return Err(ConfigError::SecretUnusable {
+            path: path.to_path_buf(),
+            problem: "the secret file is larger than 64 KiB; point the setting at the file that holds only the secret",
+        });
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(ConfigError::SecretUnusable {
+            path: path.to_path_buf(),
+            problem: "the secret file is empty; write the secret into it",
+        });
+    }
+    Ok(Secret { bytes })
+}
+
+/// Writes a secret file with mode 0600, replacing any file at `path`
+/// atomically: the bytes go to a new temporary file of mode 0600 beside it,
+/// which is synced and renamed over `path`. Writes `bytes` exactly (no
+/// newline added).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    let write_err = |error| ConfigError::Write {
+        path: path.to_path_buf(),
+        error,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        write_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path has no file name",
+        ))
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+
+    let result = (|| {
+        // A leftover from a crashed run of this same process id.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The umask cannot widen 0600, but make the mode exact regardless.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename durable; a directory that cannot be opened is not an error.
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}

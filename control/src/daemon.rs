@@ -1,0 +1,381 @@
+//! The daemon: loads the two files, runs the proxy and the admin listener,
+//! reloads on SIGHUP or `/v1/reload`, and shuts down gracefully on SIGTERM.
+//!
+//! Reload discipline (SPEC §4): parse and validate everything first; only a
+//! configuration that passed every check reaches the proxy, in one store. An
+//! invalid one changes nothing; it is logged, counted in
+//! `dynia_config_reloads_total{result="failure"}` and returned to the caller
+//! (`dynia reload` prints it and exits non-zero).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use dynia_proxy::Proxy;
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ClusterDoc, ConfigErrors, NodeFile, Secret};
+use crate::status::{
+    ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
+};
+use crate::wiring::proxy_config;
+
+/// What stops the daemon from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("proxy: {0}")]
+    Proxy(#[from] dynia_proxy::ProxyError),
+    #[error("admin listener {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Both files as last loaded successfully, plus the secrets they name.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub node: NodeFile,
+    pub cluster: ClusterDoc,
+    pub hash: String,
+    pub admin_token: Option<Secret>,
+}
+
+/// Reads and validates the node file, the cluster document it points at and
+/// the secrets it names. Every problem found is reported, with its location.
+pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
+    let node = config::load_node_file(node_path)?;
+    let cluster = config::load_cluster_doc(config::cluster_doc_path(&node))?;
+    config::validate_pair(&node, &cluster)?;
+    let admin_token = match &node.admin.token_file {
+        Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
+        None => None,
+    };
+    if let Some(p) = &node.election.key_file {
+        config::read_secret(p).map_err(ConfigErrors::from)?;
+    }
+    let hash = cluster.hash();
+    Ok(Loaded {
+        node,
+        cluster,
+        hash,
+        admin_token,
+    })
+}
+
+/// Metrics of the control layer.
+struct ControlMetrics {
+    generation: IntGauge,
+    reloads: IntCounterVec,
+}
+
+impl ControlMetrics {
+    fn new(registry: &Registry) -> Result<ControlMetrics, prometheus::Error> {
+        let generation = IntGauge::new(
+            "dynia_config_generation",
+            "Generation of the cluster document being served.",
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "dynia_config_reloads_total",
+                "Configuration reloads, by result.",
+            ),
+            &["result"],
+        )?;
+        let build = IntGaugeVec::new(
+            Opts::new("dynia_build_info", "Build of the running dynia; always 1."),
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Both results exist from the start so rates work before the first failure.
+        reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["failure"]);
+        registry.register(Box::new(generation.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(build))?;
+        Ok(ControlMetrics {
+            generation,
+            reloads,
+        })
+    }
+}
+
+/// A running node.
+pub struct Daemon {
+    node_path: PathBuf,
+    proxy: Proxy,
+    registry: Registry,
+    metrics: ControlMetrics,
+    loaded: Mutex<Arc<Loaded>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    started: Instant,
+    stop: CancellationToken,
+}
+
+/// Result of a successful reload.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    pub generation: u64,
+    pub config_hash: String,
+}
+
+impl Daemon {
+    /// Starts the proxy on `loaded`. Must run inside the Tokio runtime.
+    pub async fn start(node_path: &Path, loaded: Loaded) -> Result<Arc<Daemon>, DaemonError> {
+        let registry = Registry::new();
+        let metrics = ControlMetrics::new(&registry)?;
+        let proxy = Proxy::start(proxy_config(&loaded.node, &loaded.cluster), &registry).await?;
+        metrics.generation.set(loaded.cluster.generation as i64);
+        Ok(Arc::new(Daemon {
+            node_path: node_path.to_path_buf(),
+            proxy,
+            registry,
+            metrics,
+            loaded: Mutex::new(Arc::new(loaded)),
+            reload_lock: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+            stop: CancellationToken::new(),
+        }))
+    }
+
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The configuration last loaded successfully.
+    pub fn loaded(&self) -> Arc<Loaded> {
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Asks the daemon to shut down (as SIGTERM does).
+    pub fn request_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Re-reads both files; applies them only if everything is valid.
+    pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = load(&self.node_path).and_then(|new| {
+            let old = self.loaded();
+            warn_restart_only(&old.node, &new.node);
+            self.proxy
+                .apply(proxy_config(&new.node, &new.cluster))
+                .map_err(|e| {
+                    ConfigErrors::from(config::ConfigError::InDocument {
+                        key: "listener".into(),
+                        message: e.to_string(),
+                    })
+                })?;
+            Ok(new)
+        });
+        match result {
+            Ok(new) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.generation.set(new.cluster.generation as i64);
+                let done = Reloaded {
+                    generation: new.cluster.generation,
+                    config_hash: new.hash.clone(),
+                };
+                tracing::info!(
+                    generation = done.generation,
+                    config_hash = %done.config_hash,
+                    "configuration reloaded"
+                );
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+                Ok(done)
+            }
+            Err(errors) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                for e in errors.errors() {
+                    tracing::warn!(error = %e, "reload refused; still serving the previous configuration");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// The `/status.json` document.
+    pub fn status(&self) -> Status {
+        let loaded = self.loaded();
+        let me = loaded.cluster.member(&loaded.node.node.id);
+        let proxy = self.proxy.status();
+        Status {
+            node: loaded.node.node.id.clone(),
+            cluster: loaded.cluster.cluster.clone(),
+            generation: loaded.cluster.generation,
+            config_hash: loaded.hash.clone(),
+            role: "init".into(),
+            priority: me.map_or(0, |m| m.priority),
+            reserved_ip: ReservedIpStatus {
+                address: loaded.node.reserved_ip.address.map(|a| a.to_string()),
+                held: false,
+            },
+            members: loaded
+                .cluster
+                .members
+                .iter()
+                .map(|m| {
+                    let is_me = m.id == loaded.node.node.id;
+                    MemberStatus {
+                        id: m.id.clone(),
+                        private_ip: m.private_ip.to_string(),
+                        priority: m.priority,
+                        state: member_state(m.state).into(),
+                        role: if is_me {
+                            "init".into()
+                        } else {
+                            "unknown".into()
+                        },
+                        generation: is_me.then_some(loaded.cluster.generation),
+                        last_seen_ms: is_me.then_some(0),
+                    }
+                })
+                .collect(),
+            services: loaded
+                .cluster
+                .services
+                .iter()
+                .map(|s| {
+                    let rt = proxy.iter().find(|p| p.name == s.name);
+                    ServiceStatus {
+                        name: s.name.clone(),
+                        hosts: s.hosts.clone(),
+                        port: s.port,
+                        members: rt
+                            .map(|rt| {
+                                rt.members
+                                    .iter()
+                                    .map(|m| ServiceMemberStatus {
+                                        id: m.id.clone(),
+                                        address: m.addr.to_string(),
+                                        health: m.health.as_str().into(),
+                                        state: m.state.as_str().into(),
+                                        inflight: m.inflight,
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }
+                })
+                .collect(),
+            listeners: self
+                .proxy
+                .listeners()
+                .into_iter()
+                .map(|l| ListenerStatus {
+                    name: l.name,
+                    address: l.local.to_string(),
+                    serving: l.serving,
+                })
+                .collect(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+        }
+    }
+}
+
+fn member_state(s: config::MemberState) -> &'static str {
+    crate::wiring::admin_state(s).as_str()
+}
+
+/// Keys that only take effect at start: say so rather than ignore silently.
+fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
+    if old.admin.listen != new.admin.listen {
+        tracing::warn!(
+            key = "admin.listen",
+            "change takes effect at the next restart"
+        );
+    }
+    if old.node.worker_threads != new.node.worker_threads {
+        tracing::warn!(
+            key = "node.worker_threads",
+            "change takes effect at the next restart"
+        );
+    }
+    if old.node.id != new.node.id {
+        tracing::warn!(key = "node.id", "change takes effect at the next restart");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: builds the runtime with the node's
+/// worker threads, serves, reloads on SIGHUP.
+pub fn run(node_path: &Path) -> Result<(), DaemonError> {
+    let loaded = load(node_path)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("dynia-worker");
+    if loaded.node.node.worker_threads > 0 {
+        builder.worker_threads(loaded.node.node.worker_threads as usize);
+    }
+    let runtime = builder.build().map_err(DaemonError::Runtime)?;
+    runtime.block_on(serve(node_path, loaded))
+}
+
+async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
+    let admin_addr = loaded.node.admin.listen;
+    let grace = loaded.node.limits.shutdown_grace.as_std();
+    let admin = crate::admin::bind(admin_addr).map_err(|source| DaemonError::Admin {
+        addr: admin_addr,
+        source,
+    })?;
+    let daemon = Daemon::start(node_path, loaded).await?;
+    let admin_local = admin.local_addr().unwrap_or(admin_addr);
+    tokio::spawn(crate::admin::serve(daemon.clone(), admin));
+    let (mut hup, mut term, mut int) = (
+        signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?,
+        signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?,
+        signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?,
+    );
+    let loaded = daemon.loaded();
+    tracing::info!(
+        node = %loaded.node.node.id,
+        cluster = %loaded.cluster.cluster,
+        generation = loaded.cluster.generation,
+        admin = %admin_local,
+        listeners = ?daemon.proxy.listeners().iter().map(|l| l.local.to_string()).collect::<Vec<_>>(),
+        "dynia started"
+    );
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                let _ = daemon.reload().await;
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = daemon.stop.cancelled() => break,
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!(grace = ?grace, "shutting down: no new connections, finishing requests in flight");
+    let clean = daemon.proxy.shutdown(grace).await;
+    if clean {
+        tracing::info!("stopped");
+    } else {
+        tracing::warn!("stopped with requests still in flight after shutdown_grace");
+    }
+    Ok(())
+}
+
+fn notify_systemd(state: &[sd_notify::NotifyState]) {
+    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,437 @@
+//! The `dynia` daemon as an operator runs it: real processes, real files,
+//! real signals, members on 127.0.0.x.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynia_proxy::demo::DemoUpstream;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Three demo members on 127.0.0.2-4, all on one port (a service's port is
+/// the same on every member's private IP).
+async fn members3() -> (Vec<DemoUpstream>, u16) {
+    for _ in 0..20 {
+        let port = free_port("127.0.0.2");
+        let mut ups = Vec::new();
+        for (i, id) in ["alpha-one", "brave-two", "calm-three"].iter().enumerate() {
+            let addr = format!("127.0.0.{}:{port}", i + 2).parse().unwrap();
+            match DemoUpstream::start(addr, id).await {
+                Ok(u) => ups.push(u),
+                Err(_) => break,
+            }
+        }
+        if ups.len() == 3 {
+            return (ups, port);
+        }
+    }
+    panic!("no common free port on 127.0.0.2-4");
+}
+
+fn specs() -> Vec<MemberSpec> {
+    vec![
+        member("alpha-one", "127.0.0.2"),
+        member("brave-two", "127.0.0.3"),
+        member("calm-three", "127.0.0.4"),
+    ]
+}
+
+#[tokio::test]
+async fn status_json_and_metrics_follow_member_health() {
+    let (ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "health",
+        "alpha-one",
+        &cluster_doc(7, &specs(), port, ""),
+        "",
+    );
+    let _d = Daemon::start(&files).await;
+    let admin = files.admin_addr;
+    for id in ["alpha-one", "brave-two", "calm-three"] {
+        wait_until(WAIT, "members UP", || async move {
+            health(admin, id).await == "up"
+        })
+        .await;
+    }
+    let s = status(admin).await;
+    assert_eq!(s["node"], "alpha-one");
+    assert_eq!(s["cluster"], "testing");
+    assert_eq!(s["generation"], 7);
+    assert_eq!(s["config_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(s["members"].as_array().unwrap().len(), 3);
+    assert_eq!(s["services"][0]["name"], "web");
+    assert_eq!(s["services"][0]["port"], port);
+    // The pool is every member, this node included (the seeds' first lesson).
+    assert_eq!(s["services"][0]["members"].as_array().unwrap().len(), 3);
+
+    ups[1].set_health(500);
+    wait_until(WAIT, "brave-two DOWN in /status.json", || async move {
+        health(admin, "brave-two").await == "down"
+    })
+    .await;
+    let m = metrics(admin).await;
+    assert!(
+        m.contains("dynia_upstream_up{member=\"brave-two\",service=\"web\"} 0"),
+        "{m}"
+    );
+    assert!(m.contains("dynia_upstream_up{member=\"alpha-one\",service=\"web\"} 1"));
+    let mut c = Client::connect(files.proxy_addr).await.unwrap();
+    for _ in 0..9 {
+        let a = c.get(HOST, "/").await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_ne!(a.member(), Some("brave-two"));
+    }
+    ups[1].set_health(200);
+    wait_until(WAIT, "brave-two UP again", || async move {
+        health(admin, "brave-two").await == "up"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn promtool_accepts_metrics() {
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "promtool",
+        "alpha-one",
+        &cluster_doc(1, &specs(), port, ""),
+        "",
+    );
+    let _d = Daemon::start(&files).await;
+    // Traffic of several codes so every family has samples.
+    let _ = get(files.proxy_addr, HOST, "/").await.unwrap();
+    let _ = get(files.proxy_addr, "unknown.example.org", "/")
+        .await
+        .unwrap();
+    let text = metrics(files.admin_addr).await;
+    for family in [
+        "dynia_requests_total",
+        "dynia_request_duration_seconds_bucket",
+        "dynia_upstream_up",
+        "dynia_health_checks_total",
+        "dynia_connections_active",
+        "dynia_config_generation",
+        "dynia_config_reloads_total",
+        "dynia_build_info",
+    ] {
+        assert!(text.contains(family), "missing {family}");
+    }
+    let Some(promtool) = which("promtool") else {
+        panic!("promtool not installed: apt-get install prometheus (CI installs it)");
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+#[tokio::test]
+async fn twenty_reloads_under_load_fail_no_request() {
+    let (_ups, port) = members3().await;
+    let all = specs();
+    let two = vec![all[0].clone(), all[1].clone()];
+    let files = NodeFiles::new("reloads", "alpha-one", &cluster_doc(1, &all, port, ""), "");
+    let d = Daemon::start(&files).await;
+    let proxy = files.proxy_addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut c = Client::connect(proxy).await.unwrap();
+            // Bounded: at most 200k requests per client, and stopped by the test.
+            for _ in 0..200_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match c.get(HOST, "/").await {
+                    Ok(a) if a.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(a) => failures.push(format!("status {}", a.status)),
+                    Err(e) => {
+                        failures.push(e);
+                        c = Client::connect(proxy).await.unwrap();
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    for i in 0..20u64 {
+        let members = if i % 2 == 0 { &two } else { &all };
+        files.write_cluster(&cluster_doc(2 + i, members, port, ""));
+        let before = ok.load(Ordering::Relaxed);
+        if i % 2 == 0 {
+            let out = files.dynia(&["reload"]);
+            assert!(
+                out.status.success(),
+                "reload {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            d.signal(libc::SIGHUP);
+            let admin = files.admin_addr;
+            let want = 2 + i;
+            wait_until(WAIT, "SIGHUP reload applied", || async move {
+                status(admin).await["generation"] == want
+            })
+            .await;
+        }
+        // Let traffic flow on each configuration before the next swap.
+        wait_until(WAIT, "requests served after reload", || {
+            let ok = ok.clone();
+            async move { ok.load(Ordering::Relaxed) >= before + 20 }
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 400);
+    let s = status(files.admin_addr).await;
+    assert_eq!(s["generation"], 21);
+    assert_eq!(s["services"][0]["members"].as_array().unwrap().len(), 3);
+    let m = metrics(files.admin_addr).await;
+    assert!(
+        m.contains("dynia_config_reloads_total{result=\"success\"} 20"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_reload_changes_nothing_and_says_where() {
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "badreload",
+        "alpha-one",
+        &cluster_doc(3, &specs(), port, ""),
+        "",
+    );
+    let d = Daemon::start(&files).await;
+    let good_hash = status(files.admin_addr).await["config_hash"].clone();
+    // A misspelt key on line 5.
+    let bad = cluster_doc(4, &specs(), port, "").replacen(
+        "[election]\n",
+        "[election]\nadvert_intervall = \"1s\"\n",
+        1,
+    );
+    assert_eq!(bad.lines().nth(4), Some("advert_intervall = \"1s\""));
+    files.write_cluster(&bad);
+    let out = files.dynia(&["reload"]);
+    assert!(
+        !out.status.success(),
+        "reload of an invalid document must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:5:1:", files.cluster_file.display());
+    assert!(err.contains(&want), "stderr lacks {want}:\n{err}");
+    assert!(err.contains("advert_interval"), "no suggestion in:\n{err}");
+    // Still serving the old configuration.
+    let s = status(files.admin_addr).await;
+    assert_eq!(s["generation"], 3);
+    assert_eq!(s["config_hash"], good_hash);
+    assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+    // SIGHUP with the same bad file: logged and counted, daemon unharmed.
+    d.signal(libc::SIGHUP);
+    let admin = files.admin_addr;
+    wait_until(WAIT, "failed reload counted", || async move {
+        metrics(admin)
+            .await
+            .contains("dynia_config_reloads_total{result=\"failure\"} 2")
+    })
+    .await;
+    assert!(d.log_text().contains("reload refused"), "{}", d.log_text());
+    assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+    // A wrong token is refused and changes nothing.
+    let a = support::web::get(files.admin_addr, "localhost", "/v1/reload")
+        .await
+        .unwrap();
+    assert_eq!(a.status, 401);
+}
+
+#[tokio::test]
+async fn check_lists_every_problem_with_file_line_column() {
+    let files = NodeFiles::new(
+        "check",
+        "alpha-one",
+        &cluster_doc(1, &specs(), 8080, ""),
+        "",
+    );
+    let out = files.dynia(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: node alpha-one"));
+    let bad = cluster_doc(1, &specs(), 8080, "")
+        .replace("priority = 149", "priority = 0")
+        .replace("port = 8080", "port = 0");
+    files.write_cluster(&bad);
+    let out = files.dynia(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let prefix = files.cluster_file.display().to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(lines.len(), 2, "both problems, each located:\n{err}");
+    for l in &lines {
+        let rest = &l[prefix.len()..];
+        let mut parts = rest.splitn(4, ':');
+        assert_eq!(parts.next(), Some(""));
+        assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{l}");
+        assert!(parts.next().unwrap().parse::<u32>().is_ok(), "{l}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_inflight_request_then_exits_zero() {
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "sigterm",
+        "alpha-one",
+        &cluster_doc(1, &specs(), port, ""),
+        "",
+    );
+    let mut d = Daemon::start(&files).await;
+    let proxy = files.proxy_addr;
+    let admin = files.admin_addr;
+    for id in ["alpha-one", "brave-two", "calm-three"] {
+        wait_until(WAIT, "members UP", || async move {
+            health(admin, id).await == "up"
+        })
+        .await;
+    }
+    let slow = tokio::spawn(async move { get(proxy, HOST, "/slow/1500").await });
+    wait_until(WAIT, "slow request in flight", || async move {
+        status(admin).await["services"][0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["inflight"] == 1)
+    })
+    .await;
+    d.signal(libc::SIGTERM);
+    let a = slow.await.unwrap().unwrap();
+    assert_eq!(a.status, 200, "in-flight request cut by SIGTERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert!(
+        Client::connect(proxy).await.is_err(),
+        "still accepting after exit"
+    );
+}
+
+#[tokio::test]
+async fn systemd_readiness_is_notified_once_listening() {
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "notify",
+        "alpha-one",
+        &cluster_doc(1, &specs(), port, ""),
+        "",
+    );
+    let sock_path = files.dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _d =
+        Daemon::start_with_env(&files, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]).await;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no sd_notify message");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.contains("READY=1"), "{msg}");
+    // READY means the proxy listener accepts.
+    assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn streaming_100_megabytes_keeps_memory_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "stream",
+        "alpha-one",
+        &cluster_doc(1, &specs(), port, ""),
+        "",
+    );
+    let d = Daemon::start(&files).await;
+    let n: u64 = 100 * 1024 * 1024;
+    let mut s = tokio::net::TcpStream::connect(files.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET /bytes/{n} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let k = s.read(&mut buf).await.unwrap();
+        if k == 0 {
+            break;
+        }
+        total += k as u64;
+    }
+    assert!(total > n, "download truncated at {total}");
+    let mut s = tokio::net::TcpStream::connect(files.proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let chunk = vec![b'z'; 1024 * 1024];
+    for _ in 0..100 {
+        s.write_all(&chunk).await.unwrap();
+    }
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.trim_end().ends_with(&n.to_string()), "{text}");
+    let peak_kb = d.proc_kb("VmHWM");
+    assert!(
+        peak_kb < 64 * 1024,
+        "peak RSS {peak_kb} kB while streaming 2 x 100 MB"
+    );
+}

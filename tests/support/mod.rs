@@ -1,0 +1,293 @@
+//! Test support for whole-daemon tests: a node as a real `dynia run`
+//! process on its own files, demo members on 127.0.0.x, a small HTTP client,
+//! and bounded waiting for events.
+#![allow(dead_code)]
+
+#[path = "../../proxy/tests/support/mod.rs"]
+pub mod web;
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use web::{get, wait_until, Client};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dynia");
+pub const HOST: &str = "app.example.com";
+pub const TOKEN: &str = "test-admin-token-5e1f";
+
+/// A free TCP port on `ip` (bound, then released).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "dynia-test-{tag}-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// Writes `bytes` to `path` with mode 0600.
+pub fn write_secret(path: &Path, bytes: &str) {
+    let mut f = fs::File::create(path).unwrap();
+    f.write_all(bytes.as_bytes()).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A member of the cluster document: id, private IP, state.
+#[derive(Clone)]
+pub struct MemberSpec {
+    pub id: String,
+    pub ip: String,
+    pub state: &'static str,
+}
+
+pub fn member(id: &str, ip: &str) -> MemberSpec {
+    MemberSpec {
+        id: id.into(),
+        ip: ip.into(),
+        state: "active",
+    }
+}
+
+/// Renders a cluster document with one service `web` on `port`.
+pub fn cluster_doc(
+    generation: u64,
+    members: &[MemberSpec],
+    port: u16,
+    extra_service: &str,
+) -> String {
+    let mut s = format!(
+        "generation = {generation}\ncluster = \"testing\"\n\n[election]\nadvert_interval = \"200ms\"\n\n"
+    );
+    for (i, m) in members.iter().enumerate() {
+        s.push_str(&format!(
+            "[[member]]\nid = \"{}\"\nprivate_ip = \"{}\"\npriority = {}\nstate = \"{}\"\n\n",
+            m.id,
+            m.ip,
+            150 - i,
+            m.state
+        ));
+    }
+    s.push_str(&format!(
+        "[[service]]\nname = \"web\"\nhosts = [\"{HOST}\"]\nport = {port}\nretries = 2\n\
+         [service.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 3\nrise = 2\n\n{extra_service}"
+    ));
+    s
+}
+
+/// The files of one node.
+pub struct NodeFiles {
+    pub dir: TempDir,
+    pub node_file: PathBuf,
+    pub cluster_file: PathBuf,
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+impl NodeFiles {
+    /// Writes a node file for member `id` (listener and admin on free ports of
+    /// 127.0.0.1) and the given cluster document.
+    pub fn new(tag: &str, id: &str, cluster: &str, limits: &str) -> NodeFiles {
+        let dir = TempDir::new(tag);
+        let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
+            .parse()
+            .unwrap();
+        write_secret(&dir.0.join("admin.token"), TOKEN);
+        write_secret(
+            &dir.0.join("cluster.key"),
+            "0123456789abcdef0123456789abcdef",
+        );
+        let node_file = dir.0.join("dynia.toml");
+        let text = format!(
+            "[node]\nid = \"{id}\"\nprivate_ip = \"auto\"\nstate_dir = \"{dir}\"\nworker_threads = 2\n\n\
+             [admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{dir}/admin.token\"\n\n\
+             [[listener]]\nname = \"http\"\nbind = \"{proxy_addr}\"\n\n\
+             [limits]\n{limits}\n\n\
+             [election]\nkey_file = \"{dir}/cluster.key\"\n",
+            dir = dir.0.display()
+        );
+        fs::write(&node_file, text).unwrap();
+        let cluster_file = dir.0.join("cluster.toml");
+        fs::write(&cluster_file, cluster).unwrap();
+        NodeFiles {
+            dir,
+            node_file,
+            cluster_file,
+            proxy_addr,
+            admin_addr,
+        }
+    }
+
+    /// Replaces the cluster document atomically (write + rename), as commands do.
+    pub fn write_cluster(&self, text: &str) {
+        let tmp = self.dir.0.join("cluster.toml.tmp");
+        fs::write(&tmp, text).unwrap();
+        fs::rename(&tmp, &self.cluster_file).unwrap();
+    }
+
+    /// Runs `dynia ARGS -c node_file` to completion.
+    pub fn dynia(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(&self.node_file)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+}
+
+/// A `dynia run` process; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `dynia run` and waits until its admin listener answers.
+    pub async fn start(files: &NodeFiles) -> Daemon {
+        Self::start_with_env(files, &[]).await
+    }
+
+    pub async fn start_with_env(files: &NodeFiles, env: &[(&str, &str)]) -> Daemon {
+        let log = files.dir.0.join("daemon.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&files.node_file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut d = Daemon { child, log };
+        let admin = files.admin_addr;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("dynia run exited with {status}:\n{}", d.log_text());
+            }
+            if get(admin, "localhost", "/status.json").await.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon not ready:\n{}",
+                d.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit (bounded) and returns its exit code.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "daemon did not exit within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A value from /proc/PID/status, in kB (VmRSS, VmHWM).
+    pub fn proc_kb(&self, key: &str) -> u64 {
+        let text = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(key)
+                    .and_then(|r| r.trim_start_matches(':').trim().strip_suffix(" kB"))
+            })
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/status.json` of the daemon at `admin`.
+pub async fn status(admin: SocketAddr) -> serde_json::Value {
+    let a = get(admin, "localhost", "/status.json").await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+/// Health of `member` in service `web` per `/status.json`.
+pub async fn health(admin: SocketAddr, member: &str) -> String {
+    let s = status(admin).await;
+    s["services"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == member)
+        .map(|m| m["health"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// `/metrics` text of the daemon at `admin`.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let a = get(admin, "localhost", "/metrics").await.unwrap();
+    assert_eq!(a.status, 200);
+    a.body
+}
