@@ -251,12 +251,8 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
     // Tools.
     let wrk_bin = procs::which(&args.wrk)
         .with_context(|| format!("`{}` not found; apt-get install -y wrk", args.wrk))?;
-    let haproxy_bin = procs::which(&args.haproxy).with_context(|| {
-        format!(
-            "`{}` not found; apt-get install -y haproxy",
-            args.haproxy
-        )
-    })?;
+    let haproxy_bin = procs::which(&args.haproxy)
+        .with_context(|| format!("`{}` not found; apt-get install -y haproxy", args.haproxy))?;
     let dynia_bin = dynia_path(args.dynia.as_deref());
     if want_dynia && !dynia_bin.is_file() {
         bail!(
@@ -337,7 +333,12 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
 
     println!("dynia vs HAProxy (SPEC §9)");
-    println!("machine: nproc={} ({}), {}", cpus.len(), cpu_model(), pin.describe());
+    println!(
+        "machine: nproc={} ({}), {}",
+        cpus.len(),
+        cpu_model(),
+        pin.describe()
+    );
     println!("load average at start: {}", loadavg());
     println!("haproxy: {}", tool_version(&haproxy_bin, "-v", &tmp.path));
     if want_dynia {
@@ -408,7 +409,16 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
 
     // Warm-up, then idle RSS.
     for t in &mut targets {
-        let _ = run_wrk(args, &wrk_bin, &pin, t, args.warmup, &tmp.path, upstream_pid, 0)?;
+        let _ = run_wrk(
+            args,
+            &wrk_bin,
+            &pin,
+            t,
+            args.warmup,
+            &tmp.path,
+            upstream_pid,
+            0,
+        )?;
         nap(Duration::from_secs(1))?;
         t.proc.ensure_running()?;
         t.rss_idle_kib = procs::rss_kib(t.proc.pid())?;
@@ -423,7 +433,16 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
         for i in order {
             nap(Duration::from_millis(500))?;
             let t = &mut targets[i];
-            let r = run_wrk(args, &wrk_bin, &pin, t, args.duration, &tmp.path, upstream_pid, round)?;
+            let r = run_wrk(
+                args,
+                &wrk_bin,
+                &pin,
+                t,
+                args.duration,
+                &tmp.path,
+                upstream_pid,
+                round,
+            )?;
             eprintln!(
                 "round {round} {:<8} {:>10.0} req/s  p50 {:>8}  p99 {:>8}  errors {}  proxy cpu {:.0}%  upstreams cpu {:.0}%  cores {}",
                 t.kind.name(),
@@ -453,7 +472,11 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
         )?;
         let mut cmd = pinned(pin.proxy, &dynia_bin);
         cmd.arg("run").arg("-c").arg(&files.node_file);
-        let p = Proc::spawn("dynia (2 services, 3 members)", cmd, &tmp.path.join("dynia-spec.log"))?;
+        let p = Proc::spawn(
+            "dynia (2 services, 3 members)",
+            cmd,
+            &tmp.path.join("dynia-spec.log"),
+        )?;
         let mut t = start_target(Kind::Dynia, p, spec_listen, Some(spec_admin), &members3)?;
         nap(Duration::from_secs(2))?;
         t.proc.ensure_running()?;
@@ -560,7 +583,10 @@ fn run_wrk(
         }
         if t0.elapsed() > deadline {
             w.stop();
-            bail!("wrk still running after {deadline:?}; see {}", log.display());
+            bail!(
+                "wrk still running after {deadline:?}; see {}",
+                log.display()
+            );
         }
         if let Err(e) = t.proc.ensure_running() {
             w.stop();
@@ -606,7 +632,15 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
     );
     println!(
         "{:<8} {:>11} {:>9} {:>9} {:>11} {:>10} {:>10} {:>9} {:>7}",
-        "proxy", "requests/s", "p50", "p99", "RSS start", "idle RSS", "RSS load", "proxy CPU", "errors"
+        "proxy",
+        "requests/s",
+        "p50",
+        "p99",
+        "RSS start",
+        "idle RSS",
+        "RSS load",
+        "proxy CPU",
+        "errors"
     );
     let mut medians: Vec<(Kind, Run, &Target)> = Vec::new();
     for t in targets {
@@ -688,7 +722,9 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
         );
     }
     if !ok {
-        println!("ERRORS: wrk saw socket errors or non-2xx/3xx answers; the figures above are not valid");
+        println!(
+            "ERRORS: wrk saw socket errors or non-2xx/3xx answers; the figures above are not valid"
+        );
     }
     ok
 }
@@ -725,7 +761,10 @@ fn dynia_path(arg: Option<&Path>) -> PathBuf {
     if let Some(p) = arg {
         return p.to_path_buf();
     }
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         let p = dir.join("dynia");
         if p.is_file() {
             return p;
@@ -742,7 +781,11 @@ fn check_haproxy_cfg(bin: &Path, cfg: &Path, tmp: &Path) -> Result<()> {
     let mut p = Proc::spawn("haproxy -c", cmd, &log)?;
     let st = p.wait_for(Duration::from_secs(10))?;
     if !st.success() {
-        bail!("haproxy refused {}:\n{}", cfg.display(), procs::tail(&log, 20));
+        bail!(
+            "haproxy refused {}:\n{}",
+            cfg.display(),
+            procs::tail(&log, 20)
+        );
     }
     Ok(())
 }
@@ -756,7 +799,11 @@ fn tool_version(bin: &Path, flag: &str, tmp: &Path) -> String {
         return "?".into();
     };
     let _ = p.wait_for(Duration::from_secs(5));
-    procs::tail(&log, 100).lines().next().unwrap_or("?").to_string()
+    procs::tail(&log, 100)
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .to_string()
 }
 
 fn free_udp_port(ip: Ipv4Addr) -> Result<u16> {
