@@ -194,6 +194,14 @@ struct Run {
     cores: Vec<(usize, f64)>,
 }
 
+impl Run {
+    /// Requests served per second of CPU the proxy used: less sensitive than
+    /// requests/s to other work taking the proxy's core.
+    fn per_cpu_second(&self) -> f64 {
+        self.wrk.rps / (self.proxy_cpu / 100.0)
+    }
+}
+
 /// Where each party runs (`taskset -c`), if pinned.
 struct Pinning {
     proxy: Option<usize>,
@@ -631,7 +639,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
         args.connections
     );
     println!(
-        "{:<8} {:>11} {:>9} {:>9} {:>11} {:>10} {:>10} {:>9} {:>7}",
+        "{:<8} {:>11} {:>9} {:>9} {:>11} {:>10} {:>10} {:>9} {:>10} {:>7}",
         "proxy",
         "requests/s",
         "p50",
@@ -640,6 +648,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
         "idle RSS",
         "RSS load",
         "proxy CPU",
+        "req/CPU-s",
         "errors"
     );
     let mut medians: Vec<(Kind, Run, &Target)> = Vec::new();
@@ -654,7 +663,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
             continue;
         };
         println!(
-            "{:<8} {:>11.0} {:>9} {:>9} {:>11} {:>10} {:>10} {:>8.0}% {:>7}",
+            "{:<8} {:>11.0} {:>9} {:>9} {:>11} {:>10} {:>10} {:>8.0}% {:>10.0} {:>7}",
             t.kind.name(),
             m.wrk.rps,
             fmt_dur(m.wrk.p50),
@@ -663,6 +672,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
             fmt_mib(t.rss_idle_kib),
             fmt_mib(m.rss_load_kib),
             m.proxy_cpu,
+            m.per_cpu_second(),
             if errors > 0 {
                 format!("{errors} ERR")
             } else {
@@ -676,7 +686,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
     for t in targets {
         for r in &t.runs {
             println!(
-                "  round {} {:<8} {:>10.0} req/s  p50 {:>8}  p99 {:>8}  {} requests  socket errors {}  non-2xx/3xx {}  proxy cpu {:.0}%  upstreams cpu {:.0}%  cores {}",
+                "  round {} {:<8} {:>10.0} req/s  p50 {:>8}  p99 {:>8}  {} requests  socket errors {}  non-2xx/3xx {}  proxy cpu {:.0}% ({:.0} req/CPU-s)  upstreams cpu {:.0}%  cores {}",
                 r.round,
                 t.kind.name(),
                 r.wrk.rps,
@@ -686,6 +696,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
                 r.wrk.socket_errors,
                 r.wrk.bad_status,
                 r.proxy_cpu,
+                r.per_cpu_second(),
                 r.upstream_cpu,
                 fmt_cores(&r.cores)
             );
@@ -704,6 +715,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
             "p99         dynia/haproxy = {p99:.3}  (target <= 1.0)  {}",
             mark(p99 <= 1.0)
         );
+        paired_ratios(targets);
     } else {
         println!("ratios: n/a (only one proxy ran)");
     }
@@ -727,6 +739,42 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
         );
     }
     ok
+}
+
+/// Ratios of the two runs of each round (back to back, so under the same
+/// neighbours), and their medians: a check on the median-round figures when
+/// the machine is shared.
+fn paired_ratios(targets: &[Target]) {
+    let find = |k: Kind| targets.iter().find(|t| t.kind == k);
+    let (Some(h), Some(d)) = (find(Kind::Haproxy), find(Kind::Dynia)) else {
+        return;
+    };
+    let mut rps = Vec::new();
+    let mut p99 = Vec::new();
+    let mut eff = Vec::new();
+    for hr in &h.runs {
+        if let Some(dr) = d.runs.iter().find(|r| r.round == hr.round) {
+            rps.push(dr.wrk.rps / hr.wrk.rps);
+            p99.push(dr.wrk.p99.as_secs_f64() / hr.wrk.p99.as_secs_f64());
+            eff.push(dr.per_cpu_second() / hr.per_cpu_second());
+        }
+    }
+    let show = |name: &str, v: &mut Vec<f64>| {
+        let each: Vec<String> = v.iter().map(|x| format!("{x:.3}")).collect();
+        v.sort_by(f64::total_cmp);
+        let med = v
+            .get(v.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(f64::NAN);
+        println!(
+            "  {name:<24} per round [{}]  median {med:.3}",
+            each.join(", ")
+        );
+    };
+    println!("dynia/haproxy within each round:");
+    show("requests/s", &mut rps);
+    show("p99", &mut p99);
+    show("requests per CPU-second", &mut eff);
 }
 
 fn mark(ok: bool) -> &'static str {
