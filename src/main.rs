@@ -34,6 +34,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show dynia on this machine: a node and three demo members on loopback, no root needed.
+    Demo {
+        /// Keep serving after the walkthrough, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run a small demo application server (what `dynia demo` puts behind the proxy).
     #[command(hide = true)]
     Upstream {
@@ -52,6 +58,7 @@ fn main() -> ExitCode {
         Command::Check => commands::check(&cli.config),
         Command::Reload => commands::reload(&cli.config),
         Command::Status { json } => commands::status(&cli.config, json),
+        Command::Demo { keep } => commands::demo(keep),
         Command::Upstream { listen, id } => commands::upstream(listen, &id),
     };
     ExitCode::from(code)

@@ -187,3 +187,25 @@ pub fn upstream(listen: SocketAddr, id: &str) -> u8 {
         OK
     })
 }
+
+/// `dynia demo [--keep]`.
+pub fn demo(keep: bool) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynia demo: cannot start the runtime: {e}");
+            return FAILED;
+        }
+    };
+    match rt.block_on(crate::demo::run(keep)) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("{e}");
+            FAILED
+        }
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dynia_proxy::Proxy;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -17,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ClusterDoc, ConfigErrors, NodeFile, Secret};
+use crate::election::ElectionHandle;
 use crate::status::{
     ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
 };
@@ -38,6 +39,10 @@ pub enum DaemonError {
     Runtime(std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Election(#[from] crate::election::ElectionError),
+    #[error("reserved ip driver: {0}")]
+    Driver(#[from] dynia_vrrp::driver::DriverError),
 }
 
 /// Both files as last loaded successfully, plus the secrets they name.
@@ -47,6 +52,7 @@ pub struct Loaded {
     pub cluster: ClusterDoc,
     pub hash: String,
     pub admin_token: Option<Secret>,
+    pub cluster_key: Option<Secret>,
 }
 
 /// Reads and validates the node file, the cluster document it points at and
@@ -59,15 +65,17 @@ pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
         Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
         None => None,
     };
-    if let Some(p) = &node.election.key_file {
-        config::read_secret(p).map_err(ConfigErrors::from)?;
-    }
+    let cluster_key = match &node.election.key_file {
+        Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
+        None => None,
+    };
     let hash = cluster.hash();
     Ok(Loaded {
         node,
         cluster,
         hash,
         admin_token,
+        cluster_key,
     })
 }
 
@@ -118,6 +126,7 @@ pub struct Daemon {
     reload_lock: tokio::sync::Mutex<()>,
     started: Instant,
     stop: CancellationToken,
+    election: Option<ElectionHandle>,
 }
 
 /// Result of a successful reload.
@@ -134,6 +143,19 @@ impl Daemon {
         let metrics = ControlMetrics::new(&registry)?;
         let proxy = Proxy::start(proxy_config(&loaded.node, &loaded.cluster), &registry).await?;
         metrics.generation.set(loaded.cluster.generation as i64);
+        let election = match crate::wiring::election_settings(&loaded)? {
+            Some(settings) => {
+                let driver = crate::wiring::driver(&loaded).await?;
+                let p = proxy.clone();
+                Some(ElectionHandle::start(
+                    settings,
+                    driver,
+                    move || p.can_serve(),
+                    &registry,
+                )?)
+            }
+            None => None,
+        };
         Ok(Arc::new(Daemon {
             node_path: node_path.to_path_buf(),
             proxy,
@@ -143,6 +165,7 @@ impl Daemon {
             reload_lock: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             stop: CancellationToken::new(),
+            election,
         }))
     }
 
@@ -185,6 +208,11 @@ impl Daemon {
         });
         match result {
             Ok(new) => {
+                if let (Some(e), Ok(Some(settings))) =
+                    (&self.election, crate::wiring::election_settings(&new))
+                {
+                    e.reconfigure(settings).await;
+                }
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.generation.set(new.cluster.generation as i64);
                 let done = Reloaded {
@@ -214,16 +242,19 @@ impl Daemon {
         let loaded = self.loaded();
         let me = loaded.cluster.member(&loaded.node.node.id);
         let proxy = self.proxy.status();
+        let shared = self.election.as_ref().map(|e| e.shared());
+        let role = shared.map_or("init", |s| s.role().as_str()).to_string();
         Status {
             node: loaded.node.node.id.clone(),
             cluster: loaded.cluster.cluster.clone(),
             generation: loaded.cluster.generation,
             config_hash: loaded.hash.clone(),
-            role: "init".into(),
-            priority: me.map_or(0, |m| m.priority),
+            role: role.clone(),
+            priority: shared.map_or(me.map_or(0, |m| m.priority), |s| s.priority()),
             reserved_ip: ReservedIpStatus {
                 address: loaded.node.reserved_ip.address.map(|a| a.to_string()),
-                held: false,
+                held: shared
+                    .is_some_and(|s| s.held() && s.role() == dynia_vrrp::election::Role::Master),
             },
             members: loaded
                 .cluster
@@ -231,18 +262,33 @@ impl Daemon {
                 .iter()
                 .map(|m| {
                     let is_me = m.id == loaded.node.node.id;
+                    let seen = match (is_me, shared) {
+                        (false, Some(s)) => s.seen(m.private_ip),
+                        _ => None,
+                    };
+                    let (peer_role, generation, last_seen_ms, priority) = match (&seen, is_me) {
+                        (_, true) => (
+                            role.clone(),
+                            Some(loaded.cluster.generation),
+                            Some(0),
+                            shared.map_or(m.priority, |s| s.priority()),
+                        ),
+                        (Some(x), false) => (
+                            x.role.as_str().to_string(),
+                            Some(x.generation),
+                            Some(x.at.elapsed().as_millis() as u64),
+                            x.priority,
+                        ),
+                        (None, false) => ("unknown".to_string(), None, None, m.priority),
+                    };
                     MemberStatus {
                         id: m.id.clone(),
                         private_ip: m.private_ip.to_string(),
-                        priority: m.priority,
+                        priority,
                         state: member_state(m.state).into(),
-                        role: if is_me {
-                            "init".into()
-                        } else {
-                            "unknown".into()
-                        },
-                        generation: is_me.then_some(loaded.cluster.generation),
-                        last_seen_ms: is_me.then_some(0),
+                        role: peer_role,
+                        generation,
+                        last_seen_ms,
                     }
                 })
                 .collect(),
@@ -363,6 +409,10 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
         }
     }
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    if let Some(e) = &daemon.election {
+        // Resign first (priority 0) and hand the Reserved IP over while still serving.
+        e.shutdown(Duration::from_secs(5)).await;
+    }
     tracing::info!(grace = ?grace, "shutting down: no new connections, finishing requests in flight");
     let clean = daemon.proxy.shutdown(grace).await;
     if clean {

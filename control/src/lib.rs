@@ -7,6 +7,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod demo;
+pub mod election;
 pub mod logging;
 pub mod page;
 pub mod status;

@@ -82,3 +82,121 @@ pub fn admin_state(s: MemberState) -> AdminState {
         MemberState::Maint => AdminState::Maint,
     }
 }
+
+/// The election's settings for this node. A single-member cluster runs the
+/// election too: it becomes master after `Master_Down_Interval` and holds the
+/// Reserved IP, so adding a second node later changes nothing here.
+pub fn election_settings(
+    loaded: &crate::daemon::Loaded,
+) -> Result<Option<crate::election::Settings>, crate::election::ElectionError> {
+    use crate::election::{ElectionError, Hooks, Peer, Settings};
+    use dynia_vrrp::advert::AdvertKey;
+    use dynia_vrrp::election::Priority;
+    let (node, cluster) = (&loaded.node, &loaded.cluster);
+    if cluster.election.transport != crate::config::Transport::Dynia {
+        return Err(ElectionError::Config(
+            "transport \"vrrp3\" is not available in this build yet; use transport = \"dynia\""
+                .into(),
+        ));
+    }
+    let Some(me) = cluster.member(&node.node.id) else {
+        return Err(ElectionError::Config(format!(
+            "node {} is not a member of the cluster document",
+            node.node.id
+        )));
+    };
+    let key = match &loaded.cluster_key {
+        Some(k) => {
+            AdvertKey::new(k.expose_bytes()).map_err(|e| ElectionError::Config(e.to_string()))?
+        }
+        None => {
+            return Err(ElectionError::Config(
+                "no cluster key: set [election] key_file in the node file".into(),
+            ))
+        }
+    };
+    let priority = Priority::new(me.priority).ok_or_else(|| {
+        ElectionError::Config(format!("priority {} is not in 1..=254", me.priority))
+    })?;
+    let mut config_hash = [0u8; 32];
+    for (i, b) in config_hash.iter_mut().enumerate() {
+        *b = loaded
+            .hash
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    Ok(Some(Settings {
+        local: me.private_ip,
+        port: node.election.port,
+        priority,
+        advert_interval: cluster.election.advert_interval.as_std(),
+        preempt: cluster.election.preempt,
+        preempt_delay: cluster.election.preempt_delay.as_std(),
+        vrid: cluster.election.vrid,
+        cluster: cluster.cluster.clone(),
+        key,
+        peers: cluster
+            .members
+            .iter()
+            .filter(|m| m.id != me.id)
+            .map(|m| Peer {
+                id: m.id.clone(),
+                addr: m.private_ip,
+                droplet_id: m.droplet_id,
+            })
+            .collect(),
+        generation: cluster.generation,
+        config_hash,
+        reserved_ip: node.reserved_ip.address,
+        hooks: Hooks {
+            on_master: node.hooks.on_master.clone(),
+            on_backup: node.hooks.on_backup.clone(),
+            on_fault: node.hooks.on_fault.clone(),
+        },
+    }))
+}
+
+/// The Reserved-IP driver the node file asks for.
+pub async fn driver(
+    loaded: &crate::daemon::Loaded,
+) -> Result<dynia_vrrp::driver::Driver, dynia_vrrp::driver::DriverError> {
+    use crate::config::Driver as Kind;
+    use dynia_vrrp::driver::{
+        DigitalOcean, DigitalOceanConfig, Driver, DriverError, NoneDriver, Secret,
+    };
+    let r = &loaded.node.reserved_ip;
+    match r.driver {
+        Kind::None => Ok(Driver::None(NoneDriver)),
+        Kind::DigitalOcean => {
+            let (Some(address), Some(token_file)) = (r.address, &r.token_file) else {
+                return Err(DriverError::Config {
+                    what:
+                        "driver \"digitalocean\" needs `address` and `token_file` in [reserved_ip]"
+                            .into(),
+                    hint: "see deploy/examples/dynia.toml",
+                });
+            };
+            let token =
+                crate::config::read_secret(token_file).map_err(|e| DriverError::Config {
+                    what: e.to_string(),
+                    hint: "the token file must exist and have mode 0600",
+                })?;
+            let token = Secret::new(String::from_utf8_lossy(token.expose_bytes()).into_owned());
+            let mut cfg = DigitalOceanConfig::new(address, token);
+            cfg.droplet_id = r.droplet_id.or_else(|| {
+                loaded
+                    .cluster
+                    .member(&loaded.node.node.id)
+                    .and_then(|m| m.droplet_id)
+            });
+            cfg.api_url = r.api_url.clone();
+            cfg.metadata_url = r.metadata_url.clone();
+            Ok(Driver::DigitalOcean(DigitalOcean::new(cfg).await?))
+        }
+        Kind::L2 => Err(DriverError::Config {
+            what: "driver \"l2\" is not available in this build yet".into(),
+            hint: "use driver = \"none\" or \"digitalocean\"",
+        }),
+    }
+}

@@ -204,7 +204,7 @@ fn defaults_fill_omitted_sections() {
     );
     let spelled = spelled.replacen(
         "[[member]]",
-        "[election]\ntransport = \"dynia\"\nvrid = 51\nadvert_interval = \"200ms\"\npreempt = true\n\
+        "[election]\ntransport = \"dynia\"\nvrid = 51\nadvert_interval = \"100ms\"\npreempt = true\n\
          preempt_delay = \"0s\"\n\n[[member]]",
         1,
     );

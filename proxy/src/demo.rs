@@ -45,6 +45,7 @@ struct State {
     id: Arc<str>,
     health: AtomicU16,
     hits: AtomicU64,
+    connections: AtomicU64,
 }
 
 impl DemoUpstream {
@@ -57,6 +58,7 @@ impl DemoUpstream {
             id: id.clone(),
             health: AtomicU16::new(200),
             hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -71,6 +73,7 @@ impl DemoUpstream {
                     },
                 };
                 let _ = stream.set_nodelay(true);
+                s.connections.fetch_add(1, Ordering::Relaxed);
                 let (s2, st2) = (s.clone(), st.clone());
                 tr.spawn(async move {
                     let svc = service_fn(move |req| {
@@ -104,6 +107,11 @@ impl DemoUpstream {
     /// Requests served, health checks excluded.
     pub fn hits(&self) -> u64 {
         self.state.hits.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted so far (health checks included).
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
     }
 
     /// Stops at once: closes the listener and every open connection.

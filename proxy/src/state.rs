@@ -70,17 +70,23 @@ impl Tried {
 }
 
 impl ServiceRt {
-    /// Round robin over the members that are ACTIVE, not DOWN and not yet tried.
+    /// Round robin over the members that are ACTIVE, not DOWN and not yet
+    /// tried: the rotation counts eligible members only, so when one member is
+    /// out the others share its load evenly (as HAProxy's `roundrobin` does).
     pub fn pick(&self, tried: Tried) -> Option<(usize, &Arc<Backend>)> {
         let n = self.members.len();
-        if n == 0 {
+        let eligible = |i: &usize| !tried.has(*i) && self.members[*i].eligible();
+        let count = (0..n).filter(eligible).count();
+        if count == 0 {
             return None;
         }
-        let start = self.rr.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| !tried.has(i) && self.members[i].eligible())
-            .map(|i| (i, &self.members[i].backend))
+        let k = self.rr.fetch_add(1, Ordering::Relaxed) % count;
+        // Health may change between the two passes: fall back to the first.
+        let i = (0..n)
+            .filter(eligible)
+            .nth(k)
+            .or_else(|| (0..n).find(eligible))?;
+        Some((i, &self.members[i].backend))
     }
 }
 

@@ -182,12 +182,19 @@ async fn failing_health_takes_member_out_after_fall_and_back_after_rise() {
     );
     let before = sick.hits();
     let mut c = Client::connect(rig.addr).await.unwrap();
+    let mut answers = Vec::new();
     for _ in 0..20 {
         let a = c.get(HOST, "/").await.unwrap();
         assert_eq!(a.status, 200);
         assert_ne!(a.member(), Some(&*id));
+        answers.push(a);
     }
     assert_eq!(sick.hits(), before);
+    let counts = count_by_member(&answers);
+    assert!(
+        counts.values().all(|&n| n == 10),
+        "the two healthy members share evenly: {counts:?}"
+    );
 
     sick.set_health(200);
     wait_until(WAIT, "member UP again", || {
@@ -574,4 +581,149 @@ async fn reload_keeps_health_of_remaining_members_and_stops_removed_ones() {
     }
     assert_eq!(rig.ups[2].hits(), removed);
     assert!(!rig.metrics().contains("member=\"member-2\""));
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = tokio::net::TcpStream::connect(rig.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the proxy must close the connection by itself.
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection was not closed"
+    );
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "the connection to be released", || {
+        let p = p.clone();
+        async move { p.connections() == 0 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn slow_member_answer_is_504_after_response_timeout_and_not_retried() {
+    let limits = Limits {
+        response_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let rig = Rig::new(2, fast_health(), limits).await;
+    rig.all_up().await;
+    let before: u64 = rig.ups.iter().map(|u| u.hits()).sum();
+    let a = tokio::time::timeout(Duration::from_secs(10), get(rig.addr, HOST, "/slow/3000"))
+        .await
+        .expect("504 must come after response_timeout, not the member's 3 s")
+        .unwrap();
+    assert_eq!(a.status, 504);
+    let after: u64 = rig.ups.iter().map(|u| u.hits()).sum();
+    assert_eq!(
+        after - before,
+        1,
+        "a timed-out request must not be sent to a second member"
+    );
+}
+
+#[tokio::test]
+async fn removed_member_finishes_its_inflight_request() {
+    let rig = Rig::new(3, fast_health(), Limits::default()).await;
+    rig.all_up().await;
+    let addr = rig.addr;
+    let slow = tokio::spawn(async move { get(addr, HOST, "/slow/1000").await });
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "slow request in flight", || {
+        let p = p.clone();
+        async move { p.status()[0].members.iter().any(|m| m.inflight == 1) }
+    })
+    .await;
+    let busy = rig.proxy.status()[0]
+        .members
+        .iter()
+        .position(|m| m.inflight == 1)
+        .unwrap();
+    let keep: Vec<_> = rig
+        .members(&[AdminState::Active; 3])
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != busy)
+        .map(|(_, m)| m)
+        .collect();
+    rig.proxy
+        .apply(config(&keep, fast_health(), Limits::default()))
+        .unwrap();
+    let gone = rig.ups[busy].id.to_string();
+    let mut c = Client::connect(rig.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_ne!(c.get(HOST, "/").await.unwrap().member(), Some(&*gone));
+    }
+    let a = slow.await.unwrap().unwrap();
+    assert_eq!(a.status, 200, "the removed member's request was cut");
+    assert_eq!(a.member(), Some(&*gone));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let health = HealthConfig {
+        interval: Duration::from_secs(30),
+        ..HealthConfig::default()
+    };
+    let rig = Rig::new(1, health, Limits::default()).await;
+    let member = &rig.ups[0];
+    // Let the first health check connect, then count from here.
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "first check", || {
+        let p = p.clone();
+        async move { p.status()[0].members[0].health == Health::Up }
+    })
+    .await;
+    let before = member.connections();
+    let mut c = Client::connect(rig.addr).await.unwrap();
+    for _ in 0..200 {
+        assert_eq!(c.get(HOST, "/").await.unwrap().status, 200);
+    }
+    let opened = member.connections() - before;
+    assert!(
+        opened <= 2,
+        "200 sequential requests opened {opened} upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge_is_served() {
+    use http_body_util::{BodyExt, Empty};
+    let rig = Rig::new(2, fast_health(), Limits::default()).await;
+    let stream = tokio::net::TcpStream::connect(rig.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let req = http::Request::get(format!("http://{HOST}/"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        seen.insert(
+            resp.headers()["x-dynia-member"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+        let _ = resp.into_body().collect().await.unwrap();
+    }
+    assert_eq!(seen.len(), 2, "h2 requests are balanced too");
 }

@@ -3,6 +3,7 @@
 //! and bounded waiting for events.
 #![allow(dead_code)]
 
+pub mod netns;
 #[path = "../../proxy/tests/support/mod.rs"]
 pub mod web;
 
@@ -14,11 +15,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use web::{get, wait_until, Client};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dynia");
 pub const HOST: &str = "app.example.com";
 pub const TOKEN: &str = "test-admin-token-5e1f";
+
+/// A free UDP port on `ip` (bound, then released).
+pub fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// A free TCP port on `ip` (bound, then released).
 pub fn free_port(ip: &str) -> u16 {
@@ -137,8 +148,9 @@ impl NodeFiles {
              [admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{dir}/admin.token\"\n\n\
              [[listener]]\nname = \"http\"\nbind = \"{proxy_addr}\"\n\n\
              [limits]\n{limits}\n\n\
-             [election]\nkey_file = \"{dir}/cluster.key\"\n",
-            dir = dir.0.display()
+             [election]\nkey_file = \"{dir}/cluster.key\"\nport = {udp}\n",
+            dir = dir.0.display(),
+            udp = free_udp_port("127.0.0.1"),
         );
         fs::write(&node_file, text).unwrap();
         let cluster_file = dir.0.join("cluster.toml");
@@ -290,4 +302,84 @@ pub async fn metrics(admin: SocketAddr) -> String {
     let a = get(admin, "localhost", "/metrics").await.unwrap();
     assert_eq!(a.status, 200);
     a.body
+}
+
+/// One node of a loopback cluster: private IP `ip`, listener `ip:proxy_port`,
+/// admin `ip:admin_port`, election on `ip:udp_port`, with `extra` appended to
+/// the node file (e.g. a `[reserved_ip]` section).
+pub struct ClusterNode {
+    pub files: NodeFiles,
+    pub id: String,
+    pub ip: String,
+}
+
+pub fn cluster_node(
+    tag: &str,
+    id: &str,
+    ip: &str,
+    cluster: &str,
+    ports: (u16, u16, u16),
+    extra: &str,
+) -> ClusterNode {
+    let (proxy_port, admin_port, udp_port) = ports;
+    let dir = TempDir::new(tag);
+    let proxy_addr: SocketAddr = format!("{ip}:{proxy_port}").parse().unwrap();
+    let admin_addr: SocketAddr = format!("{ip}:{admin_port}").parse().unwrap();
+    write_secret(&dir.0.join("admin.token"), TOKEN);
+    write_secret(
+        &dir.0.join("cluster.key"),
+        "0123456789abcdef0123456789abcdef",
+    );
+    let node_file = dir.0.join("dynia.toml");
+    let text = format!(
+        "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\
+         [admin]\nlisten = \"{admin_addr}\"\ntoken_file = \"{d}/admin.token\"\n\n\
+         [[listener]]\nname = \"http\"\nbind = \"{proxy_addr}\"\n\n\
+         [limits]\nshutdown_grace = \"5s\"\n\n\
+         [election]\nkey_file = \"{d}/cluster.key\"\nport = {udp_port}\n\n{extra}",
+        d = dir.0.display()
+    );
+    fs::write(&node_file, text).unwrap();
+    let cluster_file = dir.0.join("cluster.toml");
+    fs::write(&cluster_file, cluster).unwrap();
+    ClusterNode {
+        files: NodeFiles {
+            dir,
+            node_file,
+            cluster_file,
+            proxy_addr,
+            admin_addr,
+        },
+        id: id.into(),
+        ip: ip.into(),
+    }
+}
+
+/// Ports free on every one of `ips`: (proxy, admin, udp).
+pub fn common_ports(ips: &[&str]) -> (u16, u16, u16) {
+    for _ in 0..50 {
+        let p = free_port(ips[0]);
+        let a = free_port(ips[0]);
+        let u = free_udp_port(ips[0]);
+        let ok = ips.iter().all(|ip| {
+            TcpListener::bind((*ip, p)).is_ok()
+                && TcpListener::bind((*ip, a)).is_ok()
+                && std::net::UdpSocket::bind((*ip, u)).is_ok()
+        });
+        if ok && p != a {
+            return (p, a, u);
+        }
+    }
+    panic!("no common free ports on {ips:?}");
+}
+
+/// The `role` field of a node's /status.json ("" if unreachable).
+pub async fn role(admin: SocketAddr) -> String {
+    match get(admin, "localhost", "/status.json").await {
+        Ok(a) if a.status == 200 => serde_json::from_str::<serde_json::Value>(&a.body)
+            .ok()
+            .and_then(|v| v["role"].as_str().map(str::to_string))
+            .unwrap_or_default(),
+        _ => String::new(),
+    }
 }

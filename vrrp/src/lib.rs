@@ -1,1 +1,14 @@
 //! dynia's election (replaces keepalived): a pure state machine, advert codecs, Reserved-IP drivers.
+//!
+//! * [`election`]: the RFC 5798 state machine, pure (clock and events injected).
+//! * [`advert`]: the `dynia` transport's authenticated advert, replay guard, receive filter.
+//! * [`vrrp3`]: the RFC 5798 VRRPv3 IPv4 packet codec (keepalived interop).
+//! * [`driver`]: what moves the Reserved IP (DigitalOcean API, none; L2 to come).
+//! * `dosim` (feature `simulator`): a local DigitalOcean API + metadata simulator.
+
+pub mod advert;
+#[cfg(feature = "simulator")]
+pub mod dosim;
+pub mod driver;
+pub mod election;
+pub mod vrrp3;

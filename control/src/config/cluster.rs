@@ -81,7 +81,7 @@ pub struct ClusterElection {
     pub transport: Transport,
     /// Virtual router id, 1..=255. Default 51.
     pub vrid: u8,
-    /// Time between adverts. Default 200ms.
+    /// Time between adverts. Default 100ms: Master_Down_Interval = 3 × 100ms + skew ≈ 0.35 s, inside the 0.6 s failover target (200ms cannot meet it: 0.6 s + skew).
     pub advert_interval: Duration,
     /// A higher-priority node takes over from a lower one. Default true.
     pub preempt: bool,
@@ -94,7 +94,7 @@ impl Default for ClusterElection {
         ClusterElection {
             transport: Transport::Dynia,
             vrid: 51,
-            advert_interval: Duration::from_millis(200),
+            advert_interval: Duration::from_millis(100),
             preempt: true,
             preempt_delay: Duration::from_millis(0),
         }

@@ -1,0 +1,389 @@
+//! `dynia demo`: the product on a fresh machine, without root or cloud access.
+//!
+//! It starts a three-node cluster on loopback: three `dynia run` processes
+//! (this same binary) on 127.0.0.2-4, each with a built-in demo app on its
+//! private IP, and a local DigitalOcean API simulator that plays the Reserved
+//! IP. It shows the election placing the Reserved IP on the master, round
+//! robin over every member from there, then SIGKILLs the master and shows a
+//! backup take the Reserved IP over and serve. Everything it starts is
+//! stopped at the end (and on error, by `Drop`); the temporary directory is
+//! removed. Every wait is bounded.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+
+use dynia_proxy::demo::DemoUpstream;
+use dynia_vrrp::dosim::DoSim;
+
+const NODES: [(&str, &str, u64); 3] = [
+    ("amber-fox", "127.0.0.2", 3164441),
+    ("brisk-owl", "127.0.0.3", 3164442),
+    ("calm-deer", "127.0.0.4", 3164443),
+];
+const RESERVED_IP: &str = "203.0.113.10";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("demo: {0}")]
+    Step(String),
+}
+
+fn step(s: impl Into<String>) -> DemoError {
+    DemoError::Step(s.into())
+}
+
+/// Child processes and the directory, cleaned up whatever happens.
+struct Cleanup {
+    dir: PathBuf,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_tcp(ip: &str) -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// (app, proxy, admin, election) ports free on every node address.
+fn ports() -> Result<[u16; 4], DemoError> {
+    for _ in 0..50 {
+        let mut p = [0u16; 4];
+        for (i, slot) in p.iter_mut().enumerate() {
+            *slot = if i == 3 {
+                std::net::UdpSocket::bind((NODES[0].1, 0))?
+                    .local_addr()?
+                    .port()
+            } else {
+                free_tcp(NODES[0].1)?
+            };
+        }
+        let distinct = p[0] != p[1] && p[1] != p[2] && p[0] != p[2];
+        let all_free = NODES.iter().all(|(_, ip, _)| {
+            p[..3]
+                .iter()
+                .all(|port| std::net::TcpListener::bind((*ip, *port)).is_ok())
+                && std::net::UdpSocket::bind((*ip, p[3])).is_ok()
+        });
+        if distinct && all_free {
+            return Ok(p);
+        }
+    }
+    Err(step("no ports free on all of 127.0.0.2-4"))
+}
+
+fn random_hex(n: usize) -> String {
+    (0..n)
+        .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
+        .collect()
+}
+
+fn write_secret(path: &Path, value: &str) -> Result<(), DemoError> {
+    crate::config::write_secret(path, value.as_bytes()).map_err(|e| step(e.to_string()))
+}
+
+/// Writes the three nodes' files; returns each node's node-file path.
+fn write_files(
+    dir: &Path,
+    p: [u16; 4],
+    api: &str,
+    do_token: &str,
+) -> Result<Vec<PathBuf>, DemoError> {
+    let key = random_hex(64);
+    let mut cluster = String::from(
+        "# written by `dynia demo`\ngeneration = 1\ncluster = \"demo\"\n\n[election]\nadvert_interval = \"100ms\"\n\n",
+    );
+    for (i, (id, ip, droplet)) in NODES.iter().enumerate() {
+        cluster.push_str(&format!(
+            "[[member]]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\npriority = {}\ndroplet_id = {droplet}\n\n",
+            150 - 10 * i
+        ));
+    }
+    cluster.push_str(&format!(
+        "[[service]]\nname = \"web\"\nhosts = [\"*\"]\nport = {}\n\
+         [service.health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 2\n",
+        p[0]
+    ));
+    let mut files = Vec::new();
+    for (id, ip, _) in NODES {
+        let d = dir.join(id);
+        std::fs::create_dir_all(&d)?;
+        write_secret(&d.join("admin.token"), &random_hex(32))?;
+        write_secret(&d.join("cluster.key"), &key)?;
+        write_secret(&d.join("do.token"), do_token)?;
+        let node = format!(
+            "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\
+             [admin]\nlisten = \"{ip}:{admin}\"\ntoken_file = \"{d}/admin.token\"\n\n\
+             [[listener]]\nname = \"http\"\nbind = \"{ip}:{proxy}\"\n\n\
+             [limits]\nshutdown_grace = \"2s\"\n\n\
+             [election]\nkey_file = \"{d}/cluster.key\"\nport = {udp}\n\n\
+             [reserved_ip]\ndriver = \"digitalocean\"\naddress = \"{RESERVED_IP}\"\ntoken_file = \"{d}/do.token\"\n\
+             api_url = \"{api}\"\nmetadata_url = \"{api}\"\n",
+            d = d.display(),
+            proxy = p[1],
+            admin = p[2],
+            udp = p[3],
+        );
+        let path = d.join("dynia.toml");
+        std::fs::write(&path, node)?;
+        std::fs::write(d.join("cluster.toml"), &cluster)?;
+        files.push(path);
+    }
+    Ok(files)
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (mut tx, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "demo.local")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+async fn wait_for<F, Fut>(what: &str, mut cond: F) -> Result<Duration, DemoError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < WAIT {
+        if cond().await {
+            return Ok(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(step(format!("{what} did not happen within {WAIT:?}")))
+}
+
+async fn status_field(admin: SocketAddr, field: &str) -> Option<serde_json::Value> {
+    let (code, body) = fetch(admin, "/status.json").await.ok()?;
+    if code != 200 {
+        return None;
+    }
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .map(|v| v[field].clone())
+}
+
+/// The node whose droplet holds the Reserved IP, per the (simulated) API.
+fn holder(sim: &DoSim, ip: IpAddr) -> Option<usize> {
+    let d = sim.holder(ip)?;
+    NODES.iter().position(|n| n.2 == d)
+}
+
+async fn requests_via(proxy: SocketAddr, n: usize) -> Result<String, DemoError> {
+    let mut who = Vec::new();
+    for _ in 0..n {
+        let (status, body) = fetch(proxy, "/").await.map_err(step)?;
+        who.push(format!("{status} {body}"));
+    }
+    Ok(who.join(" | "))
+}
+
+/// Runs the demo; with `keep`, serves until Ctrl-C after the walkthrough.
+pub async fn run(keep: bool) -> Result<(), DemoError> {
+    let exe = std::env::current_exe()?;
+    let dir = std::env::temp_dir().join(format!("dynia-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut cleanup = Cleanup {
+        dir: dir.clone(),
+        children: Vec::new(),
+    };
+    let p = ports()?;
+    let do_token = format!("demo-{}", random_hex(24));
+    let sim = DoSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), &do_token).await?;
+    let vip: IpAddr = RESERVED_IP.parse().expect("literal");
+    for (_, ip, droplet) in NODES {
+        sim.add_droplet(droplet, ip.parse().expect("literal"));
+    }
+    sim.add_reserved_ip(vip, None);
+    sim.set_action_delay(Duration::from_millis(150));
+    let mut apps = Vec::new();
+    for (id, ip, _) in NODES {
+        apps.push(
+            DemoUpstream::start(SocketAddr::new(ip.parse().expect("literal"), p[0]), id).await?,
+        );
+    }
+    let files = write_files(&dir, p, &sim.url(), &do_token)?;
+    println!("dynia demo: a three-node cluster on loopback");
+    for (i, (id, ip, droplet)) in NODES.iter().enumerate() {
+        let child = Command::new(&exe)
+            .arg("run")
+            .arg("-c")
+            .arg(&files[i])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{id}.log")))?)
+            .spawn()?;
+        cleanup.children.push(Some(child));
+        println!(
+            "  {id:<10} private IP {ip}  proxy :{}  admin http://{ip}:{}/status  droplet {droplet}  priority {}",
+            p[1],
+            p[2],
+            150 - 10 * i
+        );
+    }
+    let proxy = |i: usize| SocketAddr::new(NODES[i].1.parse().expect("literal"), p[1]);
+    let admin = |i: usize| SocketAddr::new(NODES[i].1.parse().expect("literal"), p[2]);
+    for i in 0..NODES.len() {
+        wait_for("every node to start", || async move {
+            status_field(admin(i), "role").await.is_some()
+        })
+        .await?;
+    }
+    println!(
+        "  Reserved IP {RESERVED_IP}: held by the simulated DigitalOcean API at {}",
+        sim.url()
+    );
+
+    let first = wait_for("a master to hold the Reserved IP", || async {
+        holder(&sim, vip).is_some()
+    })
+    .await?;
+    let m = holder(&sim, vip).ok_or_else(|| step("no holder"))?;
+    println!(
+        "\n1. the election made {} master; it assigned the Reserved IP to its droplet ({} ms after start)",
+        NODES[m].0,
+        first.as_millis()
+    );
+    for i in 0..NODES.len() {
+        let a = admin(i);
+        wait_for("every member to be healthy", || async move {
+            status_field(a, "services")
+                .await
+                .and_then(|s| {
+                    s[0]["members"]
+                        .as_array()
+                        .map(|m| m.iter().all(|x| x["health"] == "up"))
+                })
+                .unwrap_or(false)
+        })
+        .await?;
+    }
+    println!(
+        "\n2. requests to the Reserved IP reach {}, which balances over every member:",
+        NODES[m].0
+    );
+    println!("  {}", requests_via(proxy(m), 6).await?);
+
+    println!("\n3. SIGKILL {} (its app dies with it) ...", NODES[m].0);
+    let killed = Instant::now();
+    if let Some(c) = cleanup.children[m].as_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    cleanup.children[m] = None;
+    apps[m].kill();
+    wait_for("another node to take the Reserved IP", || async {
+        holder(&sim, vip).is_some_and(|h| h != m)
+    })
+    .await?;
+    let n = holder(&sim, vip).ok_or_else(|| step("no holder"))?;
+    let serving = wait_for("the new master to serve", || async {
+        fetch(proxy(n), "/").await.is_ok_and(|(s, _)| s == 200)
+    })
+    .await;
+    serving?;
+    println!(
+        "   {} became master and the Reserved IP points at it: serving {} ms after the kill",
+        NODES[n].0,
+        killed.elapsed().as_millis()
+    );
+    let down = NODES[m].0;
+    wait_for("the dead member to be marked DOWN", || async {
+        status_field(admin(n), "services")
+            .await
+            .and_then(|s| {
+                s[0]["members"]
+                    .as_array()
+                    .map(|ms| ms.iter().any(|x| x["id"] == down && x["health"] == "down"))
+            })
+            .unwrap_or(false)
+    })
+    .await?;
+    println!("   its member is DOWN in every pool; requests go to the two that remain:");
+    println!("  {}", requests_via(proxy(n), 6).await?);
+    let assigns = sim
+        .api_calls()
+        .iter()
+        .filter(|c| c.is_action_post() && c.status < 300)
+        .count();
+    println!(
+        "   assign calls to the API so far: {assigns} (one per mastership change, no ping-pong)"
+    );
+
+    if keep {
+        println!(
+            "\nserving until Ctrl-C: curl http://{}/ ; open http://{}/status",
+            proxy(n),
+            admin(n)
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    println!("\nstopping the cluster (SIGTERM: resign, finish requests, exit) ...");
+    for c in cleanup.children.iter_mut().flatten() {
+        unsafe_sigterm(c);
+    }
+    let start = Instant::now();
+    for c in cleanup.children.iter_mut() {
+        let Some(child) = c else { continue };
+        while start.elapsed() < WAIT {
+            if child.try_wait()?.is_some() {
+                // Exited by itself; a child still running is killed by `Cleanup`.
+                *c = None;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for a in &apps {
+        a.kill();
+    }
+    println!("demo done (logs were in {}; removed).", dir.display());
+    Ok(())
+}
+
+fn unsafe_sigterm(child: &Child) {
+    // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}

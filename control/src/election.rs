@@ -1,0 +1,803 @@
+//! The election's I/O shell: the thin part around `dynia_vrrp::election`.
+//!
+//! It owns one thread with its own single-threaded Tokio runtime, so proxy
+//! load cannot starve adverts (keepalived's false failovers under load come
+//! from exactly that). On that thread:
+//! - a UDP socket on the member's private IP sends adverts to every other
+//!   member and receives theirs through `ReceiveFilter` (MAC, replay,
+//!   membership); only a master's adverts feed the state machine, every
+//!   member's (master adverts and the slower heartbeats of backups) update the
+//!   peer table behind `/status.json`;
+//! - tracking polls whether the proxy can serve and tells the state machine;
+//! - a driver task makes the Reserved IP follow the role: claim on MASTER and
+//!   keep reconciling (claim again if the IP went nowhere; step back, without
+//!   re-claiming, if it points at another member: no ping-pong), release when
+//!   leaving MASTER; hooks run after each transition.
+//!
+//! Every queue is bounded, every external call has a timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dynia_vrrp::advert::{
+    encode, Advert, AdvertKey, ClusterId, DropReason, MemberSet, ReceiveFilter, SendCounter,
+    SenderRole, ADVERT_LEN,
+};
+use dynia_vrrp::driver::{ClaimOutcome, Driver, Holder};
+use dynia_vrrp::election::{
+    Action, Election, ElectionConfig, Input, Millis, Priority, Reason, Role,
+};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Heartbeat period of a node that is not master.
+const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// How often a master checks that the Reserved IP still points at it.
+const RECONCILE: Duration = Duration::from_secs(5);
+/// Pending commands to the election thread.
+const COMMANDS: usize = 16;
+/// Longest a hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// After resigning, how long a leaving master waits to hear its successor.
+const HANDOVER_WAIT_MIN: Duration = Duration::from_secs(1);
+
+/// One other member as the election knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub id: String,
+    pub addr: IpAddr,
+    pub droplet_id: Option<u64>,
+}
+
+/// Everything the election needs; rebuilt from the files on reload.
+#[derive(Clone)]
+pub struct Settings {
+    pub local: IpAddr,
+    pub port: u16,
+    pub priority: Priority,
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub vrid: u8,
+    pub cluster: String,
+    pub key: AdvertKey,
+    /// Every member but this one.
+    pub peers: Vec<Peer>,
+    pub generation: u64,
+    pub config_hash: [u8; 32],
+    pub reserved_ip: Option<IpAddr>,
+    pub hooks: Hooks,
+}
+
+/// Executables run after transitions, with arguments `<state> <address> <priority>`.
+#[derive(Clone, Debug, Default)]
+pub struct Hooks {
+    pub on_master: Option<PathBuf>,
+    pub on_backup: Option<PathBuf>,
+    pub on_fault: Option<PathBuf>,
+}
+
+/// What one peer last told us.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub role: SenderRole,
+    pub priority: u8,
+    pub generation: u64,
+    pub config_hash: [u8; 32],
+    pub at: Instant,
+}
+
+/// State readable from other threads (admin API, status).
+pub struct Shared {
+    role: AtomicU8,
+    priority: AtomicU8,
+    held: AtomicBool,
+    peers: Mutex<HashMap<IpAddr, Seen>>,
+}
+
+impl Shared {
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
+            1 => Role::Backup,
+            2 => Role::Master,
+            3 => Role::Fault,
+            _ => Role::Init,
+        }
+    }
+
+    fn set_role(&self, r: Role) {
+        let v = match r {
+            Role::Init => 0,
+            Role::Backup => 1,
+            Role::Master => 2,
+            Role::Fault => 3,
+        };
+        self.role.store(v, Ordering::Relaxed);
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    /// Whether the driver last succeeded in making the Reserved IP point here.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn seen(&self, addr: IpAddr) -> Option<Seen> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+}
+
+/// Election metrics.
+#[derive(Clone)]
+struct Metrics {
+    state: IntGaugeVec,
+    transitions: IntCounter,
+    claims: IntCounterVec,
+    received: IntCounter,
+    dropped: IntCounterVec,
+    sent: IntCounter,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            state: IntGaugeVec::new(
+                Opts::new(
+                    "dynia_election_state",
+                    "1 for this node's current election state.",
+                ),
+                &["state"],
+            )?,
+            transitions: IntCounter::new(
+                "dynia_election_transitions_total",
+                "Election state changes of this node.",
+            )?,
+            claims: IntCounterVec::new(
+                Opts::new(
+                    "dynia_reserved_ip_claims_total",
+                    "Reserved IP claims, by result.",
+                ),
+                &["result"],
+            )?,
+            received: IntCounter::new(
+                "dynia_election_adverts_received_total",
+                "Adverts accepted from members.",
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new(
+                    "dynia_election_adverts_dropped_total",
+                    "Datagrams dropped, by reason.",
+                ),
+                &["reason"],
+            )?,
+            sent: IntCounter::new(
+                "dynia_election_adverts_sent_total",
+                "Adverts and heartbeats sent.",
+            )?,
+        };
+        for s in ["init", "backup", "master", "fault"] {
+            m.state.with_label_values(&[s]).set(i64::from(s == "init"));
+        }
+        for r in ["success", "failure"] {
+            m.claims.with_label_values(&[r]);
+        }
+        for r in DropReason::ALL {
+            m.dropped.with_label_values(&[r.as_str()]);
+        }
+        registry.register(Box::new(m.state.clone()))?;
+        registry.register(Box::new(m.transitions.clone()))?;
+        registry.register(Box::new(m.claims.clone()))?;
+        registry.register(Box::new(m.received.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.sent.clone()))?;
+        Ok(m)
+    }
+
+    fn set_role(&self, r: Role) {
+        for s in ["init", "backup", "master", "fault"] {
+            self.state
+                .with_label_values(&[s])
+                .set(i64::from(s == r.as_str()));
+        }
+    }
+}
+
+enum Command {
+    Reconfigure(Box<Settings>),
+    /// Resign (priority 0), hand over, release; answer when done.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Why the election could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("election: cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("election: {0}")]
+    Config(String),
+    #[error("election: cannot start its thread: {0}")]
+    Thread(std::io::Error),
+    #[error("election metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Handle to the running election.
+pub struct ElectionHandle {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl ElectionHandle {
+    /// Starts the election thread. `can_serve` is polled for tracking.
+    pub fn start(
+        settings: Settings,
+        driver: Driver,
+        can_serve: impl Fn() -> bool + Send + 'static,
+        registry: &Registry,
+    ) -> Result<ElectionHandle, ElectionError> {
+        let metrics = Metrics::new(registry)?;
+        let cfg = election_config(&settings);
+        let election = Election::new(cfg).map_err(|e| ElectionError::Config(e.to_string()))?;
+        let bind = SocketAddr::new(settings.local, settings.port);
+        let std_socket = std::net::UdpSocket::bind(bind)
+            .map_err(|source| ElectionError::Bind { addr: bind, source })?;
+        std_socket
+            .set_nonblocking(true)
+            .map_err(|source| ElectionError::Bind { addr: bind, source })?;
+        let shared = Arc::new(Shared {
+            role: AtomicU8::new(0),
+            priority: AtomicU8::new(settings.priority.get()),
+            held: AtomicBool::new(false),
+            peers: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let sh = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dynia-election".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "election runtime failed to start");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let socket = match UdpSocket::from_std(std_socket) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "election socket unusable");
+                            return;
+                        }
+                    };
+                    let shell = Shell::new(settings, election, socket, driver, sh, metrics);
+                    shell.run(rx, Box::new(can_serve)).await;
+                });
+            })
+            .map_err(ElectionError::Thread)?;
+        Ok(ElectionHandle {
+            shared,
+            commands: tx,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Applies new settings (members, generation, priority); bounded wait.
+    pub async fn reconfigure(&self, settings: Settings) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            self.commands.send(Command::Reconfigure(Box::new(settings))),
+        )
+        .await;
+    }
+
+    /// Resigns mastership and hands over, then stops the thread (bounded).
+    pub async fn shutdown(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn election_config(s: &Settings) -> ElectionConfig {
+    let mut cfg = ElectionConfig::new(s.local, s.priority);
+    cfg.advert_interval = s.advert_interval;
+    cfg.preempt = s.preempt;
+    cfg.preempt_delay = s.preempt_delay;
+    cfg
+}
+
+/// What the driver task should make true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Idle,
+    Hold,
+    Release,
+}
+
+struct Shell {
+    settings: Settings,
+    election: Election,
+    socket: UdpSocket,
+    driver: Driver,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    filter: ReceiveFilter,
+    counter: SendCounter,
+    started: Instant,
+    want: watch::Sender<Want>,
+}
+
+impl Shell {
+    fn new(
+        settings: Settings,
+        election: Election,
+        socket: UdpSocket,
+        driver: Driver,
+        shared: Arc<Shared>,
+        metrics: Metrics,
+    ) -> Shell {
+        let filter = ReceiveFilter::new(
+            settings.key.clone(),
+            ClusterId::from_name(&settings.cluster),
+            settings.vrid,
+            settings.local,
+            member_set(&settings),
+        );
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let (want, _) = watch::channel(Want::Idle);
+        Shell {
+            settings,
+            election,
+            socket,
+            driver,
+            shared,
+            metrics,
+            filter,
+            counter: SendCounter::new(epoch),
+            started: Instant::now(),
+            want,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        can_serve: Box<dyn Fn() -> bool + Send>,
+    ) {
+        let (elsewhere_tx, mut elsewhere_rx) = mpsc::channel::<IpAddr>(4);
+        tokio::spawn(driver_task(
+            self.driver.clone(),
+            self.want.subscribe(),
+            self.shared.clone(),
+            self.metrics.clone(),
+            elsewhere_tx,
+            self.settings.clone(),
+        ));
+        let mut serving = can_serve();
+        let now = self.now();
+        let a = self
+            .election
+            .step(now, Input::Tracking { can_serve: serving });
+        self.apply(a.as_slice()).await;
+        let a = self.election.step(now, Input::Start);
+        self.apply(a.as_slice()).await;
+        tracing::info!(
+            addr = %self.settings.local,
+            port = self.settings.port,
+            priority = self.settings.priority.get(),
+            peers = self.settings.peers.len(),
+            master_down_ms = self.election.master_down_interval_ms(),
+            "election started"
+        );
+        let mut buf = [0u8; 2048];
+        let mut track = tokio::time::interval(
+            self.settings
+                .advert_interval
+                .min(Duration::from_millis(200)),
+        );
+        track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.election.next_deadline();
+            let sleep_for = deadline
+                .map(|d| Duration::from_millis(d.0.saturating_sub(self.now().0)))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                r = self.socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        self.receive(&buf[..n], from.ip()).await;
+                    }
+                }
+                _ = tokio::time::sleep(sleep_for) => {
+                    let a = self.election.step(self.now(), Input::Tick);
+                    self.apply(a.as_slice()).await;
+                }
+                _ = track.tick() => {
+                    let now_serving = can_serve();
+                    if now_serving != serving {
+                        serving = now_serving;
+                        tracing::info!(can_serve = serving, "proxy tracking changed");
+                        let a = self.election.step(self.now(), Input::Tracking { can_serve: serving });
+                        self.apply(a.as_slice()).await;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let role = self.election.role();
+                    if role != Role::Master {
+                        let r = if role == Role::Fault { SenderRole::Fault } else { SenderRole::Backup };
+                        self.send(self.election.priority().get(), r).await;
+                    }
+                }
+                Some(holder) = elsewhere_rx.recv() => {
+                    let a = self.election.step(self.now(), Input::ReservedIpElsewhere { holder });
+                    self.apply(a.as_slice()).await;
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Reconfigure(s)) => self.reconfigure(*s).await,
+                    Some(Command::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn receive(&mut self, bytes: &[u8], from: IpAddr) {
+        match self.filter.accept(bytes, Some(from)) {
+            Ok(a) => {
+                self.metrics.received.inc();
+                self.shared
+                    .peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        a.sender,
+                        Seen {
+                            role: a.role,
+                            priority: a.priority,
+                            generation: a.generation,
+                            config_hash: a.config_hash,
+                            at: Instant::now(),
+                        },
+                    );
+                if a.role == SenderRole::Master {
+                    let acts = self.election.step(self.now(), a.to_input());
+                    self.apply(acts.as_slice()).await;
+                }
+            }
+            Err(reason) => {
+                self.metrics
+                    .dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                tracing::debug!(%from, reason = %reason, "advert dropped");
+            }
+        }
+    }
+
+    async fn send(&mut self, priority: u8, role: SenderRole) {
+        let (epoch, seq) = self.counter.advance();
+        let a = Advert {
+            vrid: self.settings.vrid,
+            cluster: ClusterId::from_name(&self.settings.cluster),
+            sender: self.settings.local,
+            priority,
+            interval_ms: self.settings.advert_interval.as_millis() as u32,
+            epoch,
+            seq,
+            generation: self.settings.generation,
+            config_hash: self.settings.config_hash,
+            role,
+        };
+        let bytes: [u8; ADVERT_LEN] = encode(&a, &self.settings.key);
+        for p in &self.settings.peers {
+            let _ = self
+                .socket
+                .send_to(&bytes, SocketAddr::new(p.addr, self.settings.port))
+                .await;
+        }
+        self.metrics.sent.inc();
+    }
+
+    async fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            match *a {
+                Action::SendAdvert { priority, .. } => {
+                    self.send(priority, SenderRole::Master).await
+                }
+                Action::BecomeMaster { reason } => {
+                    self.transition(Role::Master, reason, Want::Hold)
+                }
+                Action::BecomeBackup { reason } => {
+                    self.transition(Role::Backup, reason, Want::Release)
+                }
+                Action::EnterFault { reason } => {
+                    self.transition(Role::Fault, reason, Want::Release)
+                }
+                Action::Stop => {}
+            }
+        }
+        let role = self.election.role();
+        if role != self.shared.role() {
+            self.shared.set_role(role);
+            self.metrics.set_role(role);
+        }
+    }
+
+    fn transition(&mut self, role: Role, reason: Reason, want: Want) {
+        self.metrics.transitions.inc();
+        self.shared.set_role(role);
+        self.metrics.set_role(role);
+        tracing::info!(
+            role = role.as_str(),
+            reason = %reason,
+            priority = self.election.priority().get(),
+            "election state changed"
+        );
+        self.want.send_replace(want);
+        run_hook(&self.settings, role, self.election.priority().get());
+    }
+
+    async fn reconfigure(&mut self, s: Settings) {
+        self.filter.set_members(member_set(&s));
+        if s.priority != self.settings.priority {
+            let a = self
+                .election
+                .step(self.now(), Input::SetPriority(s.priority));
+            self.apply(a.as_slice()).await;
+            self.shared
+                .priority
+                .store(s.priority.get(), Ordering::Relaxed);
+        }
+        if s.advert_interval != self.settings.advert_interval
+            || s.preempt != self.settings.preempt
+            || s.vrid != self.settings.vrid
+            || s.port != self.settings.port
+        {
+            tracing::warn!(
+                "election timing, vrid or port changed: takes effect at the next restart"
+            );
+        }
+        let keep_timing = (
+            self.settings.advert_interval,
+            self.settings.preempt,
+            self.settings.vrid,
+            self.settings.port,
+        );
+        self.settings = s;
+        (
+            self.settings.advert_interval,
+            self.settings.preempt,
+            self.settings.vrid,
+            self.settings.port,
+        ) = keep_timing;
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|a, _| self.settings.peers.iter().any(|p| p.addr == *a));
+    }
+
+    /// SIGTERM: resign with priority 0 and, if master, keep the Reserved IP
+    /// until a successor is heard (bounded), so clients never hit a gap.
+    async fn shutdown(&mut self) {
+        let was_master = self.election.role() == Role::Master;
+        let a = self.election.step(self.now(), Input::Shutdown);
+        for act in a.as_slice() {
+            if let Action::SendAdvert { priority, .. } = *act {
+                self.send(priority, SenderRole::Master).await;
+            }
+        }
+        self.shared.set_role(Role::Init);
+        self.metrics.set_role(Role::Init);
+        tracing::info!(was_master, "election resigned");
+        if was_master && !self.settings.peers.is_empty() {
+            let limit = (self.settings.advert_interval * 5).max(HANDOVER_WAIT_MIN);
+            let start = Instant::now();
+            let mut buf = [0u8; 2048];
+            while start.elapsed() < limit {
+                let left = limit - start.elapsed();
+                match tokio::time::timeout(left, self.socket.recv_from(&mut buf)).await {
+                    Ok(Ok((n, from))) => {
+                        if let Ok(a) = self.filter.accept(&buf[..n], Some(from.ip())) {
+                            if a.role == SenderRole::Master && a.priority > 0 {
+                                tracing::info!(successor = %a.sender, "successor took over");
+                                break;
+                            }
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.want.send_replace(Want::Release);
+        // Give the driver task a bounded moment to release.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while self.shared.held() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}
+
+fn member_set(s: &Settings) -> MemberSet {
+    let addrs = s
+        .peers
+        .iter()
+        .map(|p| p.addr)
+        .chain(std::iter::once(s.local));
+    MemberSet::new(addrs)
+        .unwrap_or_else(|_| MemberSet::new(std::iter::once(s.local)).expect("one member fits"))
+}
+
+/// Makes the Reserved IP follow `want`; reconciles while holding.
+async fn driver_task(
+    driver: Driver,
+    mut want: watch::Receiver<Want>,
+    shared: Arc<Shared>,
+    metrics: Metrics,
+    elsewhere: mpsc::Sender<IpAddr>,
+    settings: Settings,
+) {
+    loop {
+        let w = *want.borrow_and_update();
+        match w {
+            Want::Idle => {}
+            Want::Release => {
+                match driver.release().await {
+                    Ok(_) => tracing::debug!(driver = driver.name(), "reserved ip released"),
+                    Err(e) => {
+                        tracing::warn!(driver = driver.name(), error = %e, "reserved ip release failed")
+                    }
+                }
+                shared.held.store(false, Ordering::Relaxed);
+            }
+            Want::Hold => {
+                claim(&driver, &shared, &metrics).await;
+                // Reconcile until the wish changes.
+                loop {
+                    tokio::select! {
+                        r = want.changed() => { if r.is_err() { return; } break; }
+                        _ = tokio::time::sleep(RECONCILE) => {}
+                    }
+                    match driver.holder().await {
+                        Ok(Holder::Me) | Ok(Holder::Unknown) => {}
+                        Ok(Holder::Nobody) => {
+                            tracing::warn!(
+                                "reconcile: the reserved ip points nowhere; claiming it again"
+                            );
+                            claim(&driver, &shared, &metrics).await;
+                        }
+                        Ok(Holder::Other { droplet_id }) => {
+                            let member = settings
+                                .peers
+                                .iter()
+                                .find(|p| p.droplet_id == Some(droplet_id));
+                            match member {
+                                Some(p) => {
+                                    tracing::warn!(holder = %p.id, droplet_id, "reconcile: the reserved ip is on a member we cannot hear; stepping back instead of re-claiming");
+                                    shared.held.store(false, Ordering::Relaxed);
+                                    let _ = elsewhere.try_send(p.addr);
+                                }
+                                None => {
+                                    tracing::warn!(droplet_id, "reconcile: the reserved ip is on a droplet outside the cluster; claiming it again");
+                                    claim(&driver, &shared, &metrics).await;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reconcile: cannot read the reserved ip's holder")
+                        }
+                    }
+                }
+                continue;
+            }
+        }
+        if want.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn claim(driver: &Driver, shared: &Shared, metrics: &Metrics) {
+    let started = Instant::now();
+    match driver.claim().await {
+        Ok(outcome) => {
+            metrics.claims.with_label_values(&["success"]).inc();
+            shared.held.store(true, Ordering::Relaxed);
+            let action_id = match outcome {
+                ClaimOutcome::Assigned { action_id } => Some(action_id),
+                _ => None,
+            };
+            tracing::info!(
+                driver = driver.name(),
+                ?action_id,
+                ms = started.elapsed().as_millis() as u64,
+                "reserved ip claimed"
+            );
+        }
+        Err(e) => {
+            metrics.claims.with_label_values(&["failure"]).inc();
+            tracing::error!(driver = driver.name(), error = %e, "reserved ip claim failed; reconcile will retry");
+        }
+    }
+}
+
+/// Runs the hook for `role` (if any) with `<state> <address> <priority>`, bounded.
+fn run_hook(s: &Settings, role: Role, priority: u8) {
+    let path = match role {
+        Role::Master => s.hooks.on_master.clone(),
+        Role::Backup => s.hooks.on_backup.clone(),
+        Role::Fault => s.hooks.on_fault.clone(),
+        Role::Init => None,
+    };
+    let Some(path) = path else { return };
+    let address = s.reserved_ip.map(|a| a.to_string()).unwrap_or_default();
+    let state = role.as_str().to_string();
+    tokio::spawn(async move {
+        let child = tokio::process::Command::new(&path)
+            .arg(&state)
+            .arg(&address)
+            .arg(priority.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        match child {
+            Err(e) => tracing::warn!(hook = %path.display(), error = %e, "hook could not start"),
+            Ok(mut c) => match tokio::time::timeout(HOOK_TIMEOUT, c.wait()).await {
+                Ok(Ok(status)) if status.success() => {
+                    tracing::info!(hook = %path.display(), state, "hook ran")
+                }
+                Ok(Ok(status)) => tracing::warn!(hook = %path.display(), %status, "hook failed"),
+                Ok(Err(e)) => tracing::warn!(hook = %path.display(), error = %e, "hook failed"),
+                Err(_) => {
+                    let _ = c.kill().await;
+                    tracing::warn!(hook = %path.display(), timeout = ?HOOK_TIMEOUT, "hook timed out and was killed");
+                }
+            },
+        }
+    });
+}

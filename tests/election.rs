@@ -1,0 +1,293 @@
+//! The election between real `dynia` processes on loopback addresses:
+//! one master, failover on SIGKILL, preemption, resign on SIGTERM, status,
+//! and the DigitalOcean driver against the local API simulator.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use dynia_proxy::demo::DemoUpstream;
+use dynia_vrrp::dosim::DoSim;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+const IDS: [&str; 3] = ["north-fox", "east-owl", "south-elk"];
+const DO_TOKEN: &str = "dop_v1_simulated_token_never_logged_7f3a";
+
+struct Rig {
+    nodes: Vec<ClusterNode>,
+    daemons: Vec<Option<Daemon>>,
+    _apps: Vec<DemoUpstream>,
+}
+
+impl Rig {
+    /// Three nodes on `net.2..4`; node 0 has the highest priority.
+    async fn new(
+        tag: &str,
+        net: &str,
+        extra: impl Fn(usize) -> String,
+        members_extra: impl Fn(usize) -> String,
+    ) -> Rig {
+        let ips: Vec<String> = (2..5).map(|i| format!("{net}.{i}")).collect();
+        let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+        let ports = common_ports(&ip_refs);
+        let app_port = common_ports(&ip_refs).0;
+        let mut apps = Vec::new();
+        for (i, ip) in ips.iter().enumerate() {
+            apps.push(
+                DemoUpstream::start(format!("{ip}:{app_port}").parse().unwrap(), IDS[i])
+                    .await
+                    .unwrap(),
+            );
+        }
+        let mut cluster = String::from(
+            "generation = 1\ncluster = \"elect\"\n\n[election]\nadvert_interval = \"200ms\"\npreempt = true\n\n",
+        );
+        for (i, ip) in ips.iter().enumerate() {
+            cluster.push_str(&format!(
+                "[[member]]\nid = \"{}\"\nprivate_ip = \"{ip}\"\npriority = {}\n{}\n",
+                IDS[i],
+                150 - 10 * i,
+                members_extra(i)
+            ));
+        }
+        cluster.push_str(&format!(
+            "[[service]]\nname = \"web\"\nhosts = [\"{HOST}\"]\nport = {app_port}\n\
+             [service.health]\ninterval = \"200ms\"\ntimeout = \"200ms\"\n"
+        ));
+        let nodes: Vec<ClusterNode> = (0..3)
+            .map(|i| cluster_node(tag, IDS[i], &ips[i], &cluster, ports, &extra(i)))
+            .collect();
+        let mut daemons = Vec::new();
+        for n in &nodes {
+            daemons.push(Some(Daemon::start(&n.files).await));
+        }
+        Rig {
+            nodes,
+            daemons,
+            _apps: apps,
+        }
+    }
+
+    fn admin(&self, i: usize) -> std::net::SocketAddr {
+        self.nodes[i].files.admin_addr
+    }
+
+    async fn wait_role(&self, i: usize, want: &str) {
+        let admin = self.admin(i);
+        let what = format!("{} to be {want}", IDS[i]);
+        wait_until(WAIT, &what, || async move { role(admin).await == want }).await;
+    }
+
+    async fn masters(&self) -> Vec<usize> {
+        let mut m = Vec::new();
+        for i in 0..3 {
+            if self.daemons[i].is_some() && role(self.admin(i)).await == "master" {
+                m.push(i);
+            }
+        }
+        m
+    }
+
+    async fn restart(&mut self, i: usize) {
+        self.daemons[i] = Some(Daemon::start(&self.nodes[i].files).await);
+    }
+
+    fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .flatten()
+            .map(|d| d.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[tokio::test]
+async fn one_master_failover_preempt_and_resign() {
+    let mut rig = Rig::new("elect", "127.0.1", |_| String::new(), |_| String::new()).await;
+    rig.wait_role(0, "master").await;
+    rig.wait_role(1, "backup").await;
+    rig.wait_role(2, "backup").await;
+    assert_eq!(rig.masters().await, vec![0]);
+
+    // Every node hears every other: roles, generation and last_seen in /status.json.
+    let admin = rig.admin(0);
+    wait_until(WAIT, "node 0 to hear both backups", || async move {
+        let s = status(admin).await;
+        s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"] != "north-fox")
+            .all(|m| {
+                m["role"] == "backup"
+                    && m["generation"] == 1
+                    && m["last_seen_ms"].as_u64().is_some_and(|ms| ms < 3000)
+            })
+    })
+    .await;
+    let s = status(rig.admin(1)).await;
+    let north = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "north-fox")
+        .unwrap()
+        .clone();
+    assert_eq!(north["role"], "master", "{s}");
+
+    // SIGKILL the master: the next priority takes over.
+    let killed = Instant::now();
+    rig.daemons[0] = None;
+    rig.wait_role(1, "master").await;
+    let took = killed.elapsed();
+    assert_eq!(role(rig.admin(2)).await, "backup");
+    eprintln!("failover after SIGKILL (loopback, 200ms adverts): {took:?}");
+
+    // The old master returns with the highest priority: it preempts.
+    rig.restart(0).await;
+    rig.wait_role(0, "master").await;
+    rig.wait_role(1, "backup").await;
+    assert_eq!(rig.masters().await, vec![0]);
+
+    // SIGTERM: resign first, the next priority takes over, exit 0.
+    rig.daemons[0].as_ref().unwrap().signal(libc::SIGTERM);
+    rig.wait_role(1, "master").await;
+    let code = rig.daemons[0].as_mut().unwrap().wait_exit(WAIT).await;
+    assert_eq!(code, Some(0));
+    let m = metrics(rig.admin(1)).await;
+    assert!(
+        m.contains("dynia_election_state{state=\"master\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("dynia_election_transitions_total"));
+    assert!(!m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 1"));
+}
+
+#[tokio::test]
+async fn forged_and_replayed_adverts_change_nothing() {
+    let rig = Rig::new("forge", "127.0.2", |_| String::new(), |_| String::new()).await;
+    rig.wait_role(0, "master").await;
+    rig.wait_role(1, "backup").await;
+    let port = {
+        let text = std::fs::read_to_string(&rig.nodes[1].files.node_file).unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("port = ")
+                    .map(|p| p.trim().parse::<u16>().unwrap())
+            })
+            .unwrap()
+    };
+    // A forged advert claiming priority 254 from node 2's address, wrong key.
+    let key = dynia_vrrp::advert::AdvertKey::new(b"not-the-cluster-key-at-all").unwrap();
+    let forged = dynia_vrrp::advert::Advert {
+        vrid: 51,
+        cluster: dynia_vrrp::advert::ClusterId::from_name("elect"),
+        sender: "127.0.2.4".parse::<IpAddr>().unwrap(),
+        priority: 254,
+        interval_ms: 200,
+        epoch: u64::MAX / 2,
+        seq: 1,
+        generation: 99,
+        config_hash: [0; 32],
+        role: dynia_vrrp::advert::SenderRole::Master,
+    };
+    let bytes = dynia_vrrp::advert::encode(&forged, &key);
+    let sock = std::net::UdpSocket::bind("127.0.2.4:0").unwrap();
+    for _ in 0..20 {
+        sock.send_to(&bytes, ("127.0.2.3", port)).unwrap();
+        sock.send_to(&bytes[..60], ("127.0.2.3", port)).unwrap();
+        sock.send_to(b"garbage", ("127.0.2.3", port)).unwrap();
+    }
+    let admin = rig.admin(1);
+    wait_until(WAIT, "forged adverts counted as dropped", || async move {
+        let m = metrics(admin).await;
+        m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
+    })
+    .await;
+    assert_eq!(
+        rig.masters().await,
+        vec![0],
+        "a forged advert moved mastership"
+    );
+    assert_eq!(role(rig.admin(1)).await, "backup");
+}
+
+#[tokio::test]
+async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
+    let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), DO_TOKEN)
+        .await
+        .unwrap();
+    let vip: IpAddr = "203.0.113.10".parse().unwrap();
+    for (i, id) in [101u64, 102, 103].iter().enumerate() {
+        sim.add_droplet(*id, format!("127.0.3.{}", i + 2).parse().unwrap());
+    }
+    sim.add_reserved_ip(vip, None);
+    sim.set_action_delay(Duration::from_millis(100));
+    let url = sim.url();
+    let token_dir = TempDir::new("do-token");
+    let token_file = token_dir.0.join("do.token");
+    write_secret(&token_file, DO_TOKEN);
+    let tf = token_file.display().to_string();
+    let mut rig = Rig::new(
+        "do",
+        "127.0.3",
+        move |_| {
+            format!(
+                "[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"{vip}\"\ntoken_file = \"{tf}\"\n\
+                 api_url = \"{url}\"\nmetadata_url = \"{url}\"\n"
+            )
+        },
+        |i| format!("droplet_id = {}\n", 101 + i),
+    )
+    .await;
+    rig.wait_role(0, "master").await;
+    wait_until(
+        WAIT,
+        "the simulator to show the IP on droplet 101",
+        || async { sim.holder(vip) == Some(101) },
+    )
+    .await;
+    let admin = rig.admin(0);
+    wait_until(WAIT, "status to say the IP is held", || async move {
+        status(admin).await["reserved_ip"]["held"] == true
+    })
+    .await;
+
+    rig.daemons[0] = None;
+    rig.wait_role(1, "master").await;
+    wait_until(
+        WAIT,
+        "the simulator to show the IP on droplet 102",
+        || async { sim.holder(vip) == Some(102) },
+    )
+    .await;
+    let assigns: Vec<_> = sim
+        .api_calls()
+        .into_iter()
+        .filter(|c| c.is_action_post() && c.status < 300)
+        .map(|c| c.droplet_id)
+        .collect();
+    assert_eq!(
+        assigns,
+        vec![Some(101), Some(102)],
+        "one assign per failover"
+    );
+    let d1 = rig.daemons[1].as_ref().unwrap();
+    wait_until(WAIT, "the new master to log its claim", || async {
+        d1.log_text().contains("reserved ip claimed")
+    })
+    .await;
+    let logs = rig.logs();
+    assert!(!logs.contains(DO_TOKEN), "the API token reached a log line");
+    for i in 1..3 {
+        let s = get(rig.admin(i), "localhost", "/status.json")
+            .await
+            .unwrap()
+            .body;
+        let m = metrics(rig.admin(i)).await;
+        assert!(!s.contains(DO_TOKEN) && !m.contains(DO_TOKEN));
+    }
+}

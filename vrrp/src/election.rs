@@ -1,0 +1,809 @@
+//! The election state machine: RFC 5798 (VRRPv3) semantics, pure.
+//!
+//! This module owns *who should be MASTER* and nothing else: no sockets, no
+//! real clock, no Reserved-IP calls. The I/O shell feeds it [`Input`]s with a
+//! monotonic [`Millis`] timestamp through [`Election::step`], performs the
+//! [`Action`]s it returns (send an advert, claim or release the Reserved IP,
+//! run hooks), and calls again with [`Input::Tick`] no later than
+//! [`Election::next_deadline`]. Being pure makes every timer rule testable to
+//! the millisecond and lets `tests/simulation.rs` run thousands of simulated
+//! cluster-minutes per second.
+//!
+//! # Rules (RFC 5798 §6.4, timers in milliseconds rather than centiseconds)
+//! * `Skew_Time = ((256 - priority) × Master_Adver_Interval) / 256`,
+//!   `Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time`, where
+//!   `Master_Adver_Interval` is learned from the master's advert (our own
+//!   `advert_interval` until we hear one).
+//! * `Start` → Backup (Fault if tracking says we cannot serve). Priority 255
+//!   (address owner) is not used by dynia: member priorities are 1..=254.
+//! * Backup: the Master_Down timer firing → Master (advert + claim). An advert
+//!   with priority 0 → timer := Skew_Time. An advert with priority ≥ ours, or
+//!   any advert when `preempt = false` → learn its interval, timer :=
+//!   Master_Down_Interval. A lower-priority advert with `preempt = true` is
+//!   discarded (so we take over when the timer fires) — except during
+//!   `preempt_delay` from the moment we first saw that lower master, during
+//!   which it is accepted like a higher one.
+//! * Master: advert every `advert_interval`. A higher-priority advert, or an
+//!   equal one from a higher address (addresses compared as unsigned
+//!   big-endian integers, which is `IpAddr`'s `Ord` within one family) →
+//!   Backup. A lower (or priority 0) advert → send ours right away so the
+//!   other side learns, stay Master.
+//! * Shutdown → priority-0 advert if Master, then Init ([`Action::Stop`]).
+//! * Tracking: a node that cannot serve must not be Master: Fault (priority-0
+//!   advert if it was Master, release). It returns as Backup when it can serve.
+//!
+//! # Anti ping-pong (SPEC §5, "reconcile, don't fire and forget")
+//! While Master, the shell keeps checking that the Reserved IP points here.
+//! If it points to another member that is alive but whose adverts we do not
+//! hear, the election channel is split: re-claiming would make both sides
+//! take the IP from each other forever. The shell then feeds
+//! [`Input::ReservedIpElsewhere`] and the machine **yields**: it steps back to
+//! Backup *silently* (no priority-0 advert, which would make nodes that hear
+//! us race for the IP too) and does not re-claim. While yielded, the
+//! Master_Down timer is held for `max(yield_hold, Master_Down_Interval)`:
+//! * any advert heard ends the yield (the channel works again; normal rules
+//!   decide, and a lower master we hear is preempted at most
+//!   Master_Down_Interval later);
+//! * the shell may keep probing and feed `ReservedIpElsewhere` again while
+//!   yielded, which extends the hold (holder still alive);
+//! * otherwise the hold expires and we take over as usual, so a holder that
+//!   died unnoticed cannot keep the IP dark for longer than `yield_hold`.
+//!   In a lasting split, claims alternate at most once per `yield_hold`,
+//!   not once per Master_Down_Interval.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A point on the caller's monotonic clock, in milliseconds since an
+/// arbitrary origin (e.g. daemon start). Never wall-clock time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub const ZERO: Millis = Millis(0);
+
+    /// `self + ms`, saturating (a deadline at `u64::MAX` ms is "never").
+    #[must_use]
+    pub const fn add_ms(self, ms: u64) -> Millis {
+        Millis(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds from `earlier` to `self`, 0 if `earlier` is later.
+    #[must_use]
+    pub const fn ms_since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
+    /// Converts a `Duration` since the clock origin (e.g.
+    /// `std::time::Instant::now() - start`).
+    #[must_use]
+    pub fn from_duration(d: Duration) -> Millis {
+        Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms", self.0)
+    }
+}
+
+/// A member's VRRP priority: 1..=254. 0 means "resigning" and only appears
+/// on the wire; 255 (address owner) is not used by dynia.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const MIN: Priority = Priority(1);
+    pub const MAX: Priority = Priority(254);
+
+    /// `None` unless `p` is in 1..=254.
+    #[must_use]
+    pub const fn new(p: u8) -> Option<Priority> {
+        if p >= Self::MIN.0 && p <= Self::MAX.0 {
+            Some(Priority(p))
+        } else {
+            None
+        }
+    }
+
+    #[must_use]
+    pub const fn get(self) -> u8 {
+        self.0
+    }
+}
+
+/// Bounds on the advert interval, in ms. The upper bound is VRRPv3's 12-bit
+/// centisecond field (4095 cs), so every interval fits both transports.
+pub const MIN_ADVERT_INTERVAL_MS: u32 = 10;
+pub const MAX_ADVERT_INTERVAL_MS: u32 = 40_950;
+/// Bound on `preempt_delay` and `yield_hold`: one hour.
+pub const MAX_HOLD_MS: u64 = 3_600_000;
+/// Default `yield_hold` (see the module docs).
+pub const DEFAULT_YIELD_HOLD: Duration = Duration::from_secs(30);
+
+/// `Skew_Time` in ms (RFC 5798 §6.1, in ms instead of centiseconds).
+#[must_use]
+pub const fn skew_time_ms(priority: u8, master_adver_interval_ms: u32) -> u64 {
+    ((256 - priority as u64) * master_adver_interval_ms as u64) / 256
+}
+
+/// `Master_Down_Interval` in ms: `3 × Master_Adver_Interval + Skew_Time`.
+#[must_use]
+pub const fn master_down_interval_ms(priority: u8, master_adver_interval_ms: u32) -> u64 {
+    3 * master_adver_interval_ms as u64 + skew_time_ms(priority, master_adver_interval_ms)
+}
+
+/// The `[election]` settings of one node, plus its identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionConfig {
+    /// Our primary address (the member's `private_ip`): the address we put in
+    /// adverts and the tie-breaker between equal priorities.
+    pub local_addr: IpAddr,
+    /// The member's configured priority (before tracking).
+    pub priority: Priority,
+    /// `advert_interval`: how often the Master advertises.
+    pub advert_interval: Duration,
+    /// `preempt`: a higher-priority backup takes over from a lower master.
+    pub preempt: bool,
+    /// `preempt_delay`: how long we must have seen a lower master before we
+    /// preempt it.
+    pub preempt_delay: Duration,
+    /// How long a master that yielded the Reserved IP (split brain) holds off
+    /// before it may take over again without hearing anyone.
+    pub yield_hold: Duration,
+}
+
+impl ElectionConfig {
+    /// The defaults of `cluster.example.toml`: 200 ms, preempt, no delay.
+    #[must_use]
+    pub fn new(local_addr: IpAddr, priority: Priority) -> ElectionConfig {
+        ElectionConfig {
+            local_addr,
+            priority,
+            advert_interval: Duration::from_millis(200),
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            yield_hold: DEFAULT_YIELD_HOLD,
+        }
+    }
+
+    /// Checks every bound. [`Election::new`] calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.local_addr.is_unspecified() {
+            return Err(ConfigError::UnspecifiedAddress);
+        }
+        let ms = self.advert_interval.as_millis();
+        if ms < u128::from(MIN_ADVERT_INTERVAL_MS) || ms > u128::from(MAX_ADVERT_INTERVAL_MS) {
+            return Err(ConfigError::AdvertInterval { ms });
+        }
+        if self.preempt_delay.as_millis() > u128::from(MAX_HOLD_MS) {
+            return Err(ConfigError::PreemptDelay {
+                ms: self.preempt_delay.as_millis(),
+            });
+        }
+        if self.yield_hold.as_millis() > u128::from(MAX_HOLD_MS) {
+            return Err(ConfigError::YieldHold {
+                ms: self.yield_hold.as_millis(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why an [`ElectionConfig`] was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("election.advert_interval is {ms}ms; it must be between {MIN_ADVERT_INTERVAL_MS}ms and {MAX_ADVERT_INTERVAL_MS}ms")]
+    AdvertInterval { ms: u128 },
+    #[error("election.preempt_delay is {ms}ms; it must be at most {MAX_HOLD_MS}ms (1h)")]
+    PreemptDelay { ms: u128 },
+    #[error("election yield_hold is {ms}ms; it must be at most {MAX_HOLD_MS}ms (1h)")]
+    YieldHold { ms: u128 },
+    #[error(
+        "the node's election address is unspecified (0.0.0.0 or ::); set the member's private_ip"
+    )]
+    UnspecifiedAddress,
+}
+
+/// RFC 5798 states (`Initialize` is `Init`) plus `Fault` (tracking failed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Init,
+    Backup,
+    Master,
+    Fault,
+}
+
+impl Role {
+    /// The `/status.json` spelling: `init|backup|master|fault`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Init => "init",
+            Role::Backup => "backup",
+            Role::Master => "master",
+            Role::Fault => "fault",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The election-relevant content of a received advert (either transport),
+/// after the transport has authenticated and filtered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdvertIn {
+    /// Sender's primary address.
+    pub from: IpAddr,
+    /// 0 = the sender resigns; otherwise its priority.
+    pub priority: u8,
+    /// The sender's advert interval in ms. Clamped to
+    /// [`MIN_ADVERT_INTERVAL_MS`]..=[`MAX_ADVERT_INTERVAL_MS`].
+    pub interval_ms: u32,
+}
+
+/// Everything that can happen to the election.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Leave Init (daemon start, or restart after `Shutdown`).
+    Start,
+    /// Time passed: fire every timer that is due at `now`.
+    Tick,
+    /// An authenticated advert from another member. Our own adverts are ignored.
+    Advert(AdvertIn),
+    /// Tracking result: can this node's proxy serve?
+    Tracking { can_serve: bool },
+    /// The member's priority changed (cluster document, make-active).
+    SetPriority(Priority),
+    /// While Master, the reconcile found the Reserved IP on `holder`, a live
+    /// member we do not hear. See "Anti ping-pong" in the module docs.
+    ReservedIpElsewhere { holder: IpAddr },
+    /// Resign and stop (SIGTERM).
+    Shutdown,
+}
+
+/// Why a role changed; for the log line and the hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `Start` (Init → Backup or Fault).
+    Started,
+    /// The Master_Down timer fired: no advert from a master we accept.
+    MasterDown,
+    /// A higher-priority advert (or equal priority from a higher address).
+    PreemptedBy { from: IpAddr, priority: u8 },
+    /// Tracking says we cannot serve.
+    TrackingFailed,
+    /// Tracking says we can serve again.
+    TrackingRecovered,
+    /// The Reserved IP is held by a live member we cannot hear.
+    SplitBrainYield { holder: IpAddr },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Started => f.write_str("started"),
+            Reason::MasterDown => f.write_str("master_down_timer"),
+            Reason::PreemptedBy { from, priority } => {
+                write!(f, "advert from {from} with priority {priority}")
+            }
+            Reason::TrackingFailed => f.write_str("tracking_failed"),
+            Reason::TrackingRecovered => f.write_str("tracking_recovered"),
+            Reason::SplitBrainYield { holder } => {
+                write!(f, "reserved_ip held by {holder}, which we cannot hear")
+            }
+        }
+    }
+}
+
+/// What the shell must do, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advert to every peer (priority 0 = resign).
+    SendAdvert { priority: u8, interval_ms: u32 },
+    /// We are Master: claim the Reserved IP (and keep reconciling it).
+    BecomeMaster { reason: Reason },
+    /// We are Backup: release the Reserved IP if held (idempotent).
+    BecomeBackup { reason: Reason },
+    /// We are in Fault: release the Reserved IP if held (idempotent).
+    EnterFault { reason: Reason },
+    /// We are back in Init after `Shutdown`: release if held; the shell may exit.
+    Stop,
+}
+
+/// Most actions one step can produce (e.g. Master → Fault: advert + fault).
+pub const MAX_ACTIONS: usize = 4;
+
+/// The actions of one step: a fixed-capacity list (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Actions {
+    buf: [Action; MAX_ACTIONS],
+    len: usize,
+}
+
+impl Actions {
+    const fn new() -> Actions {
+        Actions {
+            buf: [Action::Stop; MAX_ACTIONS],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, a: Action) {
+        assert!(self.len < MAX_ACTIONS, "one step produced too many actions");
+        self.buf[self.len] = a;
+        self.len += 1;
+    }
+
+    #[must_use]
+    pub fn as_slice(&self) -> &[Action] {
+        &self.buf[..self.len]
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Action> {
+        self.as_slice().iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Actions {
+    type Item = &'a Action;
+    type IntoIter = std::slice::Iter<'a, Action>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+/// The last master we heard (for `/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    pub addr: IpAddr,
+    pub priority: u8,
+    pub interval_ms: u32,
+    pub last_seen: Millis,
+}
+
+/// One node's election. See the module docs for the rules.
+#[derive(Clone, Debug)]
+pub struct Election {
+    cfg: ElectionConfig,
+    advert_interval_ms: u32,
+    preempt_delay_ms: u64,
+    yield_hold_ms: u64,
+    /// Current configured priority (starts at `cfg.priority`).
+    priority: Priority,
+    can_serve: bool,
+    role: Role,
+    /// Learned from the master's advert; our own until we hear one.
+    master_adver_interval_ms: u32,
+    /// Master only.
+    adver_deadline: Option<Millis>,
+    /// Backup only.
+    down_deadline: Option<Millis>,
+    /// Backup only: stepped back after `ReservedIpElsewhere`.
+    yielded: bool,
+    /// Backup: since when we have been seeing a lower master (preempt_delay).
+    lower_since: Option<Millis>,
+    heard: Option<Heard>,
+    /// Latest `now` seen; time never goes backwards inside the machine.
+    last_now: Millis,
+    transitions: u64,
+}
+
+impl Election {
+    /// A machine in Init. Nothing happens until [`Input::Start`].
+    pub fn new(cfg: ElectionConfig) -> Result<Election, ConfigError> {
+        cfg.validate()?;
+        let advert_interval_ms = u32::try_from(cfg.advert_interval.as_millis())
+            .expect("validated: advert_interval fits u32");
+        let preempt_delay_ms =
+            u64::try_from(cfg.preempt_delay.as_millis()).expect("validated: preempt_delay bound");
+        let yield_hold_ms =
+            u64::try_from(cfg.yield_hold.as_millis()).expect("validated: yield_hold bound");
+        Ok(Election {
+            priority: cfg.priority,
+            cfg,
+            advert_interval_ms,
+            preempt_delay_ms,
+            yield_hold_ms,
+            can_serve: true,
+            role: Role::Init,
+            master_adver_interval_ms: advert_interval_ms,
+            adver_deadline: None,
+            down_deadline: None,
+            yielded: false,
+            lower_since: None,
+            heard: None,
+            last_now: Millis::ZERO,
+            transitions: 0,
+        })
+    }
+
+    // ---- status ------------------------------------------------------------
+
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &ElectionConfig {
+        &self.cfg
+    }
+
+    /// The priority we advertise as Master (the configured one; a node that
+    /// cannot serve is in Fault and advertises nothing).
+    #[must_use]
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    #[must_use]
+    pub fn can_serve(&self) -> bool {
+        self.can_serve
+    }
+
+    /// The last master we heard: address, priority, interval, when.
+    #[must_use]
+    pub fn heard(&self) -> Option<Heard> {
+        self.heard
+    }
+
+    /// True while Backup after yielding the Reserved IP (split brain).
+    #[must_use]
+    pub fn yielded(&self) -> bool {
+        self.yielded
+    }
+
+    /// Number of role changes since creation (`dynia_election_transitions_total`).
+    #[must_use]
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+
+    /// `Master_Adver_Interval` in ms (learned from the master).
+    #[must_use]
+    pub fn master_adver_interval_ms(&self) -> u32 {
+        self.master_adver_interval_ms
+    }
+
+    /// `Skew_Time` in ms for our priority and the learned interval.
+    #[must_use]
+    pub fn skew_time_ms(&self) -> u64 {
+        skew_time_ms(self.priority.get(), self.master_adver_interval_ms)
+    }
+
+    /// `Master_Down_Interval` in ms for our priority and the learned interval.
+    #[must_use]
+    pub fn master_down_interval_ms(&self) -> u64 {
+        master_down_interval_ms(self.priority.get(), self.master_adver_interval_ms)
+    }
+
+    /// When the shell must call `step(_, Input::Tick)` next; `None` = only on
+    /// other inputs. Calling earlier is harmless; later only delays timers.
+    #[must_use]
+    pub fn next_deadline(&self) -> Option<Millis> {
+        match self.role {
+            Role::Master => self.adver_deadline,
+            Role::Backup => self.down_deadline,
+            Role::Init | Role::Fault => None,
+        }
+    }
+
+    // ---- the machine -------------------------------------------------------
+
+    /// Feeds one input at `now` and returns what the shell must do, in order.
+    /// `now` must be monotonic; an earlier `now` than a previous call is
+    /// treated as the previous one.
+    pub fn step(&mut self, now: Millis, input: Input) -> Actions {
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        let mut out = Actions::new();
+        match input {
+            Input::Start => self.on_start(now, &mut out),
+            Input::Tick => self.on_tick(now, &mut out),
+            Input::Advert(a) => self.on_advert(now, a, &mut out),
+            Input::Tracking { can_serve } => self.on_tracking(now, can_serve, &mut out),
+            Input::SetPriority(p) => self.on_set_priority(now, p, &mut out),
+            Input::ReservedIpElsewhere { holder } => self.on_ip_elsewhere(now, holder, &mut out),
+            Input::Shutdown => self.on_shutdown(&mut out),
+        }
+        self.check_invariants();
+        out
+    }
+
+    fn on_start(&mut self, now: Millis, out: &mut Actions) {
+        if self.role != Role::Init {
+            return; // already running: a second Start is a no-op
+        }
+        self.master_adver_interval_ms = self.advert_interval_ms;
+        self.heard = None;
+        if self.can_serve {
+            self.enter_backup(now, self.master_down_interval_ms());
+            out.push(Action::BecomeBackup {
+                reason: Reason::Started,
+            });
+        } else {
+            self.enter_fault();
+            out.push(Action::EnterFault {
+                reason: Reason::Started,
+            });
+        }
+    }
+
+    fn on_tick(&mut self, now: Millis, out: &mut Actions) {
+        match self.role {
+            Role::Master => {
+                let due = self.adver_deadline.expect("master has an advert timer");
+                if now >= due {
+                    self.send_advert(now, out);
+                }
+            }
+            Role::Backup => {
+                let due = self.down_deadline.expect("backup has a down timer");
+                if now >= due {
+                    self.enter_master(now);
+                    self.send_advert(now, out);
+                    out.push(Action::BecomeMaster {
+                        reason: Reason::MasterDown,
+                    });
+                }
+            }
+            Role::Init | Role::Fault => {}
+        }
+    }
+
+    fn on_advert(&mut self, now: Millis, a: AdvertIn, out: &mut Actions) {
+        if a.from == self.cfg.local_addr || self.role == Role::Init {
+            return;
+        }
+        let interval_ms = a
+            .interval_ms
+            .clamp(MIN_ADVERT_INTERVAL_MS, MAX_ADVERT_INTERVAL_MS);
+        self.note_heard(now, a.from, a.priority, interval_ms);
+        let local = self.priority.get();
+        match self.role {
+            Role::Init | Role::Fault => {}
+            Role::Backup => {
+                let was_yielded = std::mem::replace(&mut self.yielded, false);
+                if a.priority == 0 {
+                    // The master resigned: take over after Skew_Time unless a
+                    // higher backup (shorter skew) does first.
+                    self.lower_since = None;
+                    self.down_deadline = Some(now.add_ms(self.skew_time_ms()));
+                } else if !self.cfg.preempt || a.priority >= local {
+                    self.lower_since = None;
+                    self.accept_master(now, interval_ms);
+                } else {
+                    // A lower master and we may preempt it.
+                    let since = *self.lower_since.get_or_insert(now);
+                    if now.ms_since(since) < self.preempt_delay_ms {
+                        self.accept_master(now, interval_ms);
+                    } else if was_yielded {
+                        // The channel works again: preempt per the usual
+                        // rule, but do not wait out the rest of the hold.
+                        let by = now.add_ms(self.master_down_interval_ms());
+                        let cur = self.down_deadline.expect("backup has a down timer");
+                        self.down_deadline = Some(cur.min(by));
+                    }
+                    // else: discard; the Master_Down timer will fire.
+                }
+            }
+            Role::Master => {
+                let higher = a.priority > local
+                    || (a.priority == local && addr_greater(a.from, self.cfg.local_addr));
+                if a.priority != 0 && higher {
+                    self.master_adver_interval_ms = interval_ms;
+                    self.enter_backup(now, self.master_down_interval_ms());
+                    out.push(Action::BecomeBackup {
+                        reason: Reason::PreemptedBy {
+                            from: a.from,
+                            priority: a.priority,
+                        },
+                    });
+                } else {
+                    // Lower (or resigning): tell it right away who is master.
+                    self.send_advert(now, out);
+                }
+            }
+        }
+    }
+
+    fn on_tracking(&mut self, now: Millis, can_serve: bool, out: &mut Actions) {
+        let was = std::mem::replace(&mut self.can_serve, can_serve);
+        if was == can_serve {
+            return;
+        }
+        match (self.role, can_serve) {
+            (Role::Master, false) => {
+                out.push(Action::SendAdvert {
+                    priority: 0,
+                    interval_ms: self.advert_interval_ms,
+                });
+                self.enter_fault();
+                out.push(Action::EnterFault {
+                    reason: Reason::TrackingFailed,
+                });
+            }
+            (Role::Backup, false) => {
+                self.enter_fault();
+                out.push(Action::EnterFault {
+                    reason: Reason::TrackingFailed,
+                });
+            }
+            (Role::Fault, true) => {
+                self.enter_backup(now, self.master_down_interval_ms());
+                out.push(Action::BecomeBackup {
+                    reason: Reason::TrackingRecovered,
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_set_priority(&mut self, now: Millis, p: Priority, out: &mut Actions) {
+        if p == self.priority {
+            return;
+        }
+        self.priority = p;
+        if self.role == Role::Master {
+            // Let the backups learn at once (planned handover).
+            self.send_advert(now, out);
+        }
+    }
+
+    fn on_ip_elsewhere(&mut self, now: Millis, holder: IpAddr, out: &mut Actions) {
+        if holder == self.cfg.local_addr {
+            return;
+        }
+        match self.role {
+            Role::Master => {
+                let hold = self.yield_hold_ms.max(self.master_down_interval_ms());
+                self.enter_backup(now, hold);
+                self.yielded = true;
+                out.push(Action::BecomeBackup {
+                    reason: Reason::SplitBrainYield { holder },
+                });
+            }
+            Role::Backup if self.yielded => {
+                let by = now.add_ms(self.yield_hold_ms);
+                let cur = self.down_deadline.expect("backup has a down timer");
+                self.down_deadline = Some(cur.max(by));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_shutdown(&mut self, out: &mut Actions) {
+        match self.role {
+            Role::Init => return,
+            Role::Master => out.push(Action::SendAdvert {
+                priority: 0,
+                interval_ms: self.advert_interval_ms,
+            }),
+            Role::Backup | Role::Fault => {}
+        }
+        self.set_role(Role::Init);
+        self.adver_deadline = None;
+        self.down_deadline = None;
+        self.yielded = false;
+        self.lower_since = None;
+        out.push(Action::Stop);
+    }
+
+    // ---- helpers -----------------------------------------------------------
+
+    fn accept_master(&mut self, now: Millis, interval_ms: u32) {
+        self.master_adver_interval_ms = interval_ms;
+        self.down_deadline = Some(now.add_ms(self.master_down_interval_ms()));
+    }
+
+    fn note_heard(&mut self, now: Millis, from: IpAddr, priority: u8, interval_ms: u32) {
+        if priority == 0 {
+            if self.heard.is_some_and(|h| h.addr == from) {
+                self.heard = None;
+            }
+        } else {
+            self.heard = Some(Heard {
+                addr: from,
+                priority,
+                interval_ms,
+                last_seen: now,
+            });
+        }
+    }
+
+    fn send_advert(&mut self, now: Millis, out: &mut Actions) {
+        debug_assert_eq!(self.role, Role::Master);
+        out.push(Action::SendAdvert {
+            priority: self.priority.get(),
+            interval_ms: self.advert_interval_ms,
+        });
+        self.adver_deadline = Some(now.add_ms(u64::from(self.advert_interval_ms)));
+    }
+
+    fn set_role(&mut self, role: Role) {
+        if self.role != role {
+            self.role = role;
+            self.transitions += 1;
+        }
+    }
+
+    fn enter_backup(&mut self, now: Millis, down_in_ms: u64) {
+        self.set_role(Role::Backup);
+        self.adver_deadline = None;
+        self.down_deadline = Some(now.add_ms(down_in_ms));
+        self.yielded = false;
+        self.lower_since = None;
+    }
+
+    fn enter_master(&mut self, now: Millis) {
+        debug_assert!(self.can_serve);
+        self.set_role(Role::Master);
+        self.down_deadline = None;
+        self.adver_deadline = Some(now);
+        self.yielded = false;
+        self.lower_since = None;
+    }
+
+    fn enter_fault(&mut self) {
+        self.set_role(Role::Fault);
+        self.adver_deadline = None;
+        self.down_deadline = None;
+        self.yielded = false;
+        self.lower_since = None;
+    }
+
+    fn check_invariants(&self) {
+        debug_assert!(Priority::new(self.priority.get()).is_some());
+        debug_assert!((MIN_ADVERT_INTERVAL_MS..=MAX_ADVERT_INTERVAL_MS)
+            .contains(&self.master_adver_interval_ms));
+        debug_assert!(!self.yielded || self.role == Role::Backup);
+        match self.role {
+            Role::Init => {
+                debug_assert!(self.adver_deadline.is_none() && self.down_deadline.is_none());
+            }
+            Role::Backup => {
+                debug_assert!(self.can_serve);
+                debug_assert!(self.adver_deadline.is_none() && self.down_deadline.is_some());
+            }
+            Role::Master => {
+                debug_assert!(self.can_serve);
+                debug_assert!(self.adver_deadline.is_some() && self.down_deadline.is_none());
+                debug_assert!(self.lower_since.is_none());
+            }
+            Role::Fault => {
+                debug_assert!(!self.can_serve);
+                debug_assert!(self.adver_deadline.is_none() && self.down_deadline.is_none());
+            }
+        }
+    }
+}
+
+/// RFC 5798 §6.4.3: "the primary IPvX Address of the sender is greater than
+/// the local primary IPvX Address", compared as unsigned integers in network
+/// byte order. `IpAddr`'s `Ord` is exactly that within a family; across
+/// families (a misconfiguration) IPv6 counts as greater.
+#[must_use]
+pub fn addr_greater(a: IpAddr, b: IpAddr) -> bool {
+    a > b
+}
+
+#[cfg(test)]
+#[path = "election_tests.rs"]
+mod tests;
