@@ -1,0 +1,7 @@
+#!/bin/sh
+# Builds the daemon and the harness (release), then runs the benchmark.
+# Usage: benches/run.sh [--duration 10s] [--connections 50] [--rounds 3] [--smoke] ...
+set -eu
+cd "$(dirname "$0")/.."
+cargo build --release -p dynia --bin dynia -p dynia-benches
+exec target/release/dynia-benches "$@"
