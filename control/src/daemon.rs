@@ -362,11 +362,23 @@ fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
 /// worker threads, serves, reloads on SIGHUP.
 pub fn run(node_path: &Path) -> Result<(), DaemonError> {
     let loaded = load(node_path)?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime. Every task then runs on one event
+    // loop that drains all ready sockets before writing, as HAProxy's does;
+    // the multi-thread scheduler instead runs a woken upstream task at once,
+    // so each request's write went out before the next read, waking peers
+    // once per request (benches/README.md has the measurements). More
+    // workers: the multi-thread runtime.
+    let mut builder = match loaded.node.node.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n as usize);
+            }
+            b
+        }
+    };
     builder.enable_all().thread_name("dynia-worker");
-    if loaded.node.node.worker_threads > 0 {
-        builder.worker_threads(loaded.node.node.worker_threads as usize);
-    }
     let runtime = builder.build().map_err(DaemonError::Runtime)?;
     runtime.block_on(serve(node_path, loaded))
 }
