@@ -201,11 +201,23 @@ async fn forged_and_replayed_adverts_change_nothing() {
         sock.send_to(&bytes[..60], ("127.0.2.3", port)).unwrap();
         sock.send_to(b"garbage", ("127.0.2.3", port)).unwrap();
     }
+    // A validly signed advert from an old boot of node 2 (a replay): dropped.
+    let real_key = dynia_vrrp::advert::AdvertKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+    let replayed = dynia_vrrp::advert::Advert { epoch: 1, ..forged };
+    let replay_bytes = dynia_vrrp::advert::encode(&replayed, &real_key);
+    for _ in 0..5 {
+        sock.send_to(&replay_bytes, ("127.0.2.3", port)).unwrap();
+    }
     let admin = rig.admin(1);
-    wait_until(WAIT, "forged adverts counted as dropped", || async move {
-        let m = metrics(admin).await;
-        m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
-    })
+    wait_until(
+        WAIT,
+        "forged and replayed adverts counted as dropped",
+        || async move {
+            let m = metrics(admin).await;
+            m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
+                && m.contains("dynia_election_adverts_dropped_total{reason=\"replay_old_epoch\"} 5")
+        },
+    )
     .await;
     assert_eq!(
         rig.masters().await,
@@ -290,4 +302,45 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
         let m = metrics(rig.admin(i)).await;
         assert!(!s.contains(DO_TOKEN) && !m.contains(DO_TOKEN));
     }
+}
+
+#[tokio::test]
+async fn hooks_run_with_state_address_and_priority() {
+    let dir = TempDir::new("hooks");
+    let out = dir.0.join("hook.out");
+    let hook = dir.0.join("on-state");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", out.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let h = hook.display().to_string();
+    let rig = Rig::new(
+        "hooks",
+        "127.0.5",
+        move |_| {
+            format!(
+                "[reserved_ip]\naddress = \"203.0.113.77\"\n\n[hooks]\non_master = \"{h}\"\non_backup = \"{h}\"\n"
+            )
+        },
+        |_| String::new(),
+    )
+    .await;
+    rig.wait_role(0, "master").await;
+    let out2 = out.clone();
+    wait_until(WAIT, "the master hook to run", || {
+        let out = out2.clone();
+        async move {
+            std::fs::read_to_string(&out)
+                .is_ok_and(|t| t.lines().any(|l| l == "master 203.0.113.77 150"))
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.lines().any(|l| l == "backup 203.0.113.77 140"),
+        "{text}"
+    );
 }
