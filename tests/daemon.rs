@@ -435,3 +435,32 @@ async fn streaming_100_megabytes_keeps_memory_bounded() {
         "peak RSS {peak_kb} kB while streaming 2 x 100 MB"
     );
 }
+
+#[tokio::test]
+async fn check_refuses_a_missing_certificate_naming_the_file() {
+    let files = NodeFiles::new(
+        "checkcert",
+        "alpha-one",
+        &cluster_doc(1, &specs(), 8080, ""),
+        "",
+    );
+    let cert = files.dir.0.join("tls/origin.pem");
+    let key = files.dir.0.join("tls/origin.key");
+    let mut text = std::fs::read_to_string(&files.node_file).unwrap();
+    let https = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    text = text.replacen(
+        "[limits]",
+        &format!(
+            "[[listener]]\nname = \"https\"\nbind = \"{https}\"\n[[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n[limits]",
+            cert.display(),
+            key.display()
+        ),
+        1,
+    );
+    std::fs::write(&files.node_file, text).unwrap();
+    let out = files.dynia(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&cert.display().to_string()), "{err}");
+    assert!(err.contains("listener `https`"), "{err}");
+}

@@ -20,7 +20,7 @@ fn promtool_accepts_alert_rules() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 6 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"));
 }
 
 #[test]
@@ -33,4 +33,22 @@ fn systemd_unit_is_notify_with_reload_by_sighup() {
     ] {
         assert!(unit.lines().any(|l| l == line), "missing `{line}`");
     }
+}
+
+#[test]
+fn example_files_parse_and_pair() {
+    let node_path = root().join("deploy/examples/dynia.toml");
+    let cluster_path = root().join("deploy/examples/cluster.toml");
+    let node = dynia_control::config::parse_node_file(
+        &std::fs::read_to_string(&node_path).unwrap(),
+        &node_path,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cluster = dynia_control::config::parse_cluster_doc(
+        &std::fs::read_to_string(&cluster_path).unwrap(),
+        &cluster_path,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    dynia_control::config::validate_pair(&node, &cluster).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cluster.election.advert_interval.as_millis(), 100);
 }

@@ -69,6 +69,7 @@ pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
         Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
         None => None,
     };
+    check_certificates(node_path, &node)?;
     let hash = cluster.hash();
     Ok(Loaded {
         node,
@@ -77,6 +78,32 @@ pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
         admin_token,
         cluster_key,
     })
+}
+
+/// Reads every listener certificate and key (chain, key fit, expiry) so
+/// `dynia check` and a reload report them like any other configuration error.
+fn check_certificates(node_path: &Path, node: &NodeFile) -> Result<(), ConfigErrors> {
+    let errors: Vec<config::ConfigError> = node
+        .listeners
+        .iter()
+        .flat_map(|l| l.certificates.iter().map(move |c| (l, c)))
+        .filter_map(|(l, c)| {
+            let files = dynia_proxy::config::CertificateFiles {
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+            };
+            dynia_proxy::tls::check_certificate(&files).err().map(|e| {
+                config::ConfigError::InDocument {
+                    key: format!("{}: listener `{}`", node_path.display(), l.name),
+                    message: e.to_string(),
+                }
+            })
+        })
+        .collect();
+    match ConfigErrors::from_vec(errors) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Metrics of the control layer.
@@ -200,7 +227,7 @@ impl Daemon {
                 .apply(proxy_config(&new.node, &new.cluster))
                 .map_err(|e| {
                     ConfigErrors::from(config::ConfigError::InDocument {
-                        key: "listener".into(),
+                        key: self.node_path.display().to_string(),
                         message: e.to_string(),
                     })
                 })?;
