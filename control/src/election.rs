@@ -451,11 +451,14 @@ impl Shell {
                 .map(|d| Duration::from_millis(d.0.saturating_sub(self.now().0)))
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        self.receive(&buf[..n], from.ip()).await;
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.receive(&buf[..n], from.ip()).await,
+                    Err(e) => {
+                        // Never spin on a failing socket; timers still run.
+                        tracing::warn!(error = %e, "election socket receive failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                }
+                },
                 _ = tokio::time::sleep(sleep_for) => {
                     let a = self.election.step(self.now(), Input::Tick);
                     self.apply(a.as_slice()).await;
