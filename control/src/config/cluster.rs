@@ -227,14 +227,16 @@ pub struct Health {
 }
 
 impl Default for Health {
+    /// The data plane's own defaults: one source of truth.
     fn default() -> Self {
+        let p = dynia_proxy::HealthConfig::default();
         Health {
-            path: "/dynia-health".to_owned(),
-            expect_status: vec![200],
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
-            fall: 3,
-            rise: 2,
+            path: p.path,
+            expect_status: p.expect_status,
+            interval: p.interval.into(),
+            timeout: p.timeout.into(),
+            fall: p.fall,
+            rise: p.rise,
         }
     }
 }

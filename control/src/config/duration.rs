@@ -49,6 +49,13 @@ impl Duration {
     }
 }
 
+impl From<std::time::Duration> for Duration {
+    /// Whole milliseconds (sub-millisecond parts are dropped; saturating).
+    fn from(d: std::time::Duration) -> Self {
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 impl From<Duration> for std::time::Duration {
     fn from(d: Duration) -> Self {
         d.as_std()

@@ -231,15 +231,17 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The data plane's own defaults: one source of truth.
     fn default() -> Self {
+        let p = dynia_proxy::Limits::default();
         Limits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(30),
-            max_header_bytes: 65536,
-            max_connections: 10_000,
-            shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: p.header_read_timeout.into(),
+            idle_timeout: p.idle_timeout.into(),
+            connect_timeout: p.connect_timeout.into(),
+            response_timeout: p.response_timeout.into(),
+            max_header_bytes: p.max_header_bytes as u64,
+            max_connections: p.max_connections as u64,
+            shutdown_grace: p.shutdown_grace.into(),
         }
     }
 }
