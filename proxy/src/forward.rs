@@ -47,14 +47,15 @@ pub async fn handle(
 ) -> Response<RespBody> {
     let started = Instant::now();
     let host = request_host(&req);
-    let Some(idx) = host.as_deref().and_then(|h| snap.router.route(h)) else {
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let Some(idx) = host_str.and_then(|h| snap.router.route(h)) else {
         snap.unrouted.count(404);
         return local(StatusCode::NOT_FOUND, "no service for this host\n");
     };
     let svc = &snap.services[idx];
     let cfg = &snap.config.services[idx];
     let mut resp = match info.redirect_https && !info.tls {
-        true => match redirect_https(&snap.config, cfg, &req, host.as_deref()) {
+        true => match redirect_https(&snap.config, cfg, &req, host_str) {
             Some(r) => r,
             None => forward(&snap, svc, req, host, info).await,
         },
@@ -107,22 +108,22 @@ fn redirect_https(
     Some(r)
 }
 
-pub(crate) fn request_host(req: &Request<Incoming>) -> Option<String> {
-    if let Some(h) = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        return Some(h.to_owned());
+/// The request's host: the `Host` header (a cheap clone of the received
+/// bytes), else the URI authority (HTTP/2).
+pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
     }
-    req.uri().authority().map(|a| a.as_str().to_owned())
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 async fn forward(
     snap: &Snapshot,
     svc: &ServiceRt,
     req: Request<Incoming>,
-    host: Option<String>,
+    host: Option<HeaderValue>,
     info: ConnInfo,
 ) -> Response<RespBody> {
     let (mut parts, body) = req.into_parts();
@@ -132,7 +133,7 @@ async fn forward(
     } else {
         None
     };
-    prepare_request(&mut parts, host.as_deref(), info, upgrade);
+    prepare_request(&mut parts, host.as_ref(), info, upgrade);
 
     // A request without a body can be sent again as it is.
     let mut body = if body_is_empty(&parts.headers, &body) {
@@ -314,7 +315,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Rewrites a client request into the one a member receives.
-fn prepare_request(parts: &mut Parts, host: Option<&str>, info: ConnInfo, upgrade: bool) {
+fn prepare_request(parts: &mut Parts, host: Option<&HeaderValue>, info: ConnInfo, upgrade: bool) {
     let upgrade_value = if upgrade {
         parts.headers.get(header::UPGRADE).cloned()
     } else {
@@ -340,12 +341,10 @@ fn prepare_request(parts: &mut Parts, host: Option<&str>, info: ConnInfo, upgrad
     }
     parts.version = Version::HTTP_11;
     if let Some(h) = host {
-        if let Ok(v) = HeaderValue::from_str(h) {
-            if !parts.headers.contains_key(header::HOST) {
-                parts.headers.insert(header::HOST, v.clone());
-            }
-            parts.headers.insert(&X_FORWARDED_HOST, v);
+        if !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, h.clone());
         }
+        parts.headers.insert(&X_FORWARDED_HOST, h.clone());
     }
     let ip = info.peer.ip().to_string();
     let xff = match parts
@@ -438,7 +437,8 @@ mod tests {
             tls: false,
             redirect_https: false,
         };
-        prepare_request(&mut parts, Some("app.example.com"), info, false);
+        let host = HeaderValue::from_static("app.example.com");
+        prepare_request(&mut parts, Some(&host), info, false);
         assert_eq!(parts.headers[&X_FORWARDED_FOR], "203.0.113.1, 192.0.2.7");
         assert_eq!(parts.headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(parts.headers[&X_FORWARDED_HOST], "app.example.com");

@@ -184,8 +184,10 @@ async fn serve_http<I>(
         let mut info = info;
         if info.redirect_https {
             // Only hosts some certificate here covers go to https.
-            info.redirect_https = crate::forward::request_host(&req)
-                .is_some_and(|h| svc_shared.tls.has_certificate_for(&h));
+            info.redirect_https = crate::forward::request_host(&req).is_some_and(|h| {
+                h.to_str()
+                    .is_ok_and(|h| svc_shared.tls.has_certificate_for(h))
+            });
         }
         svc_state.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightReq(svc_state.clone());
