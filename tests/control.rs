@@ -436,3 +436,104 @@ async fn node_remove_drains_a_long_request_and_hands_over_mastership() {
         "no node routes to the removed member"
     );
 }
+
+#[tokio::test]
+async fn init_writes_a_node_that_checks_and_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("ctl-init");
+    let node_file = dir.0.join("etc/dynia.toml");
+    let state = dir.0.join("state");
+    let ports = common_ports(&["127.0.8.2"]);
+    let out = std::process::Command::new(BIN)
+        .args(["init", "--cluster", "fresh", "--private-ip", "127.0.8.2"])
+        .arg("--admin-listen")
+        .arg(format!("127.0.8.2:{}", ports.1))
+        .arg("--listen")
+        .arg(format!("127.0.8.2:{}", ports.0))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("-c")
+        .arg(&node_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for secret in ["admin.token", "cluster.key"] {
+        let meta = std::fs::metadata(dir.0.join("etc").join(secret)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{secret}");
+    }
+    let doc = std::fs::read_to_string(state.join("cluster.toml")).unwrap();
+    assert!(doc.contains("generation = 1"), "{doc}");
+    let token = std::fs::read_to_string(dir.0.join("etc/admin.token")).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(&token), "the token is never printed");
+    // Again: refused, nothing overwritten.
+    let again = std::process::Command::new(BIN)
+        .args([
+            "init",
+            "--cluster",
+            "fresh",
+            "--private-ip",
+            "127.0.8.2",
+            "-c",
+        ])
+        .arg(&node_file)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    let check = std::process::Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&node_file)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+}
+
+#[tokio::test]
+async fn make_active_hands_over_without_failed_requests() {
+    let rig = Rig::new("ctl-active", "127.0.9", 3, 3).await;
+    let admin0 = rig.admin(0);
+    wait_until(WAIT, "node 0 master", || async move {
+        role(admin0).await == "master"
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let proxy = rig.nodes[0].files.proxy_addr;
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut c = Client::connect(proxy).await.unwrap();
+            for _ in 0..100_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match c.get(HOST, "/").await {
+                    Ok(a) if a.status == 200 => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (code, out, err) = rig.cli(0, &["node", "make-active", IDS[2]]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("{} is master", IDS[2])), "{out}");
+    let admin0 = rig.admin(0);
+    wait_until(WAIT, "old master to step back", || async move {
+        role(admin0).await == "backup"
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 0);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
