@@ -537,3 +537,17 @@ async fn make_active_hands_over_without_failed_requests() {
         &failed[..failed.len().min(3)]
     );
 }
+
+#[tokio::test]
+async fn node_remove_of_a_dead_member_finishes_on_the_others() {
+    let mut rig = Rig::new("ctl-dead", "127.0.10", 3, 3).await;
+    rig.daemons[2] = None; // the node is gone for good
+    let (code, out, err) = rig.cli(0, &["node", "remove", IDS[2]]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("removed without it"), "{out}");
+    for i in 0..2 {
+        let s = status(rig.admin(i)).await;
+        assert_eq!(s["members"].as_array().unwrap().len(), 2, "node {i}");
+        assert_eq!(service_members(&s, "web").len(), 2, "node {i}");
+    }
+}

@@ -588,6 +588,7 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
             Ok(x) => x,
             Err(e) => return fail(e),
         };
+        let rows = excuse_unreachable(rows, id);
         let code = finish(&ctx, &step1, &rows, aborted);
         if code != crate::commands::OK {
             eprintln!("dynia: removal stopped before waiting for requests in flight; run `dynia node remove {id} -c {}` again", ctx.node_path.display());
@@ -649,10 +650,31 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
         })
         .await
         {
-            Ok((_, rows, aborted)) => finish(&ctx, &step3, &rows, aborted),
+            Ok((_, rows, aborted)) => {
+                let rows = excuse_unreachable(rows, id);
+                finish(&ctx, &step3, &rows, aborted)
+            }
             Err(e) => fail(e),
         }
     })
+}
+
+/// A member being removed that cannot be reached (a dead node) does not
+/// stop its removal: nothing can be in flight on a node that is gone, and it
+/// gets no traffic from the others once they drop it. Its row says so.
+fn excuse_unreachable(rows: Vec<Row>, id: &str) -> Vec<Row> {
+    rows.into_iter()
+        .map(|mut r| {
+            if r.id == id && !r.ok && r.result.starts_with("unreachable") {
+                r.ok = true;
+                r.result = format!(
+                    "{}; removed without it (if it comes back, stop dynia there)",
+                    r.result
+                );
+            }
+            r
+        })
+        .collect()
 }
 
 /// Every member's status (or why not), in `doc` order.
