@@ -123,8 +123,39 @@ async fn route(d: &Daemon, req: Request<Incoming>) -> Resp {
     }
 }
 
-async fn control(d: &Daemon, method: Method, path: &str, _body: Bytes) -> Resp {
+async fn control(d: &Daemon, method: Method, path: &str, body: Bytes) -> Resp {
     match (method, path) {
+        (Method::PUT, "/v1/cluster") => put_cluster(d, &body).await,
+        (Method::GET, "/v1/snapshots") => {
+            let loaded = d.loaded();
+            let list: Vec<_> = crate::store::Store::new(&loaded.node.node.state_dir)
+                .list()
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect();
+            json(StatusCode::OK, &list)
+        }
+        (Method::GET, p) if p.starts_with("/v1/snapshots/") => {
+            let Ok(generation) = p["/v1/snapshots/".len()..].parse::<u64>() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "request",
+                    "the snapshot is named by its generation: /v1/snapshots/7",
+                );
+            };
+            let loaded = d.loaded();
+            match crate::store::Store::new(&loaded.node.node.state_dir).read_snapshot(generation)
+            {
+                Some(text) => respond(StatusCode::OK, "application/toml", text),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "state",
+                    &format!(
+                        "this node keeps no snapshot of generation {generation}; `GET /v1/snapshots` lists the ones it has"
+                    ),
+                ),
+            }
+        }
         (Method::POST, "/v1/reload") => match d.reload().await {
             Ok(done) => json(StatusCode::OK, &done),
             Err(errors) => error(
@@ -138,6 +169,52 @@ async fn control(d: &Daemon, method: Method, path: &str, _body: Bytes) -> Resp {
             respond(StatusCode::OK, "application/toml", loaded.cluster.to_toml())
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such control call"),
+    }
+}
+
+/// `PUT /v1/cluster` with `{"base_generation": N, "document": "<toml>"}`
+/// (plus optional `base_hash` and `leave`): see [`crate::apply`].
+async fn put_cluster(d: &Daemon, body: &[u8]) -> Resp {
+    let req: crate::apply::ApplyRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "request",
+                &format!(
+                    "the body must be JSON {{\"base_generation\": N, \"document\": \"<cluster.toml text>\"}}: {e}"
+                ),
+            )
+        }
+    };
+    use crate::apply::ApplyError;
+    match d.apply_document(req).await {
+        Ok(done) => json(StatusCode::OK, &done),
+        Err(e @ ApplyError::Conflict { .. }) => {
+            let ApplyError::Conflict {
+                generation,
+                ref config_hash,
+                ..
+            } = e
+            else {
+                unreachable!()
+            };
+            json(
+                StatusCode::CONFLICT,
+                &serde_json::json!({
+                    "error": "conflict",
+                    "message": e.to_string(),
+                    "generation": generation,
+                    "config_hash": config_hash,
+                }),
+            )
+        }
+        Err(e @ (ApplyError::Invalid(_) | ApplyError::Generation(_))) => {
+            error(StatusCode::BAD_REQUEST, "config", &e.to_string())
+        }
+        Err(e @ ApplyError::Write(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "state", &e.to_string())
+        }
     }
 }
 

@@ -26,6 +26,12 @@ pub enum ClientError {
     #[error("the daemon at {addr} did not answer within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("{message}")]
+    Conflict {
+        generation: u64,
+        config_hash: String,
+        message: String,
+    },
+    #[error("{message}")]
     Refused {
         status: u16,
         kind: String,
@@ -163,7 +169,77 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// `GET /v1/cluster`: the cluster document as TOML text.
+    pub async fn get_cluster(&self) -> Result<String, ClientError> {
+        let b = self.call(Method::GET, "/v1/cluster", Bytes::new()).await?;
+        String::from_utf8(b.to_vec()).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: e.to_string(),
+        })
+    }
+
+    /// `PUT /v1/cluster`.
+    pub async fn put_cluster(
+        &self,
+        req: &crate::apply::ApplyRequest,
+    ) -> Result<crate::apply::Applied, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: e.to_string(),
+        })?;
+        let b = self
+            .call(Method::PUT, "/v1/cluster", Bytes::from(body))
+            .await?;
+        serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: format!("PUT /v1/cluster answer: {e}"),
+        })
+    }
+
+    /// `GET /v1/snapshots/{generation}`: a kept previous document.
+    pub async fn snapshot(&self, generation: u64) -> Result<String, ClientError> {
+        let b = self
+            .call(
+                Method::GET,
+                &format!("/v1/snapshots/{generation}"),
+                Bytes::new(),
+            )
+            .await?;
+        String::from_utf8(b.to_vec()).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: e.to_string(),
+        })
+    }
+
+    /// `GET /v1/snapshots`: kept snapshots, newest first.
+    pub async fn snapshots(&self) -> Result<Vec<crate::store::Snapshot>, ClientError> {
+        let b = self
+            .call(Method::GET, "/v1/snapshots", Bytes::new())
+            .await?;
+        serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
+            addr: self.addr,
+            why: format!("snapshots: {e}"),
+        })
+    }
+}
+
 fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
+    #[derive(serde::Deserialize)]
+    struct C {
+        message: String,
+        generation: u64,
+        config_hash: String,
+    }
+    if status == StatusCode::CONFLICT {
+        if let Ok(c) = serde_json::from_slice::<C>(body) {
+            return ClientError::Conflict {
+                generation: c.generation,
+                config_hash: c.config_hash,
+                message: c.message,
+            };
+        }
+    }
     #[derive(serde::Deserialize)]
     struct E {
         error: String,

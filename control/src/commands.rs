@@ -126,15 +126,21 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
         println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
         return OK;
     }
+    let holder = s
+        .members
+        .iter()
+        .find(|m| m.role == "master")
+        .map_or("-".to_string(), |m| m.id.clone());
     println!(
-        "cluster {}  generation {}  config {}  reserved ip {}",
+        "cluster {}  generation {}  config {}  reserved ip {} held by {}",
         s.cluster,
         s.generation,
         &s.config_hash[..12.min(s.config_hash.len())],
-        s.reserved_ip.address.as_deref().unwrap_or("-")
+        s.reserved_ip.address.as_deref().unwrap_or("-"),
+        holder
     );
     println!(
-        "{:<20} {:<8} {:>8} {:<16} {:<7} {:>10} {:>9}",
+        "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}",
         "ID", "ROLE", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
     );
     for m in &s.members {
@@ -145,18 +151,142 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
                 t + usize::from(h.is_some()),
             )
         });
-        let me = if m.id == s.node { "*" } else { " " };
+        let me = if m.id == s.node { " (this)" } else { "" };
+        let drift = if s.drift.contains(&m.id) { "*" } else { "" };
         println!(
-            "{:<20} {:<8} {:>8} {:<16} {:<7} {:>10} {:>9}",
+            "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}",
             format!("{}{}", m.id, me),
             m.role,
             m.priority,
             m.private_ip,
             m.state,
-            m.generation.map_or("?".into(), |g| g.to_string()),
+            format!(
+                "{}{drift}",
+                m.generation.map_or("?".into(), |g| g.to_string())
+            ),
             format!("{up}/{total}")
         );
     }
+    if let Some(line) = crate::ops::drift_line(&s, Some(node_path)) {
+        println!("{line}");
+    }
+    OK
+}
+
+/// Arguments of `dynia init`.
+pub struct InitArgs {
+    pub cluster: String,
+    pub private_ip: std::net::IpAddr,
+    pub id: Option<String>,
+    pub priority: u8,
+    pub admin_listen: SocketAddr,
+    pub listen: SocketAddr,
+    pub state_dir: std::path::PathBuf,
+    pub force: bool,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    crate::status::hex(&b)
+}
+
+/// `dynia init`: the node file at `node_path`, its secrets beside it (admin
+/// token, cluster key; mode 0600) and a first cluster document (generation 1,
+/// this node its only member) in `state_dir`.
+pub fn init(node_path: &Path, a: InitArgs) -> u8 {
+    let doc_path = a.state_dir.join("cluster.toml");
+    if !a.force {
+        for p in [node_path, doc_path.as_path()] {
+            if p.exists() {
+                eprintln!(
+                    "dynia init: {} exists; nothing written (pass --force to replace it, or -c PATH for another node file)",
+                    p.display()
+                );
+                return FAILED;
+            }
+        }
+    }
+    let dir = node_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let id = match a.id {
+        Some(id) => id,
+        None => crate::names::generate(&[]).unwrap_or_else(|| "misty-owl".into()),
+    };
+    let token_path = dir.join("admin.token");
+    let key_path = dir.join("cluster.key");
+    let node_text = format!(
+        "# {node} — what belongs to this node only (written by `dynia init`).\n\
+         [node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{state}\"\n\n\
+         [admin]\nlisten = \"{admin}\"\ntoken_file = \"{token}\"\n\n\
+         [[listener]]\nname = \"http\"\nbind = \"{listen}\"\n\n\
+         [election]\nkey_file = \"{key}\"\n\n\
+         [reserved_ip]\ndriver = \"none\"\n",
+        node = node_path.display(),
+        ip = a.private_ip,
+        state = a.state_dir.display(),
+        admin = a.admin_listen,
+        token = token_path.display(),
+        listen = a.listen,
+        key = key_path.display(),
+    );
+    let node = match config::parse_node_file(&node_text, node_path) {
+        Ok(n) => n,
+        Err(e) => {
+            print_config_errors(&e);
+            return FAILED;
+        }
+    };
+    let doc = config::ClusterDoc {
+        generation: 1,
+        cluster: a.cluster.clone(),
+        election: Default::default(),
+        members: vec![config::Member {
+            id: id.clone(),
+            private_ip: a.private_ip,
+            priority: a.priority,
+            droplet_id: None,
+            state: config::MemberState::Active,
+            admin: None,
+        }],
+        services: Vec::new(),
+    };
+    if let Err(e) = doc
+        .validate()
+        .and_then(|_| config::validate_pair(&node, &doc))
+    {
+        print_config_errors(&e);
+        return FAILED;
+    }
+    let written = (|| -> Result<(), String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&a.state_dir)
+            .map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
+        config::write_secret(&token_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        config::write_secret(&key_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        crate::store::atomic_write(node_path, node_text.as_bytes())
+            .map_err(|e| format!("{}: {e}", node_path.display()))?;
+        crate::store::atomic_write(&doc_path, doc.to_toml().as_bytes())
+            .map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        eprintln!("dynia init: {e}");
+        return FAILED;
+    }
+    println!(
+        "initialised member {id} of cluster {} (generation 1)\n  node file   {}\n  cluster doc {}\n  admin token {} (mode 0600; the same on every node)\n  cluster key {} (mode 0600; the same on every node)\nnext: `dynia run -c {}` (or `systemctl start dynia`), then `dynia deploy NAME --host H --port P` and `dynia node add --ip IP`",
+        a.cluster,
+        node_path.display(),
+        doc_path.display(),
+        token_path.display(),
+        key_path.display(),
+        node_path.display()
+    );
     OK
 }
 

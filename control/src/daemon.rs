@@ -154,6 +154,8 @@ pub struct Daemon {
     started: Instant,
     stop: CancellationToken,
     election: Option<ElectionHandle>,
+    /// One cluster-document change at a time (compare-and-set in `apply_document`).
+    apply_lock: tokio::sync::Mutex<()>,
 }
 
 /// Result of a successful reload.
@@ -193,6 +195,7 @@ impl Daemon {
             started: Instant::now(),
             stop: CancellationToken::new(),
             election,
+            apply_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -271,7 +274,7 @@ impl Daemon {
         let proxy = self.proxy.status();
         let shared = self.election.as_ref().map(|e| e.shared());
         let role = shared.map_or("init", |s| s.role().as_str()).to_string();
-        Status {
+        crate::status::with_drift(Status {
             node: loaded.node.node.id.clone(),
             cluster: loaded.cluster.cluster.clone(),
             generation: loaded.cluster.generation,
@@ -316,6 +319,11 @@ impl Daemon {
                         role: peer_role,
                         generation,
                         last_seen_ms,
+                        config_hash: if is_me {
+                            Some(loaded.hash.clone())
+                        } else {
+                            seen.as_ref().map(|x| crate::status::hex(&x.config_hash))
+                        },
                     }
                 })
                 .collect(),
@@ -358,7 +366,33 @@ impl Daemon {
                 .collect(),
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
-        }
+            drift: Vec::new(),
+        })
+    }
+}
+
+impl Daemon {
+    /// The election, when this node runs one.
+    pub fn election(&self) -> Option<&ElectionHandle> {
+        self.election.as_ref()
+    }
+
+    /// Whether a shutdown was requested.
+    pub fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Applies a cluster document sent by a `dynia` command or fetched by
+    /// catch-up: compare-and-set against this node's generation (and hash,
+    /// when given), validate (the document alone and paired with this node's
+    /// file), write atomically with a snapshot of the previous one, then
+    /// hot-swap through [`Daemon::reload`]. See [`crate::apply`].
+    pub async fn apply_document(
+        &self,
+        req: crate::apply::ApplyRequest,
+    ) -> Result<crate::apply::Applied, crate::apply::ApplyError> {
+        let _one_change_at_a_time = self.apply_lock.lock().await;
+        crate::apply::apply(self, req).await
     }
 }
 
@@ -420,6 +454,7 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
     let daemon = Daemon::start(node_path, loaded).await?;
     let admin_local = admin.local_addr().unwrap_or(admin_addr);
     tokio::spawn(crate::admin::serve(daemon.clone(), admin));
+    tokio::spawn(crate::catchup::run(daemon.clone()));
     let (mut hup, mut term, mut int) = (
         signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?,
         signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?,

@@ -3,6 +3,8 @@
 //! the status views, and the `dynia` subcommands.
 
 pub mod admin;
+pub mod apply;
+pub mod catchup;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -10,6 +12,9 @@ pub mod daemon;
 pub mod demo;
 pub mod election;
 pub mod logging;
+pub mod names;
+pub mod ops;
 pub mod page;
 pub mod status;
+pub mod store;
 pub mod wiring;

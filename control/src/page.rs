@@ -47,11 +47,36 @@ pub fn render(s: &Status) -> String {
             None => "not configured".into(),
         },
     );
-    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th></tr>");
+    match crate::ops::drift_line(s, None) {
+        Some(line) => {
+            let _ = write!(h, "<p id=\"drift\" class=\"down\"><b>{}</b></p>", escape(&line));
+        }
+        None => h.push_str("<p id=\"drift\" class=\"up\">in sync: every member heard has this generation and hash</p>"),
+    }
+    let holder = s
+        .members
+        .iter()
+        .find(|m| m.role == "master")
+        .map_or("-", |m| m.id.as_str());
+    let _ = write!(
+        h,
+        "<p>Reserved IP holder: <b id=\"holder\">{}</b></p>",
+        escape(holder)
+    );
+    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th><th>services up</th></tr>");
     for m in &s.members {
+        let (up, total) = s.services.iter().fold((0, 0), |(u, t), svc| {
+            let x = svc.members.iter().find(|x| x.id == m.id);
+            (
+                u + usize::from(x.is_some_and(|x| x.health == "up")),
+                t + usize::from(x.is_some()),
+            )
+        });
+        let drift = if s.drift.contains(&m.id) { " *" } else { "" };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"member\" data-id=\"{}\"><td>{}{drift}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{up}/{total}</td></tr>",
+            escape(&m.id),
             escape(&m.id),
             escape(&m.role),
             m.priority,

@@ -21,6 +21,31 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub version: String,
     pub uptime_seconds: u64,
+    /// Ids of members whose cluster document (generation or hash, as last
+    /// advertised) differs from this node's; empty when in sync. A member
+    /// never heard from is not counted (its `generation` is `null`).
+    #[serde(default)]
+    pub drift: Vec<String>,
+}
+
+/// Fills [`Status::drift`] from the members' advertised generations and hashes.
+pub fn with_drift(mut s: Status) -> Status {
+    s.drift = s
+        .members
+        .iter()
+        .filter(|m| m.id != s.node)
+        .filter(|m| {
+            m.generation.is_some_and(|g| g != s.generation)
+                || m.config_hash.as_ref().is_some_and(|h| *h != s.config_hash)
+        })
+        .map(|m| m.id.clone())
+        .collect();
+    s
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +68,9 @@ pub struct MemberStatus {
     pub generation: Option<u64>,
     /// Milliseconds since this node last heard the member; `None` if never.
     pub last_seen_ms: Option<u64>,
+    /// The member's cluster-document hash (advertised), when known.
+    #[serde(default)]
+    pub config_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

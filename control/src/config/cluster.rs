@@ -130,6 +130,20 @@ pub struct Member {
     /// `"active"`, `"drain"` or `"maint"`. Default `"active"`.
     #[serde(default)]
     pub state: MemberState,
+    /// Where other members and `dynia` commands reach this member's admin
+    /// API. Default: `private_ip` with the admin port of the node that asks
+    /// (every node of a cluster usually listens on the same admin port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+impl Member {
+    /// This member's admin address as seen by a node whose own admin
+    /// listener is on `local_admin_port`.
+    pub fn admin_addr(&self, local_admin_port: u16) -> std::net::SocketAddr {
+        self.admin
+            .unwrap_or_else(|| std::net::SocketAddr::new(self.private_ip, local_admin_port))
+    }
 }
 
 /// `[[service]]`.

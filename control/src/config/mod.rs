@@ -117,3 +117,30 @@ fn errors_or(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod admin_key_tests {
+    use super::*;
+
+    const DOC: &str = "generation = 1\ncluster = \"c\"\n\n[[member]]\nid = \"misty-owl\"\nprivate_ip = \"10.0.0.1\"\npriority = 100\nadmin = \"ADDR\"\n";
+
+    #[test]
+    fn member_admin_is_optional_validated_and_located() {
+        let d = parse_cluster_doc(&DOC.replace("admin = \"ADDR\"\n", ""), "c.toml").unwrap();
+        assert_eq!(
+            d.members[0].admin_addr(9180),
+            "10.0.0.1:9180".parse().unwrap()
+        );
+        let d = parse_cluster_doc(&DOC.replace("ADDR", "10.0.0.1:9999"), "c.toml").unwrap();
+        assert_eq!(
+            d.members[0].admin_addr(9180),
+            "10.0.0.1:9999".parse().unwrap()
+        );
+        assert_eq!(parse_cluster_doc(&d.to_toml(), "c.toml").unwrap(), d);
+        let e = parse_cluster_doc(&DOC.replace("ADDR", "0.0.0.0:9180"), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml:8:"), "{e}");
+        assert!(e.contains("admin 0.0.0.0:9180"), "{e}");
+    }
+}

@@ -327,6 +327,16 @@ pub(crate) fn cluster_doc(d: &ClusterDoc) -> Problems {
                 ),
             );
         }
+        if let Some(a) = m.admin {
+            if a.ip().is_unspecified() || a.ip().is_multicast() || a.port() == 0 {
+                p.push(
+                    kp!["member", i, "admin"],
+                    format!(
+                        "admin {a} is not an address other members can reach; write the member's admin ip:port, like \"10.10.0.12:9180\", or leave it out for private_ip and this node's admin port"
+                    ),
+                );
+            }
+        }
     }
 
     let mut names: HashMap<&str, usize> = HashMap::new();

@@ -1,0 +1,151 @@
+//! Applying a new cluster document on one node (`PUT /v1/cluster`, catch-up).
+//!
+//! Rules, in order:
+//! 1. The document parses and validates alone (errors are `line:column` in
+//!    the document text).
+//! 2. Compare-and-set: `base_generation` equals this node's generation, and
+//!    `base_hash`, when given, equals this node's config hash; otherwise
+//!    nothing changes and the answer is a conflict carrying this node's
+//!    generation and hash.
+//! 3. The new generation is higher than the base — or equal to it when
+//!    `base_hash` is given: a *same-generation replace*, which rolling
+//!    deploys use so that catch-up (which only ever moves to a strictly
+//!    higher generation) does not spread a half-rolled document.
+//! 4. The document pairs with this node's file (`node.id` is a member, …),
+//!    unless `leave` is set and this node is no longer a member: then the
+//!    document is stored and the daemon resigns and stops (`node remove`).
+//! 5. Written atomically with a snapshot of the previous document
+//!    ([`crate::store`]), then hot-swapped by the daemon's reload path; if the
+//!    reload refuses it, the previous document is written back.
+//!
+//! Sending the document this node already has (same generation and hash) is
+//! a success that changes nothing, so a command can be repeated.
+
+use crate::config::{self, ConfigErrors};
+use crate::daemon::Daemon;
+use crate::store::Store;
+
+/// Body of `PUT /v1/cluster`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    pub base_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_hash: Option<String>,
+    /// The cluster document as TOML text.
+    pub document: String,
+    /// This node is being removed: accept a document without it, then stop.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leave: bool,
+}
+
+/// Answer of a successful `PUT /v1/cluster`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Applied {
+    pub generation: u64,
+    pub config_hash: String,
+    /// False when this node already had exactly this document.
+    pub changed: bool,
+    /// True when this node left the cluster and is stopping.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// Why a document was not applied; nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the document is invalid:\n{0}")]
+    Invalid(ConfigErrors),
+    #[error("conflict: this node is at generation {generation} (config hash {}), the change was based on generation {base}; nothing changed; read the current document and try again", &config_hash[..12.min(config_hash.len())])]
+    Conflict {
+        base: u64,
+        generation: u64,
+        config_hash: String,
+    },
+    #[error("{0}")]
+    Generation(String),
+    #[error("cannot write the cluster document: {0}")]
+    Write(std::io::Error),
+}
+
+pub(crate) async fn apply(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
+    let loaded = d.loaded();
+    let doc = config::parse_cluster_doc(&req.document, "document").map_err(ApplyError::Invalid)?;
+    let hash = doc.hash();
+    let (cur_gen, cur_hash) = (loaded.cluster.generation, loaded.hash.clone());
+    if doc.generation == cur_gen && hash == cur_hash {
+        return Ok(Applied {
+            generation: cur_gen,
+            config_hash: cur_hash,
+            changed: false,
+            leaving: false,
+        });
+    }
+    let conflict = || ApplyError::Conflict {
+        base: req.base_generation,
+        generation: cur_gen,
+        config_hash: cur_hash.clone(),
+    };
+    if req.base_generation != cur_gen {
+        return Err(conflict());
+    }
+    if let Some(h) = &req.base_hash {
+        if *h != cur_hash {
+            return Err(conflict());
+        }
+        if doc.generation < cur_gen {
+            return Err(ApplyError::Generation(format!(
+                "the document's generation {} is lower than this node's {cur_gen}; a replace keeps or raises the generation",
+                doc.generation
+            )));
+        }
+    } else if doc.generation <= cur_gen {
+        return Err(ApplyError::Generation(format!(
+            "the document's generation {} must be higher than the base generation {cur_gen}",
+            doc.generation
+        )));
+    }
+    let leaving = req.leave && doc.member(&loaded.node.node.id).is_none();
+    if !leaving {
+        config::validate_pair(&loaded.node, &doc).map_err(ApplyError::Invalid)?;
+    }
+    let store = Store::new(&loaded.node.node.state_dir);
+    let text = doc.to_toml();
+    store
+        .write(&text, Some((cur_gen, &cur_hash)))
+        .map_err(ApplyError::Write)?;
+    if leaving {
+        tracing::warn!(
+            generation = doc.generation,
+            "this node was removed from the cluster; resigning and stopping"
+        );
+        d.request_stop();
+        return Ok(Applied {
+            generation: doc.generation,
+            config_hash: hash,
+            changed: true,
+            leaving: true,
+        });
+    }
+    match d.reload().await {
+        Ok(r) => {
+            tracing::info!(
+                from = cur_gen,
+                to = r.generation,
+                config_hash = %r.config_hash,
+                "cluster document applied"
+            );
+            Ok(Applied {
+                generation: r.generation,
+                config_hash: r.config_hash,
+                changed: true,
+                leaving: false,
+            })
+        }
+        Err(errors) => {
+            // The reload kept the previous configuration; put its file back too.
+            let _ = store.write(&loaded.cluster.to_toml(), None);
+            Err(ApplyError::Invalid(errors))
+        }
+    }
+}
