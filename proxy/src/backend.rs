@@ -214,6 +214,23 @@ impl ConnPool {
         None
     }
 
+    /// Closes idle connections unused for `max_idle` or closed by the
+    /// member, so that memory and members' sockets are given back when traffic
+    /// stops (HAProxy purges idle server connections likewise, see
+    /// `pool-purge-delay`). Bounded: looks at each connection at most once.
+    pub fn purge(&self, max_idle: Duration) -> usize {
+        let mut closed = 0;
+        for _ in 0..self.idle.len() {
+            let Some(up) = self.idle.pop() else { break };
+            if up.sender.is_closed() || up.since.elapsed() >= max_idle {
+                closed += 1;
+            } else if self.idle.push(up).is_err() {
+                closed += 1; // refilled meanwhile: the newer ones stay
+            }
+        }
+        closed
+    }
+
     /// Closes every idle connection (the member left the configuration).
     pub fn clear(&self) {
         while self.idle.pop().is_some() {}
@@ -230,5 +247,49 @@ pub struct InflightGuard(Arc<Backend>);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upstream connection over an in-memory pipe; the other end is returned
+    /// so the test decides when the "member" hangs up.
+    async fn upstream() -> (Upstream, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (sender, conn) = http1::handshake::<_, ReqBody>(TokioIo::new(ours))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let up = Upstream {
+            sender,
+            since: Instant::now(),
+        };
+        (up, theirs)
+    }
+
+    #[tokio::test]
+    async fn purge_closes_expired_and_hung_up_connections_only() {
+        let pool = ConnPool::new();
+        let (a, _a_peer) = upstream().await;
+        let (b, b_peer) = upstream().await;
+        pool.put(a);
+        pool.put(b);
+        assert_eq!(pool.purge(Duration::from_secs(3600)), 0);
+        assert_eq!(pool.idle(), 2);
+
+        // The member closes one connection: the next purge drops it.
+        drop(b_peer);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.purge(Duration::from_secs(3600)) == 0 {
+            assert!(Instant::now() < deadline, "hang-up never noticed");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.idle(), 1);
+
+        // Everything idle longer than the bound goes.
+        assert_eq!(pool.purge(Duration::ZERO), 1);
+        assert_eq!(pool.idle(), 0);
     }
 }

@@ -6,7 +6,8 @@
 //! `fall` consecutive failures turn an UP member DOWN, `rise` consecutive
 //! successes turn a DOWN member UP. The first check decides an unknown
 //! member's state at once. A passive failure seen by a request wakes the
-//! checker early. The counting is a pure function ([`Judge`]) so it is tested
+//! checker early. Each round also closes the member's idle pooled
+//! connections that have expired. The counting is a pure function ([`Judge`]) so it is tested
 //! without sockets.
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, Health};
+use crate::backend::{Backend, Health, POOL_IDLE_MAX};
 use crate::config::HealthConfig;
 
 /// Bytes of a check answer's body that are read (and discarded) at most.
@@ -146,6 +147,7 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
             if cancel.is_cancelled() {
                 return;
             }
+            backend.pool.purge(POOL_IDLE_MAX);
             let result = check_once(&backend, &cfg).await;
             let ok = matches!(result, CheckResult::Pass(_));
             if ok {
