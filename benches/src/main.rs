@@ -24,8 +24,13 @@
 //! get a third; with one nothing is pinned. Every process it starts is killed
 //! when it ends (also on error, panic and Ctrl-C); all traffic stays on
 //! 127.0.0.0/8; every wait is bounded.
+//!
+//! `dynia-benches failover` is a second benchmark (root only): failover time
+//! and false failovers, dynia vs keepalived on a netns cluster; see
+//! `failover.rs` and benches/README.md.
 
 mod configs;
+mod failover;
 mod probe;
 mod procs;
 mod upstream;
@@ -63,6 +68,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Failover time and false failovers, dynia vs keepalived, on a netns
+    /// cluster (root only; see benches/README.md).
+    Failover(failover::FailoverArgs),
     /// Internal: serve the benchmark upstreams (`ADDR=ID`, repeatable).
     #[command(hide = true)]
     Upstream {
@@ -126,6 +134,9 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Failover(args)) = cli.cmd {
+        return failover::main(args);
+    }
     if let Some(Cmd::Upstream { listen }) = cli.cmd {
         let pairs: Result<Vec<(SocketAddr, String)>> = listen
             .iter()
