@@ -26,6 +26,7 @@
 //! 127.0.0.0/8; every wait is bounded.
 
 mod configs;
+mod https;
 mod probe;
 mod procs;
 mod upstream;
@@ -104,6 +105,12 @@ struct BenchArgs {
     /// Keep the temporary directory (configs and logs) and print its path.
     #[arg(long)]
     keep_tmp: bool,
+    /// HTTPS instead: keep-alive requests/s and full handshakes/s (src/https.rs).
+    #[arg(long)]
+    https: bool,
+    /// With --https: an RSA-2048 certificate instead of ECDSA P-256.
+    #[arg(long, requires = "https")]
+    rsa: bool,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -149,7 +156,11 @@ fn main() -> ExitCode {
         args.warmup = Duration::from_secs(1);
         args.rounds = 1;
     }
-    match run(&args) {
+    match if args.https {
+        https::run(&args)
+    } else {
+        run(&args)
+    } {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dynia-benches: error: {e:#}");
