@@ -31,6 +31,7 @@
 
 mod configs;
 mod failover;
+mod https;
 mod probe;
 mod procs;
 mod upstream;
@@ -112,6 +113,12 @@ struct BenchArgs {
     /// Keep the temporary directory (configs and logs) and print its path.
     #[arg(long)]
     keep_tmp: bool,
+    /// HTTPS instead: keep-alive requests/s and full handshakes/s (src/https.rs).
+    #[arg(long)]
+    https: bool,
+    /// With --https: an RSA-2048 certificate instead of ECDSA P-256.
+    #[arg(long, requires = "https")]
+    rsa: bool,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -160,7 +167,11 @@ fn main() -> ExitCode {
         args.warmup = Duration::from_secs(1);
         args.rounds = 1;
     }
-    match run(&args) {
+    match if args.https {
+        https::run(&args)
+    } else {
+        run(&args)
+    } {
         Ok(code) => code,
         Err(e) => {
             eprintln!("dynia-benches: error: {e:#}");
