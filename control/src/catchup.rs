@@ -56,7 +56,8 @@ async fn once(d: &Daemon) -> Result<bool, String> {
             election
                 .shared()
                 .seen(m.private_ip)
-                .map(|s| (s.generation, m.clone()))
+                .and_then(|s| s.generation)
+                .map(|g| (g, m.clone()))
         })
         .filter(|(g, _)| *g > mine)
         .max_by_key(|(g, _)| *g);

@@ -305,7 +305,7 @@ impl Daemon {
                         ),
                         (Some(x), false) => (
                             x.role.as_str().to_string(),
-                            Some(x.generation),
+                            x.generation,
                             Some(x.at.elapsed().as_millis() as u64),
                             x.priority,
                         ),
@@ -322,7 +322,9 @@ impl Daemon {
                         config_hash: if is_me {
                             Some(loaded.hash.clone())
                         } else {
-                            seen.as_ref().map(|x| crate::status::hex(&x.config_hash))
+                            seen.as_ref()
+                                .and_then(|x| x.config_hash)
+                                .map(|h| crate::status::hex(&h))
                         },
                     }
                 })

@@ -3,11 +3,11 @@
 //! It owns one thread with its own single-threaded Tokio runtime, so proxy
 //! load cannot starve adverts (keepalived's false failovers under load come
 //! from exactly that). On that thread:
-//! - a UDP socket on the member's private IP sends adverts to every other
-//!   member and receives theirs through `ReceiveFilter` (MAC, replay,
-//!   membership); only a master's adverts feed the state machine, every
-//!   member's (master adverts and the slower heartbeats of backups) update the
-//!   peer table behind `/status.json`;
+//! - the transport (`crate::transport`: `dynia` UDP, or `vrrp3` raw IP
+//!   protocol 112) sends adverts to every other member and receives theirs,
+//!   filtered; only a master's adverts feed the state machine, every
+//!   member's (master adverts and, with `dynia`, the slower heartbeats of
+//!   backups) update the peer table behind `/status.json`;
 //! - tracking polls whether the proxy can serve and tells the state machine;
 //! - a driver task makes the Reserved IP follow the role: claim on MASTER and
 //!   keep reconciling (claim again if the IP went nowhere; step back, without
@@ -21,19 +21,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use dynia_vrrp::advert::{
-    encode, Advert, AdvertKey, ClusterId, DropReason, MemberSet, ReceiveFilter, SendCounter,
-    SenderRole, ADVERT_LEN,
-};
+use dynia_vrrp::advert::{AdvertKey, DropReason, SenderRole};
 use dynia_vrrp::driver::{ClaimOutcome, Driver, Holder};
 use dynia_vrrp::election::{
-    Action, Election, ElectionConfig, Input, Millis, Priority, Reason, Role,
+    Action, AdvertIn, Election, ElectionConfig, Input, Millis, Priority, Reason, Role,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::Transport as TransportKind;
+use crate::transport::{Heard, Opened, Received, Transport, VRRP3_DROP_REASONS};
 
 /// Heartbeat period of a node that is not master.
 const HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -61,7 +60,10 @@ pub struct Peer {
 /// Everything the election needs; rebuilt from the files on reload.
 #[derive(Clone)]
 pub struct Settings {
+    /// `dynia` (UDP, authenticated) or `vrrp3` (RFC 5798, keepalived interop).
+    pub transport: TransportKind,
     pub local: IpAddr,
+    /// UDP port of the `dynia` transport (unused by `vrrp3`).
     pub port: u16,
     pub priority: Priority,
     pub advert_interval: Duration,
@@ -69,7 +71,8 @@ pub struct Settings {
     pub preempt_delay: Duration,
     pub vrid: u8,
     pub cluster: String,
-    pub key: AdvertKey,
+    /// The cluster key; required by `dynia`, `None` with `vrrp3`.
+    pub key: Option<AdvertKey>,
     /// Every member but this one.
     pub peers: Vec<Peer>,
     pub generation: u64,
@@ -91,8 +94,9 @@ pub struct Hooks {
 pub struct Seen {
     pub role: SenderRole,
     pub priority: u8,
-    pub generation: u64,
-    pub config_hash: [u8; 32],
+    /// `None` with `vrrp3` (its adverts carry no generation).
+    pub generation: Option<u64>,
+    pub config_hash: Option<[u8; 32]>,
     pub at: Instant,
 }
 
@@ -154,7 +158,7 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+    fn new(registry: &Registry, transport: TransportKind) -> Result<Metrics, prometheus::Error> {
         let m = Metrics {
             state: IntGaugeVec::new(
                 Opts::new(
@@ -199,6 +203,11 @@ impl Metrics {
         for r in DropReason::ALL {
             m.dropped.with_label_values(&[r.as_str()]);
         }
+        if transport == TransportKind::Vrrp3 {
+            for r in VRRP3_DROP_REASONS {
+                m.dropped.with_label_values(&[r]);
+            }
+        }
         registry.register(Box::new(m.state.clone()))?;
         registry.register(Box::new(m.transitions.clone()))?;
         registry.register(Box::new(m.claims.clone()))?;
@@ -233,6 +242,13 @@ pub enum ElectionError {
     },
     #[error("election: {0}")]
     Config(String),
+    #[error("election: transport \"vrrp3\" needs a raw IP socket (protocol 112), which needs root or CAP_NET_RAW (e.g. AmbientCapabilities=CAP_NET_RAW in the unit): {0}")]
+    RawSocketPermission(std::io::Error),
+    #[error("election: cannot open the vrrp3 raw socket on {addr}: {source}")]
+    RawSocket {
+        addr: std::net::Ipv4Addr,
+        source: std::io::Error,
+    },
     #[error("election: cannot start its thread: {0}")]
     Thread(std::io::Error),
     #[error("election metrics: {0}")]
@@ -254,15 +270,10 @@ impl ElectionHandle {
         can_serve: impl Fn() -> bool + Send + 'static,
         registry: &Registry,
     ) -> Result<ElectionHandle, ElectionError> {
-        let metrics = Metrics::new(registry)?;
         let cfg = election_config(&settings);
         let election = Election::new(cfg).map_err(|e| ElectionError::Config(e.to_string()))?;
-        let bind = SocketAddr::new(settings.local, settings.port);
-        let std_socket = std::net::UdpSocket::bind(bind)
-            .map_err(|source| ElectionError::Bind { addr: bind, source })?;
-        std_socket
-            .set_nonblocking(true)
-            .map_err(|source| ElectionError::Bind { addr: bind, source })?;
+        let opened = Opened::open(&settings)?;
+        let metrics = Metrics::new(registry, settings.transport)?;
         let shared = Arc::new(Shared {
             role: AtomicU8::new(0),
             priority: AtomicU8::new(settings.priority.get()),
@@ -285,14 +296,14 @@ impl ElectionHandle {
                     }
                 };
                 rt.block_on(async move {
-                    let socket = match UdpSocket::from_std(std_socket) {
-                        Ok(s) => s,
+                    let transport = match opened.into_transport(&settings) {
+                        Ok(t) => t,
                         Err(e) => {
                             tracing::error!(error = %e, "election socket unusable");
                             return;
                         }
                     };
-                    let shell = Shell::new(settings, election, socket, driver, sh, metrics);
+                    let shell = Shell::new(settings, election, transport, driver, sh, metrics);
                     shell.run(rx, Box::new(can_serve)).await;
                 });
             })
@@ -349,12 +360,10 @@ enum Want {
 struct Shell {
     settings: Settings,
     election: Election,
-    socket: UdpSocket,
+    transport: Transport,
     driver: Driver,
     shared: Arc<Shared>,
     metrics: Metrics,
-    filter: ReceiveFilter,
-    counter: SendCounter,
     started: Instant,
     want: watch::Sender<Want>,
     /// Wakes the driver task to claim again while holding: a master that
@@ -369,32 +378,19 @@ impl Shell {
     fn new(
         settings: Settings,
         election: Election,
-        socket: UdpSocket,
+        transport: Transport,
         driver: Driver,
         shared: Arc<Shared>,
         metrics: Metrics,
     ) -> Shell {
-        let filter = ReceiveFilter::new(
-            settings.key.clone(),
-            ClusterId::from_name(&settings.cluster),
-            settings.vrid,
-            settings.local,
-            member_set(&settings),
-        );
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
         let (want, _) = watch::channel(Want::Idle);
         Shell {
             settings,
             election,
-            socket,
+            transport,
             driver,
             shared,
             metrics,
-            filter,
-            counter: SendCounter::new(epoch),
             started: Instant::now(),
             want,
             reassert: Arc::new(tokio::sync::Notify::new()),
@@ -429,6 +425,7 @@ impl Shell {
         let a = self.election.step(now, Input::Start);
         self.apply(a.as_slice()).await;
         tracing::info!(
+            transport = ?self.settings.transport,
             addr = %self.settings.local,
             port = self.settings.port,
             priority = self.settings.priority.get(),
@@ -436,7 +433,6 @@ impl Shell {
             master_down_ms = self.election.master_down_interval_ms(),
             "election started"
         );
-        let mut buf = [0u8; 2048];
         let mut track = tokio::time::interval(
             self.settings
                 .advert_interval
@@ -451,9 +447,13 @@ impl Shell {
                 .map(|d| Duration::from_millis(d.0.saturating_sub(self.now().0)))
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.receive(&buf[..n], from.ip()).await,
-                    Err(e) => {
+                r = self.transport.recv() => match r {
+                    Received::Heard(h) => self.receive(h).await,
+                    Received::Dropped { from, reason } => {
+                        self.metrics.dropped.with_label_values(&[reason]).inc();
+                        tracing::debug!(?from, reason, "advert dropped");
+                    }
+                    Received::Failed(e) => {
                         // Never spin on a failing socket; timers still run.
                         tracing::warn!(error = %e, "election socket receive failed");
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -474,7 +474,7 @@ impl Shell {
                 }
                 _ = heartbeat.tick() => {
                     let role = self.election.role();
-                    if role != Role::Master {
+                    if role != Role::Master && self.transport.heartbeats() {
                         let r = if role == Role::Fault { SenderRole::Fault } else { SenderRole::Backup };
                         self.send(self.election.priority().get(), r).await;
                     }
@@ -499,67 +499,43 @@ impl Shell {
         }
     }
 
-    async fn receive(&mut self, bytes: &[u8], from: IpAddr) {
-        match self.filter.accept(bytes, Some(from)) {
-            Ok(a) => {
-                self.metrics.received.inc();
-                self.shared
-                    .peers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        a.sender,
-                        Seen {
-                            role: a.role,
-                            priority: a.priority,
-                            generation: a.generation,
-                            config_hash: a.config_hash,
-                            at: Instant::now(),
-                        },
-                    );
-                if a.role == SenderRole::Master {
-                    let acts = self.election.step(self.now(), a.to_input());
-                    self.apply(acts.as_slice()).await;
-                    if self.election.role() == Role::Master
-                        && a.priority > 0
-                        && a.priority < self.election.priority().get()
-                    {
-                        self.reassert.notify_one();
-                    }
-                }
-            }
-            Err(reason) => {
-                self.metrics
-                    .dropped
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-                tracing::debug!(%from, reason = %reason, "advert dropped");
+    async fn receive(&mut self, h: Heard) {
+        self.metrics.received.inc();
+        self.shared
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                h.sender,
+                Seen {
+                    role: h.role,
+                    priority: h.priority,
+                    generation: h.generation,
+                    config_hash: h.config_hash,
+                    at: Instant::now(),
+                },
+            );
+        if h.role == SenderRole::Master {
+            let input = Input::Advert(AdvertIn {
+                from: h.sender,
+                priority: h.priority,
+                interval_ms: h.interval_ms,
+            });
+            let acts = self.election.step(self.now(), input);
+            self.apply(acts.as_slice()).await;
+            if self.election.role() == Role::Master
+                && h.priority > 0
+                && h.priority < self.election.priority().get()
+            {
+                self.reassert.notify_one();
             }
         }
     }
 
     async fn send(&mut self, priority: u8, role: SenderRole) {
-        let (epoch, seq) = self.counter.advance();
-        let a = Advert {
-            vrid: self.settings.vrid,
-            cluster: ClusterId::from_name(&self.settings.cluster),
-            sender: self.settings.local,
-            priority,
-            interval_ms: self.settings.advert_interval.as_millis() as u32,
-            epoch,
-            seq,
-            generation: self.settings.generation,
-            config_hash: self.settings.config_hash,
-            role,
-        };
-        let bytes: [u8; ADVERT_LEN] = encode(&a, &self.settings.key);
-        for p in &self.settings.peers {
-            let _ = self
-                .socket
-                .send_to(&bytes, SocketAddr::new(p.addr, self.settings.port))
-                .await;
+        if self.transport.send(&self.settings, priority, role).await {
+            self.metrics.sent.inc();
         }
-        self.metrics.sent.inc();
     }
 
     async fn apply(&mut self, actions: &[Action]) {
@@ -602,7 +578,7 @@ impl Shell {
     }
 
     async fn reconfigure(&mut self, s: Settings) {
-        self.filter.set_members(member_set(&s));
+        self.transport.set_members(&s);
         if s.priority != self.settings.priority {
             let a = self
                 .election
@@ -616,9 +592,10 @@ impl Shell {
             || s.preempt != self.settings.preempt
             || s.vrid != self.settings.vrid
             || s.port != self.settings.port
+            || s.transport != self.settings.transport
         {
             tracing::warn!(
-                "election timing, vrid or port changed: takes effect at the next restart"
+                "election timing, vrid, port or transport changed: takes effect at the next restart"
             );
         }
         let keep_timing = (
@@ -626,6 +603,7 @@ impl Shell {
             self.settings.preempt,
             self.settings.vrid,
             self.settings.port,
+            self.settings.transport,
         );
         self.settings = s;
         (
@@ -633,6 +611,7 @@ impl Shell {
             self.settings.preempt,
             self.settings.vrid,
             self.settings.port,
+            self.settings.transport,
         ) = keep_timing;
         self.shared
             .peers
@@ -657,25 +636,23 @@ impl Shell {
         if was_master && !self.settings.peers.is_empty() {
             let limit = (self.settings.advert_interval * 5).max(HANDOVER_WAIT_MIN);
             let start = Instant::now();
-            let mut buf = [0u8; 2048];
             while start.elapsed() < limit {
                 let left = limit - start.elapsed();
-                match tokio::time::timeout(left, self.socket.recv_from(&mut buf)).await {
-                    Ok(Ok((n, from))) => {
-                        if let Ok(a) = self.filter.accept(&buf[..n], Some(from.ip())) {
-                            if a.role == SenderRole::Master && a.priority > 0 {
-                                tracing::info!(successor = %a.sender, "successor took over");
-                                // Its advert precedes its claim (address + GARP):
-                                // keep the Reserved IP a moment longer so clients
-                                // have moved before we let go.
-                                let settle =
-                                    (self.settings.advert_interval * 3).max(HANDOVER_SETTLE_MIN);
-                                tokio::time::sleep(settle).await;
-                                break;
-                            }
+                match tokio::time::timeout(left, self.transport.recv()).await {
+                    Ok(Received::Heard(a)) => {
+                        if a.role == SenderRole::Master && a.priority > 0 {
+                            tracing::info!(successor = %a.sender, "successor took over");
+                            // Its advert precedes its claim (address + GARP):
+                            // keep the Reserved IP a moment longer so clients
+                            // have moved before we let go.
+                            let settle =
+                                (self.settings.advert_interval * 3).max(HANDOVER_SETTLE_MIN);
+                            tokio::time::sleep(settle).await;
+                            break;
                         }
                     }
-                    _ => break,
+                    Ok(Received::Dropped { .. }) => {}
+                    Ok(Received::Failed(_)) | Err(_) => break,
                 }
             }
         }
@@ -688,16 +665,6 @@ impl Shell {
         })
         .await;
     }
-}
-
-fn member_set(s: &Settings) -> MemberSet {
-    let addrs = s
-        .peers
-        .iter()
-        .map(|p| p.addr)
-        .chain(std::iter::once(s.local));
-    MemberSet::new(addrs)
-        .unwrap_or_else(|_| MemberSet::new(std::iter::once(s.local)).expect("one member fits"))
 }
 
 /// Makes the Reserved IP follow `want`; reconciles while holding.

@@ -17,4 +17,5 @@ pub mod ops;
 pub mod page;
 pub mod status;
 pub mod store;
+pub mod transport;
 pub mod wiring;

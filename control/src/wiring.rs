@@ -104,27 +104,25 @@ pub fn admin_state(s: MemberState) -> AdminState {
 pub fn election_settings(
     loaded: &crate::daemon::Loaded,
 ) -> Result<Option<crate::election::Settings>, crate::election::ElectionError> {
+    use crate::config::Transport;
     use crate::election::{ElectionError, Hooks, Peer, Settings};
     use dynia_vrrp::advert::AdvertKey;
     use dynia_vrrp::election::Priority;
     let (node, cluster) = (&loaded.node, &loaded.cluster);
-    if cluster.election.transport != crate::config::Transport::Dynia {
-        return Err(ElectionError::Config(
-            "transport \"vrrp3\" is not available in this build yet; use transport = \"dynia\""
-                .into(),
-        ));
-    }
     let Some(me) = cluster.member(&node.node.id) else {
         return Err(ElectionError::Config(format!(
             "node {} is not a member of the cluster document",
             node.node.id
         )));
     };
-    let key = match &loaded.cluster_key {
-        Some(k) => {
-            AdvertKey::new(k.expose_bytes()).map_err(|e| ElectionError::Config(e.to_string()))?
-        }
-        None => {
+    let transport = cluster.election.transport;
+    // `vrrp3` has no authentication: no key, even if one is configured.
+    let key = match (&loaded.cluster_key, transport) {
+        (_, Transport::Vrrp3) => None,
+        (Some(k), Transport::Dynia) => Some(
+            AdvertKey::new(k.expose_bytes()).map_err(|e| ElectionError::Config(e.to_string()))?,
+        ),
+        (None, Transport::Dynia) => {
             return Err(ElectionError::Config(
                 "no cluster key: set [election] key_file in the node file".into(),
             ))
@@ -142,6 +140,7 @@ pub fn election_settings(
             .unwrap_or(0);
     }
     Ok(Some(Settings {
+        transport,
         local: me.private_ip,
         port: node.election.port,
         priority,

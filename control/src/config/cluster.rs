@@ -69,7 +69,9 @@ pub enum Transport {
     /// UDP unicast to every member, HMAC-SHA256 authenticated. The default.
     #[default]
     Dynia,
-    /// RFC 5798 packets, keepalived-compatible.
+    /// RFC 5798 VRRPv3 packets (IP protocol 112) unicast to every member,
+    /// keepalived-compatible, for migrations. Unauthenticated, no cluster
+    /// generation in adverts, needs CAP_NET_RAW; see `crate::transport`.
     Vrrp3,
 }
 
