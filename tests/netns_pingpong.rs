@@ -28,7 +28,12 @@ struct Netns(String);
 impl Netns {
     fn new() -> Netns {
         let name = format!("dynia-{}-pp", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A leftover from a crashed run with the same pid, if any (usually
+        // none, so its "cannot remove" complaint is not shown).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
         assert!(Command::new("ip")
             .args(["netns", "add", &name])
             .status()
