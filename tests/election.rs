@@ -193,6 +193,7 @@ async fn forged_and_replayed_adverts_change_nothing() {
         generation: 99,
         config_hash: [0; 32],
         role: dynia_vrrp::advert::SenderRole::Master,
+        holds: true,
     };
     let bytes = dynia_vrrp::advert::encode(&forged, &key);
     let sock = std::net::UdpSocket::bind("127.0.2.4:0").unwrap();
@@ -311,7 +312,13 @@ async fn hooks_run_with_state_address_and_priority() {
     let hook = dir.0.join("on-state");
     std::fs::write(
         &hook,
-        format!("#!/bin/sh\necho \"$1 $2 $3\" >> {}\n", out.display()),
+        // The hook's own scheduling policy too (field 41 of /proc/PID/stat,
+        // 0 = SCHED_OTHER): the election thread may be real-time, the hooks
+        // it starts must not be.
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $3 policy=$(cut -d' ' -f41 /proc/$$/stat)\" >> {}\n",
+            out.display()
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -334,13 +341,101 @@ async fn hooks_run_with_state_address_and_priority() {
         let out = out2.clone();
         async move {
             std::fs::read_to_string(&out)
-                .is_ok_and(|t| t.lines().any(|l| l == "master 203.0.113.77 150"))
+                .is_ok_and(|t| t.lines().any(|l| l.starts_with("master 203.0.113.77 150 ")))
         }
     })
     .await;
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(
-        text.lines().any(|l| l == "backup 203.0.113.77 140"),
+        text.lines()
+            .any(|l| l == "backup 203.0.113.77 140 policy=0"),
         "{text}"
     );
+    assert!(
+        text.lines()
+            .any(|l| l == "master 203.0.113.77 150 policy=0"),
+        "a hook inherited the election thread's real-time policy: {text}"
+    );
+}
+
+/// The value of an unlabelled sample in Prometheus text (0 when absent).
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// (policy, rt_priority) of the daemon's `dynia-election` thread, from
+/// /proc/PID/task/TID/stat (fields 41 and 40; SCHED_RR = 2).
+fn election_thread_sched(pid: i32) -> (u32, u32) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != "dynia-election" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesised comm start at field 3.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        return (f[41 - 3].parse().unwrap(), f[40 - 3].parse().unwrap());
+    }
+    panic!("no dynia-election thread in process {pid}");
+}
+
+#[tokio::test]
+async fn election_thread_is_real_time_unless_turned_off() {
+    // Node 0: `rt_priority = 0` (lands in the node file's [election] table);
+    // nodes 1 and 2: the default, 10.
+    let rig = Rig::new(
+        "rtprio",
+        "127.0.8",
+        |i| {
+            if i == 0 {
+                "rt_priority = 0\n".into()
+            } else {
+                String::new()
+            }
+        },
+        |_| String::new(),
+    )
+    .await;
+    rig.wait_role(0, "master").await;
+    let pid = |i: usize| rig.daemons[i].as_ref().unwrap().pid();
+    assert_eq!(election_thread_sched(pid(0)), (0, 0), "rt_priority = 0");
+    let log1 = rig.daemons[1].as_ref().unwrap().log_text();
+    let refused = log1.contains("real-time scheduling refused");
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(!refused, "refused as root:\n{log1}");
+    }
+    for i in [1, 2] {
+        let got = election_thread_sched(pid(i));
+        if refused {
+            // Not root and no RLIMIT_RTPRIO: normal priority, and it says so.
+            assert_eq!(got, (0, 0));
+        } else {
+            assert_eq!(got, (2, 10), "node {i}: SCHED_RR at priority 10");
+        }
+    }
+    // Backups measure the gaps between the master's adverts; the master
+    // hears no master and measures none.
+    let backup = rig.admin(1);
+    wait_until(WAIT, "east-owl to measure advert gaps", || async move {
+        metric_value(
+            &metrics(backup).await,
+            "dynia_election_advert_gap_seconds_count",
+        ) >= 5.0
+    })
+    .await;
+    assert_eq!(
+        metric_value(
+            &metrics(rig.admin(0)).await,
+            "dynia_election_advert_gap_seconds_count"
+        ),
+        0.0
+    );
+    // The proxy's threads stay at normal priority.
+    let main = std::fs::read_to_string(format!("/proc/{}/stat", pid(1))).unwrap();
+    let rest = &main[main.rfind(')').unwrap() + 2..];
+    assert_eq!(rest.split(' ').nth(41 - 3), Some("0"), "main thread policy");
 }

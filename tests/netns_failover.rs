@@ -275,6 +275,29 @@ fn start_rig(tag: &str, preempt: bool) -> Option<Rig> {
     }
     let rig = Rig::new(tag, preempt);
     rig.wait_role(0, "master");
+    // Every other node is backup *and has heard node 0 as master*: with
+    // preempt off, a node that started late and heard nobody yet would
+    // otherwise take mastership from whoever's timer ran out first, which
+    // is RFC-correct but not the start these tests assume.
+    for (i, id) in IDS.iter().enumerate().skip(1) {
+        assert!(
+            wait_until(WAIT, || {
+                rig.role(i) == "backup"
+                    && rig.status(i).is_some_and(|s| {
+                        s["members"].as_array().is_some_and(|ms| {
+                            ms.iter().any(|m| {
+                                m["id"] == IDS[0]
+                                    && m["role"] == "master"
+                                    && m["last_seen_ms"].as_u64().is_some_and(|t| t < 1000)
+                            })
+                        })
+                    })
+            }),
+            "{id} never heard {} as master; logs in {}",
+            IDS[0],
+            rig.c.log_dir().display()
+        );
+    }
     assert!(
         wait_until(WAIT, || rig.holders() == vec![0]),
         "VIP not on node 0 alone: {:?}",
@@ -345,6 +368,20 @@ fn sigterm_of_master_hands_over_without_a_failed_request() {
         samples.len()
     );
     assert_eq!(rig.holders(), vec![1]);
+    // It let go because its successor said it holds the VIP, not on a timer.
+    let ns = rig.c.ns_name(0).to_string();
+    let mut logs = String::new();
+    for e in std::fs::read_dir(rig.c.log_dir()).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{ns}-")) {
+            logs.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+    assert!(
+        logs.contains("successor holds the reserved ip; letting go"),
+        "the old master's log does not show the handover:\n{logs}"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dynia_proxy::demo::DemoUpstream;
-use support::{free_port, health, metrics, wait_until, write_secret, Daemon, NodeFiles, TempDir};
+use support::{free_ports, health, metrics, wait_until, write_secret, Daemon, NodeFiles, TempDir};
 use support::{BIN, HOST, TOKEN};
 use tls_support::{curl, https_get, Ca, HttpsConn, KeyKind, Leaf, Validity};
 
@@ -34,19 +34,13 @@ struct TlsNode {
     ca_file: PathBuf,
 }
 
-fn socket(ip: &str) -> SocketAddr {
-    format!("{ip}:{}", free_port(ip)).parse().unwrap()
-}
-
 impl TlsNode {
     fn new(tag: &str, ca: Ca, leaf: &Leaf, member_port: u16) -> TlsNode {
         let dir = TempDir::new(tag);
         let d = dir.0.display().to_string();
-        let (https, http, admin) = (
-            socket("127.0.0.1"),
-            socket("127.0.0.1"),
-            socket("127.0.0.1"),
-        );
+        let p = free_ports("127.0.0.1", 3);
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let (https, http, admin) = (at(p[0]), at(p[1]), at(p[2]));
         std::fs::create_dir_all(dir.0.join("tls")).unwrap();
         let (cert, key) = leaf.write(&dir.0.join("tls"), "site");
         let ca_file = dir.0.join("ca.pem");

@@ -79,6 +79,10 @@ pub struct FailoverArgs {
     keepalived: String,
     #[arg(long, default_value = "wrk")]
     wrk: String,
+    /// `[election] rt_priority` of the dynia nodes (default: not set, i.e.
+    /// the daemon's default 10; 0 = normal scheduling, to compare).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=99))]
+    rt_priority: Option<u8>,
 }
 
 pub fn main(args: FailoverArgs) -> ExitCode {
@@ -154,6 +158,7 @@ fn run(args: &FailoverArgs) -> Result<()> {
         keepalived,
         wrk,
         tmp: rigs::TmpDir(tmp),
+        rt_priority: args.rt_priority,
     };
     let mut configs = vec![Config::Dynia];
     if ctx.keepalived.is_some() {
@@ -161,6 +166,9 @@ fn run(args: &FailoverArgs) -> Result<()> {
         rigs::check_keepalived_config(&ctx)?;
     }
 
+    if let Some(p) = args.rt_priority {
+        println!("dynia nodes: [election] rt_priority = {p}");
+    }
     println!(
         "failover benchmark: {trials} trials per configuration, interleaved; {}",
         match soak {

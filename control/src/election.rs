@@ -28,7 +28,9 @@ use dynia_vrrp::driver::{ClaimOutcome, Driver, Holder};
 use dynia_vrrp::election::{
     Action, AdvertIn, Election, ElectionConfig, Input, Millis, Priority, Reason, Role,
 };
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Transport as TransportKind;
@@ -42,12 +44,14 @@ const RECONCILE: Duration = Duration::from_secs(5);
 const COMMANDS: usize = 16;
 /// Longest a hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// A master re-asserts the Reserved IP at most this often (see `reassert`).
+/// A master re-asserts the Reserved IP at most this often (see `Wakeups`).
 const REASSERT_MIN_GAP: Duration = Duration::from_secs(1);
-/// After hearing its successor, a leaving master keeps the Reserved IP this long at least.
+/// A leaving master keeps the Reserved IP this long after its successor says
+/// it holds it (its gratuitous ARP is out: a moment for it to land).
 const HANDOVER_SETTLE_MIN: Duration = Duration::from_millis(200);
-/// After resigning, how long a leaving master waits to hear its successor.
-const HANDOVER_WAIT_MIN: Duration = Duration::from_secs(1);
+/// After resigning, how long a leaving master waits at least for a successor
+/// that holds the Reserved IP (10 advert intervals if longer).
+const HANDOVER_WAIT_MIN: Duration = Duration::from_secs(2);
 
 /// One other member as the election knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,8 @@ pub struct Settings {
     pub local: IpAddr,
     /// UDP port of the `dynia` transport (unused by `vrrp3`).
     pub port: u16,
+    /// SCHED_RR priority of the election thread; 0 = normal scheduling.
+    pub rt_priority: u8,
     pub priority: Priority,
     pub advert_interval: Duration,
     pub preempt: bool,
@@ -155,7 +161,12 @@ struct Metrics {
     received: IntCounter,
     dropped: IntCounterVec,
     sent: IntCounter,
+    gap: Histogram,
 }
+
+/// Buckets of `dynia_election_advert_gap_seconds`: around the default
+/// 100 ms interval up to well past any Master_Down_Interval.
+const GAP_BUCKETS: [f64; 11] = [0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0, 5.0];
 
 impl Metrics {
     fn new(registry: &Registry, transport: TransportKind) -> Result<Metrics, prometheus::Error> {
@@ -193,6 +204,13 @@ impl Metrics {
                 "dynia_election_adverts_sent_total",
                 "Adverts and heartbeats sent.",
             )?,
+            gap: Histogram::with_opts(
+                HistogramOpts::new(
+                    "dynia_election_advert_gap_seconds",
+                    "Time between consecutive adverts heard from the same master (how close a backup came to its Master_Down_Interval).",
+                )
+                .buckets(GAP_BUCKETS.to_vec()),
+            )?,
         };
         for s in ["init", "backup", "master", "fault"] {
             m.state.with_label_values(&[s]).set(i64::from(s == "init"));
@@ -214,6 +232,7 @@ impl Metrics {
         registry.register(Box::new(m.received.clone()))?;
         registry.register(Box::new(m.dropped.clone()))?;
         registry.register(Box::new(m.sent.clone()))?;
+        registry.register(Box::new(m.gap.clone()))?;
         Ok(m)
     }
 
@@ -285,6 +304,7 @@ impl ElectionHandle {
         let thread = std::thread::Builder::new()
             .name("dynia-election".into())
             .spawn(move || {
+                realtime(settings.rt_priority);
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -341,12 +361,61 @@ impl ElectionHandle {
     }
 }
 
+/// Puts the calling thread (the election's) under SCHED_RR at `priority`,
+/// as keepalived's `vrrp_rt_priority` does for its VRRP process: on a
+/// machine whose cores the proxy, the apps and the load fill, a thread at
+/// normal priority can wake late, and a master's adverts that arrive later
+/// than the backups' Master_Down_Interval are a false failover. The thread
+/// sleeps between adverts and each wake-up is a few microseconds of work,
+/// so it takes next to nothing from the proxy; the kernel's RT throttling
+/// (`sched_rt_runtime_us`, 95 % by default) bounds a runaway.
+///
+/// `SCHED_RESET_ON_FORK`: what this thread starts (Tokio's blocking pool
+/// for driver work, hook processes) runs at normal priority again.
+/// Refused (no CAP_SYS_NICE, or an RT cgroup budget of 0): normal
+/// scheduling, said once in the log.
+fn realtime(priority: u8) {
+    if priority == 0 {
+        tracing::info!("election thread at normal priority (rt_priority = 0)");
+        return;
+    }
+    debug_assert!(priority <= 99, "validated: 1..=99");
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority.min(99)),
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0
+    // is the calling thread on Linux.
+    let rc =
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
+    if rc == 0 {
+        tracing::info!(rt_priority = priority, "election thread under SCHED_RR");
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(
+            rt_priority = priority,
+            error = %e,
+            "election thread at normal priority: real-time scheduling refused (needs CAP_SYS_NICE); a saturated machine can delay adverts"
+        );
+    }
+}
+
 fn election_config(s: &Settings) -> ElectionConfig {
     let mut cfg = ElectionConfig::new(s.local, s.priority);
     cfg.advert_interval = s.advert_interval;
     cfg.preempt = s.preempt;
     cfg.preempt_delay = s.preempt_delay;
     cfg
+}
+
+/// Wake-ups between the election loop and its driver task.
+#[derive(Default)]
+struct Wakeups {
+    /// To the driver: claim again while holding (see `Shell::wake`).
+    reassert: tokio::sync::Notify,
+    /// From the driver: a claim succeeded. A master then sends an advert at
+    /// once, so peers (a predecessor handing over) learn that it holds the
+    /// Reserved IP without waiting for the next interval.
+    claimed: tokio::sync::Notify,
 }
 
 /// What the driver task should make true.
@@ -366,12 +435,16 @@ struct Shell {
     metrics: Metrics,
     started: Instant,
     want: watch::Sender<Want>,
-    /// Wakes the driver task to claim again while holding: a master that
-    /// hears a lower-priority master (a healed split) re-announces the
-    /// Reserved IP, as keepalived re-sends gratuitous ARP in
-    /// `vrrp_state_master_rx` (`vrrp_garp_lower_prio_repeat`), so clients
-    /// whose cache points at the other node come back at once.
-    reassert: Arc<tokio::sync::Notify>,
+    /// `reassert` wakes the driver task to claim again while holding: a
+    /// master that hears a lower-priority master (a healed split)
+    /// re-announces the Reserved IP, as keepalived re-sends gratuitous ARP
+    /// in `vrrp_state_master_rx` (`vrrp_garp_lower_prio_repeat`), so clients
+    /// whose cache points at the other node come back at once. `claimed`
+    /// comes back from the driver task.
+    wake: Arc<Wakeups>,
+    /// While backup, the master last heard and when: the gap to its next
+    /// advert is observed in `dynia_election_advert_gap_seconds`.
+    last_master_advert: Option<(IpAddr, Instant)>,
 }
 
 impl Shell {
@@ -393,7 +466,8 @@ impl Shell {
             metrics,
             started: Instant::now(),
             want,
-            reassert: Arc::new(tokio::sync::Notify::new()),
+            wake: Arc::new(Wakeups::default()),
+            last_master_advert: None,
         }
     }
 
@@ -414,7 +488,7 @@ impl Shell {
             self.metrics.clone(),
             elsewhere_tx,
             self.settings.clone(),
-            self.reassert.clone(),
+            self.wake.clone(),
         ));
         let mut serving = can_serve();
         let now = self.now();
@@ -479,6 +553,12 @@ impl Shell {
                         self.send(self.election.priority().get(), r).await;
                     }
                 }
+                _ = self.wake.claimed.notified() => {
+                    if self.election.role() == Role::Master {
+                        let p = self.election.priority().get();
+                        self.send(p, SenderRole::Master).await;
+                    }
+                }
                 Some(holder) = elsewhere_rx.recv() => {
                     let a = self.election.step(self.now(), Input::ReservedIpElsewhere { holder });
                     self.apply(a.as_slice()).await;
@@ -516,6 +596,15 @@ impl Shell {
                 },
             );
         if h.role == SenderRole::Master {
+            let at = Instant::now();
+            if self.election.role() == Role::Backup {
+                if let Some((from, prev)) = self.last_master_advert {
+                    if from == h.sender {
+                        self.metrics.gap.observe((at - prev).as_secs_f64());
+                    }
+                }
+                self.last_master_advert = Some((h.sender, at));
+            }
             let input = Input::Advert(AdvertIn {
                 from: h.sender,
                 priority: h.priority,
@@ -527,13 +616,18 @@ impl Shell {
                 && h.priority > 0
                 && h.priority < self.election.priority().get()
             {
-                self.reassert.notify_one();
+                self.wake.reassert.notify_one();
             }
         }
     }
 
     async fn send(&mut self, priority: u8, role: SenderRole) {
-        if self.transport.send(&self.settings, priority, role).await {
+        let holds = self.shared.held();
+        if self
+            .transport
+            .send(&self.settings, priority, role, holds)
+            .await
+        {
             self.metrics.sent.inc();
         }
     }
@@ -565,6 +659,8 @@ impl Shell {
 
     fn transition(&mut self, role: Role, reason: Reason, want: Want) {
         self.metrics.transitions.inc();
+        // Gaps are measured within one stretch of being backup.
+        self.last_master_advert = None;
         self.shared.set_role(role);
         self.metrics.set_role(role);
         tracing::info!(
@@ -634,27 +730,7 @@ impl Shell {
         self.metrics.set_role(Role::Init);
         tracing::info!(was_master, "election resigned");
         if was_master && !self.settings.peers.is_empty() {
-            let limit = (self.settings.advert_interval * 5).max(HANDOVER_WAIT_MIN);
-            let start = Instant::now();
-            while start.elapsed() < limit {
-                let left = limit - start.elapsed();
-                match tokio::time::timeout(left, self.transport.recv()).await {
-                    Ok(Received::Heard(a)) => {
-                        if a.role == SenderRole::Master && a.priority > 0 {
-                            tracing::info!(successor = %a.sender, "successor took over");
-                            // Its advert precedes its claim (address + GARP):
-                            // keep the Reserved IP a moment longer so clients
-                            // have moved before we let go.
-                            let settle =
-                                (self.settings.advert_interval * 3).max(HANDOVER_SETTLE_MIN);
-                            tokio::time::sleep(settle).await;
-                            break;
-                        }
-                    }
-                    Ok(Received::Dropped { .. }) => {}
-                    Ok(Received::Failed(_)) | Err(_) => break,
-                }
-            }
+            self.await_successor().await;
         }
         self.want.send_replace(Want::Release);
         // Give the driver task a bounded moment to release.
@@ -667,6 +743,60 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// After resigning: keeps the Reserved IP (and the caller keeps serving)
+    /// until a successor is master *and holds the address* (its adverts say
+    /// so once its claim is done: address assigned and first gratuitous ARP
+    /// out, or the DigitalOcean action completed), then lets go. Letting go
+    /// on the successor's first advert alone lost a request when its claim
+    /// was slower than the fixed pause that used to follow. `vrrp3` adverts
+    /// cannot say it: there the old pause of three intervals remains.
+    /// Bounded by `HANDOVER_WAIT` (and the caller's own limit).
+    async fn await_successor(&mut self) {
+        let limit = (self.settings.advert_interval * 10).max(HANDOVER_WAIT_MIN);
+        let start = Instant::now();
+        let mut successor: Option<IpAddr> = None;
+        while start.elapsed() < limit {
+            let left = limit - start.elapsed();
+            let heard = match tokio::time::timeout(left, self.transport.recv()).await {
+                Ok(Received::Heard(a)) => a,
+                Ok(Received::Dropped { .. }) => continue,
+                Ok(Received::Failed(_)) | Err(_) => break,
+            };
+            if heard.role != SenderRole::Master || heard.priority == 0 {
+                continue;
+            }
+            if successor.is_none() {
+                successor = Some(heard.sender);
+                tracing::info!(successor = %heard.sender, ms = start.elapsed().as_millis() as u64, "successor is master");
+            }
+            match heard.holds {
+                Some(true) => {
+                    tracing::info!(
+                        successor = %heard.sender,
+                        ms = start.elapsed().as_millis() as u64,
+                        "successor holds the reserved ip; letting go"
+                    );
+                    // Its gratuitous ARP is out; a moment for it to land.
+                    tokio::time::sleep(HANDOVER_SETTLE_MIN).await;
+                    return;
+                }
+                Some(false) => {}
+                None => {
+                    let settle = (self.settings.advert_interval * 3).max(HANDOVER_SETTLE_MIN);
+                    tokio::time::sleep(settle).await;
+                    return;
+                }
+            }
+        }
+        tracing::warn!(
+            successor = ?successor,
+            waited_ms = start.elapsed().as_millis() as u64,
+            "no successor said it holds the reserved ip in time; letting go anyway"
+        );
+    }
+}
+
 /// Makes the Reserved IP follow `want`; reconciles while holding.
 async fn driver_task(
     driver: Driver,
@@ -675,7 +805,7 @@ async fn driver_task(
     metrics: Metrics,
     elsewhere: mpsc::Sender<IpAddr>,
     settings: Settings,
-    reassert: Arc<tokio::sync::Notify>,
+    wake: Arc<Wakeups>,
 ) {
     loop {
         let w = *want.borrow_and_update();
@@ -691,17 +821,17 @@ async fn driver_task(
                 shared.held.store(false, Ordering::Relaxed);
             }
             Want::Hold => {
-                claim(&driver, &shared, &metrics).await;
+                claim(&driver, &shared, &metrics, &wake.claimed).await;
                 let mut last_claim = Instant::now();
                 // Reconcile until the wish changes.
                 loop {
                     tokio::select! {
                         r = want.changed() => { if r.is_err() { return; } break; }
                         _ = tokio::time::sleep(RECONCILE) => {}
-                        _ = reassert.notified() => {
+                        _ = wake.reassert.notified() => {
                             if last_claim.elapsed() >= REASSERT_MIN_GAP {
                                 tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
-                                claim(&driver, &shared, &metrics).await;
+                                claim(&driver, &shared, &metrics, &wake.claimed).await;
                                 last_claim = Instant::now();
                             }
                             continue;
@@ -713,7 +843,7 @@ async fn driver_task(
                             tracing::warn!(
                                 "reconcile: the reserved ip points nowhere; claiming it again"
                             );
-                            claim(&driver, &shared, &metrics).await;
+                            claim(&driver, &shared, &metrics, &wake.claimed).await;
                         }
                         Ok(Holder::Other { droplet_id }) => {
                             let member = settings
@@ -728,7 +858,7 @@ async fn driver_task(
                                 }
                                 None => {
                                     tracing::warn!(droplet_id, "reconcile: the reserved ip is on a droplet outside the cluster; claiming it again");
-                                    claim(&driver, &shared, &metrics).await;
+                                    claim(&driver, &shared, &metrics, &wake.claimed).await;
                                 }
                             }
                         }
@@ -746,12 +876,13 @@ async fn driver_task(
     }
 }
 
-async fn claim(driver: &Driver, shared: &Shared, metrics: &Metrics) {
+async fn claim(driver: &Driver, shared: &Shared, metrics: &Metrics, claimed: &tokio::sync::Notify) {
     let started = Instant::now();
     match driver.claim().await {
         Ok(outcome) => {
             metrics.claims.with_label_values(&["success"]).inc();
             shared.held.store(true, Ordering::Relaxed);
+            claimed.notify_one();
             let action_id = match outcome {
                 ClaimOutcome::Assigned { action_id } => Some(action_id),
                 _ => None,

@@ -78,6 +78,9 @@ pub struct Heard {
     pub generation: Option<u64>,
     /// `None` with `vrrp3`.
     pub config_hash: Option<[u8; 32]>,
+    /// The sender says its claim of the Reserved IP is done; `None` with
+    /// `vrrp3` (which cannot say it).
+    pub holds: Option<bool>,
 }
 
 /// One receive.
@@ -282,9 +285,16 @@ impl Transport {
         }
     }
 
-    /// Sends an advert with `priority` and `role` to every other member;
+    /// Sends an advert with `priority` and `role` (and, with `dynia`,
+    /// whether this node holds the Reserved IP) to every other member;
     /// `false` if nothing was meant to go (a `vrrp3` non-master).
-    pub async fn send(&mut self, s: &Settings, priority: u8, role: SenderRole) -> bool {
+    pub async fn send(
+        &mut self,
+        s: &Settings,
+        priority: u8,
+        role: SenderRole,
+        holds: bool,
+    ) -> bool {
         match self {
             Transport::Dynia(d) => {
                 let Some(key) = &s.key else { return false };
@@ -300,6 +310,7 @@ impl Transport {
                     generation: s.generation,
                     config_hash: s.config_hash,
                     role,
+                    holds,
                 };
                 let bytes: [u8; ADVERT_LEN] = encode(&a, key);
                 for p in &s.peers {
@@ -336,6 +347,7 @@ impl Transport {
                         role: a.role,
                         generation: Some(a.generation),
                         config_hash: Some(a.config_hash),
+                        holds: Some(a.holds),
                     }),
                     Err(r) => Received::Dropped {
                         from: Some(from.ip()),
@@ -508,6 +520,7 @@ pub fn accept_vrrp3(
             role: SenderRole::Master,
             generation: None,
             config_hash: None,
+            holds: None,
         },
         checksum,
         addrs_match: p.addrs().eq(want_addrs.iter().copied()),

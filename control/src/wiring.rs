@@ -143,6 +143,7 @@ pub fn election_settings(
         transport,
         local: me.private_ip,
         port: node.election.port,
+        rt_priority: node.election.rt_priority,
         priority,
         advert_interval: cluster.election.advert_interval.as_std(),
         preempt: cluster.election.preempt,

@@ -564,6 +564,8 @@ fn node_rules_each_at_their_place() {
         ("[reserved_ip]\napi_url = \"api.digitalocean.com\"\n", "\"api.digitalocean.com\"", "http:// or https://"),
         ("[hooks]\non_master = \"hooks/on-master\"\n", "\"hooks/on-master\"", "absolute path"),
         ("[election]\nport = 0\n", "0\n", "between 1 and 65535"),
+        ("[election]\nrt_priority = 100\n", "100", "real-time priorities are 1 to 99 (0 = normal scheduling)"),
+        ("[election]\nrt_priority = -1\n", "-1", "rt_priority"),
     ];
     for (extra, needle, says) in cases {
         let text = if extra.starts_with("[election]") {

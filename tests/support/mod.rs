@@ -40,6 +40,17 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// `n` free ports of `ip`, all different (held open together while picked:
+/// two `free_port` calls in a row may return the same port).
+pub fn free_ports(ip: &str, n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind((ip, 0)).unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -135,12 +146,9 @@ impl NodeFiles {
     /// 127.0.0.1) and the given cluster document.
     pub fn new(tag: &str, id: &str, cluster: &str, limits: &str) -> NodeFiles {
         let dir = TempDir::new(tag);
-        let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
-        let admin_addr: SocketAddr = format!("127.0.0.1:{}", free_port("127.0.0.1"))
-            .parse()
-            .unwrap();
+        let ports = free_ports("127.0.0.1", 2);
+        let proxy_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+        let admin_addr = SocketAddr::from(([127, 0, 0, 1], ports[1]));
         write_secret(&dir.0.join("admin.token"), TOKEN);
         write_secret(
             &dir.0.join("cluster.key"),

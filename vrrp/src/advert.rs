@@ -24,7 +24,9 @@
 //!  52   8  cluster-document generation
 //!  60  32  cluster-document hash (SHA-256)
 //!  92   1  sender's role: 1 master, 2 backup, 3 fault (see [`SenderRole`])
-//!  93   3  reserved, zero
+//!  93   1  flags: bit 0 = the sender holds the Reserved IP (its claim is
+//!          done: address assigned, first gratuitous ARP out); other bits zero
+//!  94   2  reserved, zero
 //!  96  32  HMAC-SHA256(cluster key, bytes 0..96)
 //! ```
 //! Only a master's adverts drive the election (RFC 5798: backups are silent
@@ -128,7 +130,14 @@ pub struct Advert {
     pub config_hash: [u8; 32],
     /// What the sender is; only [`SenderRole::Master`] adverts feed the election.
     pub role: SenderRole,
+    /// The sender holds the Reserved IP: its claim completed. A master that
+    /// hands over (SIGTERM) lets go of the address only once its successor
+    /// says this, so no client is left pointing at nobody.
+    pub holds: bool,
 }
+
+/// Flag bit of byte 93: the sender holds the Reserved IP.
+const FLAG_HOLDS: u8 = 0x01;
 
 /// The sender's election role, carried in every advert.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -230,6 +239,7 @@ pub fn encode(a: &Advert, key: &AdvertKey) -> [u8; ADVERT_LEN] {
     b[52..60].copy_from_slice(&a.generation.to_be_bytes());
     b[60..92].copy_from_slice(&a.config_hash);
     b[92] = a.role.to_byte();
+    b[93] = if a.holds { FLAG_HOLDS } else { 0 };
     let mut mac = key.mac.clone();
     mac.update(&b[..BODY_LEN]);
     b[BODY_LEN..].copy_from_slice(&mac.finalize().into_bytes());
@@ -287,7 +297,10 @@ pub fn decode(bytes: &[u8], key: &AdvertKey) -> Result<Advert, AdvertError> {
     let mut config_hash = [0u8; 32];
     config_hash.copy_from_slice(&bytes[60..92]);
     let role = SenderRole::from_byte(bytes[92]).ok_or(AdvertError::Malformed("sender role"))?;
-    if bytes[93..96].iter().any(|&x| x != 0) {
+    if bytes[93] & !FLAG_HOLDS != 0 {
+        return Err(AdvertError::Malformed("unknown flag bits"));
+    }
+    if bytes[94..96].iter().any(|&x| x != 0) {
         return Err(AdvertError::Malformed("reserved bytes not zero"));
     }
     let a = Advert {
@@ -301,6 +314,7 @@ pub fn decode(bytes: &[u8], key: &AdvertKey) -> Result<Advert, AdvertError> {
         generation: be_u64(&bytes[52..60]),
         config_hash,
         role,
+        holds: bytes[93] & FLAG_HOLDS != 0,
     };
     if a.priority == 255 {
         return Err(AdvertError::Malformed("priority 255"));

@@ -27,6 +27,7 @@ fn sample(sender: IpAddr, epoch: u64, seq: u64) -> Advert {
         generation: 7,
         config_hash: [0x9f; 32],
         role: SenderRole::Master,
+        holds: false,
     }
 }
 
@@ -53,6 +54,8 @@ fn round_trip_v4_and_v6() {
         assert_eq!(&b[..4], b"DYNV");
         assert_eq!(b[4], 1);
         assert_eq!(decode(&b, &k), Ok(a));
+        let held = Advert { holds: true, ..a };
+        assert_eq!(decode(&encode(&held, &k), &k), Ok(held));
     }
     let a = sample(ip(12), 1, 2);
     assert_eq!(
@@ -84,6 +87,13 @@ fn layout_is_fixed() {
     );
     assert_eq!(&b[52..60], &7u64.to_be_bytes());
     assert_eq!(&b[60..92], &[0x9f; 32]);
+    assert_eq!(b[92], 1); // role: master
+    assert_eq!(b[93], 0); // flags: does not hold the Reserved IP
+    let held = Advert {
+        holds: true,
+        ..sample(ip(12), 1, 1)
+    };
+    assert_eq!(encode(&held, &key())[93], 1);
 }
 
 #[test]
@@ -177,7 +187,11 @@ fn authenticated_but_malformed() {
     i0[8..12].copy_from_slice(&0u32.to_be_bytes());
     let mut ibig = b;
     ibig[8..12].copy_from_slice(&40_951u32.to_be_bytes());
-    for bad in [fam, pad, p255, i0, ibig] {
+    let mut flag = b;
+    flag[93] = 0x02; // an unknown flag bit
+    let mut rsv = b;
+    rsv[95] = 1;
+    for bad in [fam, pad, p255, i0, ibig, flag, rsv] {
         let bad = remac(bad, KEY);
         assert!(matches!(decode(&bad, &k), Err(AdvertError::Malformed(_))));
         assert_eq!(filter().accept(&bad, None), Err(DropReason::Malformed));

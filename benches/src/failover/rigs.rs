@@ -39,6 +39,8 @@ pub struct Ctx {
     pub keepalived: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
     pub tmp: TmpDir,
+    /// `[election] rt_priority` for the dynia nodes; `None` = their default.
+    pub rt_priority: Option<u8>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -250,6 +252,80 @@ fn transitions(c: &NetnsCluster, i: usize) -> Option<f64> {
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
 }
 
+/// The rig's cluster document sets no `[election]`: the default 100 ms.
+const DEFAULT_ADVERT_S: f64 = 0.1;
+
+/// `dynia_election_advert_gap_seconds` buckets: (le, cumulative count),
+/// `+Inf` last.
+fn gap_buckets(c: &NetnsCluster, i: usize) -> Option<Vec<(f64, f64)>> {
+    let text = admin_get(c, i, "/metrics")?;
+    let mut out = Vec::new();
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix("dynia_election_advert_gap_seconds_bucket{le=\"") else {
+            continue;
+        };
+        let (le, tail) = rest.split_once('"')?;
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse().ok()?
+        };
+        out.push((le, tail.split_whitespace().last()?.parse().ok()?));
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// One line on the gaps between a master's adverts as a node heard them
+/// during the soak (after - before): how many, how many longer than 1.5x,
+/// 2x and 3x the interval, and the bucket the longest fell in.
+fn gap_line(
+    before: Option<&[(f64, f64)]>,
+    after: Option<&[(f64, f64)]>,
+    interval_s: f64,
+) -> String {
+    let (Some(b), Some(a)) = (before, after) else {
+        return "advert gaps: ?".into();
+    };
+    if a.len() != b.len() {
+        return "advert gaps: ?".into();
+    }
+    let d: Vec<(f64, f64)> = a.iter().zip(b).map(|(x, y)| (x.0, x.1 - y.1)).collect();
+    let total = d.last().map_or(0.0, |x| x.1);
+    if total == 0.0 {
+        return "advert gaps: none heard (master)".into();
+    }
+    let over = |t: f64| -> f64 {
+        let at_most = d
+            .iter()
+            .filter(|x| x.0 <= t + 1e-9)
+            .map(|x| x.1)
+            .fold(0.0, f64::max);
+        total - at_most
+    };
+    let mut lo = 0.0;
+    let mut longest = String::new();
+    for (le, cum) in &d {
+        if *cum >= total {
+            longest = if le.is_finite() {
+                format!("{lo:.3}-{le:.3} s")
+            } else {
+                format!("> {lo:.3} s")
+            };
+            break;
+        }
+        lo = *le;
+    }
+    format!(
+        "advert gaps heard: {total}, > {:.0} ms: {}, > {:.0} ms: {}, > {:.0} ms: {}, longest in {longest}",
+        1.5 * interval_s * 1000.0,
+        over(1.5 * interval_s),
+        2.0 * interval_s * 1000.0,
+        over(2.0 * interval_s),
+        3.0 * interval_s * 1000.0,
+        over(3.0 * interval_s),
+    )
+}
+
 fn write_secret(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text)?;
@@ -309,10 +385,14 @@ impl DyniaRig {
                 "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\
                  [admin]\nlisten = \"{ip}:{ADMIN_PORT}\"\ntoken_file = \"{d}/admin.token\"\n\n\
                  [[listener]]\nname = \"http\"\nbind = \"0.0.0.0:{PROXY_PORT}\"\n\n\
-                 [election]\nkey_file = \"{d}/cluster.key\"\n\n\
+                 [election]\nkey_file = \"{d}/cluster.key\"\n{rt}\n\
                  [reserved_ip]\ndriver = \"l2\"\naddress = \"{vip}\"\ninterface = \"eth0\"\nprefix = 24\n",
                 ip = c.node_ip(i),
                 d = d.display(),
+                rt = ctx
+                    .rt_priority
+                    .map(|p| format!("rt_priority = {p}\n"))
+                    .unwrap_or_default(),
             );
             let path = d.join("dynia.toml");
             std::fs::write(&path, node)?;
@@ -859,6 +939,8 @@ pub fn soak(ctx: &Ctx, duration: Duration, connections: u32) -> Result<SoakRepor
     }
     let n = rig.c.len();
     let before: Vec<Option<f64>> = (0..n).map(|i| transitions(&rig.c, i)).collect();
+    let gaps_before: Vec<Option<Vec<(f64, f64)>>> =
+        (0..n).map(|i| gap_buckets(&rig.c, i)).collect();
     let roles_before: Vec<String> = (0..n).map(|i| role(&rig.c, i)).collect();
     let master_pid = rig.pids[0];
     let cpu0 = procs::cpu_time(master_pid);
@@ -913,6 +995,7 @@ pub fn soak(ctx: &Ctx, duration: Duration, connections: u32) -> Result<SoakRepor
     let events: Vec<String> = events.into_iter().take(EVENT_LINES).map(|e| e.1).collect();
     let wrk_raw = wrk_output(c);
     let after: Vec<Option<f64>> = (0..n).map(|i| transitions(c, i)).collect();
+    let gaps_after: Vec<Option<Vec<(f64, f64)>>> = (0..n).map(|i| gap_buckets(c, i)).collect();
     let roles_after: Vec<String> = (0..n).map(|i| role(c, i)).collect();
     let mut total = Some(0.0);
     let node_lines = (0..n)
@@ -926,12 +1009,17 @@ pub fn soak(ctx: &Ctx, duration: Duration, connections: u32) -> Result<SoakRepor
             };
             total = total.map(|t| t + d);
             format!(
-                "{}: role {} -> {}, dynia_election_transitions_total {} -> {} (+{d})",
+                "{}: role {} -> {}, dynia_election_transitions_total {} -> {} (+{d}); {}",
                 IDS[i],
                 roles_before[i],
                 roles_after[i],
                 before[i].map_or("?".into(), |v| v.to_string()),
                 after[i].map_or("?".into(), |v| v.to_string()),
+                gap_line(
+                    gaps_before[i].as_deref(),
+                    gaps_after[i].as_deref(),
+                    DEFAULT_ADVERT_S
+                ),
             )
         })
         .collect();

@@ -257,10 +257,21 @@ pub struct NodeElection {
     /// UDP port of the `dynia` transport. Default 5405.
     #[serde(default = "default_election_port")]
     pub port: u16,
+    /// Real-time priority (SCHED_RR, 1..=99) of the election thread, so a
+    /// saturated machine cannot delay adverts past the backups'
+    /// Master_Down_Interval (keepalived's `vrrp_rt_priority`); 0 = normal
+    /// scheduling. Needs CAP_SYS_NICE; without it the thread runs at normal
+    /// priority and says so in the log. Default 10.
+    #[serde(default = "default_rt_priority")]
+    pub rt_priority: u8,
 }
 
 fn default_election_port() -> u16 {
     5405
+}
+
+fn default_rt_priority() -> u8 {
+    10
 }
 
 impl Default for NodeElection {
@@ -268,6 +279,7 @@ impl Default for NodeElection {
         NodeElection {
             key_file: None,
             port: default_election_port(),
+            rt_priority: default_rt_priority(),
         }
     }
 }

@@ -148,6 +148,15 @@ pub(crate) fn node_file(n: &NodeFile) -> Problems {
             "port must be between 1 and 65535; the default is 5405",
         );
     }
+    if n.election.rt_priority > 99 {
+        p.push(
+            kp!["election", "rt_priority"],
+            format!(
+                "rt_priority {} is out of range: real-time priorities are 1 to 99 (0 = normal scheduling); the default is 10",
+                n.election.rt_priority
+            ),
+        );
+    }
 
     reserved_ip(&mut p, n);
 
