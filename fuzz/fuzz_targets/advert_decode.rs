@@ -57,6 +57,7 @@ fuzz_target!(|data: &[u8]| {
             generation: u64_at(24),
             config_hash: [data[6]; 32],
             role: [SenderRole::Master, SenderRole::Backup, SenderRole::Fault][usize::from(data[7] % 3)],
+            holds: data[0] & 2 == 2,
         };
         let bytes: [u8; ADVERT_LEN] = encode(&a, k);
         assert_eq!(decode(&bytes, k), Ok(a));
