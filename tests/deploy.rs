@@ -20,7 +20,7 @@ fn promtool_accepts_alert_rules() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 9 rules found"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 10 rules found"));
 }
 
 #[test]
