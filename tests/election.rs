@@ -197,35 +197,79 @@ async fn forged_and_replayed_adverts_change_nothing() {
     };
     let bytes = dynia_vrrp::advert::encode(&forged, &key);
     let sock = std::net::UdpSocket::bind("127.0.2.4:0").unwrap();
-    for _ in 0..20 {
-        sock.send_to(&bytes, ("127.0.2.3", port)).unwrap();
-        sock.send_to(&bytes[..60], ("127.0.2.3", port)).unwrap();
-        sock.send_to(b"garbage", ("127.0.2.3", port)).unwrap();
+    let transitions_before = metric_value(
+        &metrics(rig.admin(0)).await,
+        "dynia_election_transitions_total",
+    );
+    // To a backup (it would take over at once if believed) and to the master
+    // (it would step down to a priority-254 master if believed).
+    for to in ["127.0.2.3", "127.0.2.2"] {
+        for _ in 0..20 {
+            sock.send_to(&bytes, (to, port)).unwrap();
+            sock.send_to(&bytes[..60], (to, port)).unwrap();
+            sock.send_to(b"garbage", (to, port)).unwrap();
+        }
     }
-    // A validly signed advert from an old boot of node 2 (a replay): dropped.
+    // Validly signed adverts that are replays: one from an old boot of node 2,
+    // and one with node 2's *current* boot epoch (its state dir records it)
+    // and a sequence number it used long ago, as a captured packet would be.
     let real_key = dynia_vrrp::advert::AdvertKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
-    let replayed = dynia_vrrp::advert::Advert { epoch: 1, ..forged };
-    let replay_bytes = dynia_vrrp::advert::encode(&replayed, &real_key);
-    for _ in 0..5 {
-        sock.send_to(&replay_bytes, ("127.0.2.3", port)).unwrap();
-    }
-    let admin = rig.admin(1);
-    wait_until(
-        WAIT,
-        "forged and replayed adverts counted as dropped",
-        || async move {
-            let m = metrics(admin).await;
-            m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
-                && m.contains("dynia_election_adverts_dropped_total{reason=\"replay_old_epoch\"} 5")
-        },
-    )
+    let old_boot = dynia_vrrp::advert::Advert { epoch: 1, ..forged };
+    let epoch_file = rig.nodes[2].files.dir.0.join("election.epoch");
+    let current: u64 = std::fs::read_to_string(&epoch_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", epoch_file.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let captured = dynia_vrrp::advert::Advert {
+        epoch: current,
+        seq: 1,
+        ..forged
+    };
+    let old_boot_bytes = dynia_vrrp::advert::encode(&old_boot, &real_key);
+    let captured_bytes = dynia_vrrp::advert::encode(&captured, &real_key);
+    // Node 2 has sent more than one advert since it started (heartbeats).
+    let admin2 = rig.admin(2);
+    wait_until(WAIT, "node 2 to have sent a few adverts", || async move {
+        metric_value(&metrics(admin2).await, "dynia_election_adverts_sent_total") >= 3.0
+    })
     .await;
+    for to in ["127.0.2.3", "127.0.2.2"] {
+        for _ in 0..5 {
+            sock.send_to(&old_boot_bytes, (to, port)).unwrap();
+            sock.send_to(&captured_bytes, (to, port)).unwrap();
+        }
+    }
+    for i in [0, 1] {
+        let admin = rig.admin(i);
+        wait_until(
+            WAIT,
+            &format!("node {i} to count the forged and replayed adverts as dropped"),
+            || async move {
+                let m = metrics(admin).await;
+                m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
+                    && m.contains(
+                        "dynia_election_adverts_dropped_total{reason=\"replay_old_epoch\"} 5",
+                    )
+                    && m.contains(
+                        "dynia_election_adverts_dropped_total{reason=\"replay_old_seq\"} 5",
+                    )
+            },
+        )
+        .await;
+    }
     assert_eq!(
         rig.masters().await,
         vec![0],
-        "a forged advert moved mastership"
+        "a forged or replayed advert moved mastership"
     );
     assert_eq!(role(rig.admin(1)).await, "backup");
+    let m = metrics(rig.admin(0)).await;
+    assert_eq!(
+        metric_value(&m, "dynia_election_transitions_total"),
+        transitions_before,
+        "the master changed state: {m}"
+    );
 }
 
 #[tokio::test]
@@ -293,6 +337,16 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
         d1.log_text().contains("reserved ip claimed")
     })
     .await;
+    let m1 = metrics(rig.admin(1)).await;
+    assert_eq!(
+        metric_value(&m1, "dynia_reserved_ip_claims_total{result=\"success\"}"),
+        1.0,
+        "{m1}"
+    );
+    assert_eq!(
+        metric_value(&m1, "dynia_reserved_ip_claims_total{result=\"failure\"}"),
+        0.0
+    );
     let logs = rig.logs();
     assert!(!logs.contains(DO_TOKEN), "the API token reached a log line");
     for i in 1..3 {
@@ -303,6 +357,80 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
         let m = metrics(rig.admin(i)).await;
         assert!(!s.contains(DO_TOKEN) && !m.contains(DO_TOKEN));
     }
+}
+
+/// A new master whose claim fails (the API answers 500 for a while) finds
+/// the Reserved IP still on the dead old master: that is not a split brain
+/// (its own claim never succeeded), so it claims again instead of stepping
+/// back, and the IP lands on it once the API recovers.
+#[tokio::test]
+async fn a_failed_claim_is_retried_not_taken_for_a_split() {
+    let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), DO_TOKEN)
+        .await
+        .unwrap();
+    let vip: IpAddr = "203.0.113.11".parse().unwrap();
+    for (i, id) in [111u64, 112, 113].iter().enumerate() {
+        sim.add_droplet(*id, format!("127.0.8.{}", i + 2).parse().unwrap());
+    }
+    sim.add_reserved_ip(vip, None);
+    let url = sim.url();
+    let token_dir = TempDir::new("do-fail");
+    let token_file = token_dir.0.join("do.token");
+    write_secret(&token_file, DO_TOKEN);
+    let tf = token_file.display().to_string();
+    let mut rig = Rig::new(
+        "dofail",
+        "127.0.8",
+        move |_| {
+            format!(
+                "[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"{vip}\"\ntoken_file = \"{tf}\"\n\
+                 api_url = \"{url}\"\nmetadata_url = \"{url}\"\n"
+            )
+        },
+        |i| format!("droplet_id = {}\n", 111 + i),
+    )
+    .await;
+    rig.wait_role(0, "master").await;
+    wait_until(WAIT, "the IP on droplet 111", || async {
+        sim.holder(vip) == Some(111)
+    })
+    .await;
+    // Enough 500s for the next claim's every attempt and the first
+    // reconcile's reads (6 attempts each by default).
+    sim.fail_next_server_error(12, 500);
+    rig.daemons[0] = None;
+    rig.wait_role(1, "master").await;
+    let admin1 = rig.admin(1);
+    wait_until(
+        WAIT,
+        "the new master's first claim to fail",
+        || async move {
+            metric_value(
+                &metrics(admin1).await,
+                "dynia_reserved_ip_claims_total{result=\"failure\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(45),
+        "the IP on droplet 112 once the API answers again",
+        || async { sim.holder(vip) == Some(112) },
+    )
+    .await;
+    let log = rig.daemons[1].as_ref().unwrap().log_text();
+    assert!(
+        !log.contains("stepping back"),
+        "the new master took its own failed claim for a split brain:\n{log}"
+    );
+    assert!(log.contains("claiming it again"), "{log}");
+    assert_eq!(rig.masters().await, vec![1]);
+    let m = metrics(admin1).await;
+    assert_eq!(
+        metric_value(&m, "dynia_election_transitions_total"),
+        2.0,
+        "node 1 went backup → master only: {m}"
+    );
 }
 
 #[tokio::test]

@@ -1,11 +1,16 @@
 //! Split brain with the DigitalOcean driver must not ping-pong the Reserved IP.
 //!
-//! Three `dynia run` nodes on 127.0.0.2-4 and the API simulator on 127.0.0.1,
+//! Four `dynia run` nodes on 127.0.0.2-5 and the API simulator on 127.0.0.1,
 //! all inside one network namespace this test creates, so iptables can cut
-//! the election traffic of the master while every node still reaches the
-//! API (as droplets in a split VPC still reach DigitalOcean's API). The
-//! isolated master must find the IP on a live member through the API and
-//! step back instead of claiming it again. Needs root; elsewhere it skips.
+//! the election traffic between {node 0, node 3} and {node 1, node 2} while
+//! every node still reaches the API (as droplets in a split VPC still reach
+//! DigitalOcean's API). Node 0, the master, must find the IP on a live member
+//! through the API and stop claiming, while staying master so that node 3,
+//! on its side, does not elect another master that would claim in turn; and
+//! this must hold for as long as the split lasts (the test waits 40 s). When
+//! the holder's droplet stops, node 0 must take the IP back; when the split
+//! heals, the highest priority takes it back once. Needs root; elsewhere it
+//! skips.
 
 #[allow(unused_imports)]
 mod support;
@@ -19,15 +24,15 @@ use support::netns::{in_netns, root_or_skip};
 use support::*;
 
 const TOKEN_DO: &str = "dop_v1_pingpong_simulated_token";
-const IDS: [&str; 3] = ["quiet-heron", "rapid-otter", "solid-bison"];
-const DROPLETS: [u64; 3] = [501, 502, 503];
+const IDS: [&str; 4] = ["quiet-heron", "rapid-otter", "solid-bison", "tidy-finch"];
+const DROPLETS: [u64; 4] = [501, 502, 503, 504];
 
 /// A network namespace removed on drop.
 struct Netns(String);
 
 impl Netns {
-    fn new() -> Netns {
-        let name = format!("dynia-{}-pp", std::process::id());
+    fn new(tag: &str) -> Netns {
+        let name = format!("dynia-{}-{tag}", std::process::id());
         // A leftover from a crashed run with the same pid, if any (usually
         // none, so its "cannot remove" complaint is not shown).
         let _ = Command::new("ip")
@@ -79,12 +84,14 @@ fn cut(a: &str, others: &[&str], port: u16, add: bool) {
     }
 }
 
-#[test]
-fn isolated_master_steps_back_instead_of_reclaiming() {
-    if !root_or_skip("isolated_master_steps_back_instead_of_reclaiming") {
-        return;
-    }
-    let ns = Netns::new();
+/// How long a split is held in the quiet phase.
+const SPLIT_FOR: Duration = Duration::from_secs(40);
+
+fn run_in_netns<F: std::future::Future<Output = ()>>(
+    tag: &str,
+    f: impl FnOnce() -> F + Send + 'static,
+) {
+    let ns = Netns::new(tag);
     let name = ns.0.clone();
     in_netns(&name, || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,102 +99,255 @@ fn isolated_master_steps_back_instead_of_reclaiming() {
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(scenario());
+        rt.block_on(f());
     });
 }
 
-async fn scenario() {
-    let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN_DO)
-        .await
-        .unwrap();
-    let vip: IpAddr = "203.0.113.20".parse().unwrap();
-    for (i, d) in DROPLETS.iter().enumerate() {
-        sim.add_droplet(*d, format!("127.0.0.{}", i + 2).parse().unwrap());
+#[test]
+fn a_split_brain_does_not_ping_pong_the_reserved_ip() {
+    if !root_or_skip("a_split_brain_does_not_ping_pong_the_reserved_ip") {
+        return;
     }
-    sim.add_reserved_ip(vip, None);
-    let ips = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
-    let ports = common_ports(&ips);
-    let dir = TempDir::new("pingpong");
-    let token_file = dir.0.join("do.token");
-    write_secret(&token_file, TOKEN_DO);
-    let mut cluster = String::from("generation = 1\ncluster = \"pingpong\"\n\n");
-    for i in 0..3 {
-        cluster.push_str(&format!(
-            "[[member]]\nid = \"{}\"\nprivate_ip = \"{}\"\npriority = {}\ndroplet_id = {}\n\n",
-            IDS[i],
-            ips[i],
-            150 - 10 * i,
-            DROPLETS[i]
-        ));
+    run_in_netns("pp", split_quiet_heal);
+}
+
+#[test]
+fn the_other_side_takes_the_ip_when_the_holders_droplet_stops() {
+    if !root_or_skip("the_other_side_takes_the_ip_when_the_holders_droplet_stops") {
+        return;
     }
-    let url = sim.url();
-    let extra = format!(
-        "[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"{vip}\"\ntoken_file = \"{}\"\n\
-         api_url = \"{url}\"\nmetadata_url = \"{url}\"\n",
-        token_file.display()
-    );
-    let nodes: Vec<ClusterNode> = (0..3)
-        .map(|i| cluster_node("pingpong", IDS[i], ips[i], &cluster, ports, &extra))
-        .collect();
-    let mut daemons = Vec::new();
-    for n in &nodes {
-        daemons.push(Daemon::start(&n.files).await);
+    run_in_netns("pw", split_then_holder_stops);
+}
+
+/// Four nodes (priorities 150/140/130/120, droplets 501-504) on
+/// 127.0.0.2-5 and the simulator, with node 0 master and holding the IP.
+struct Split {
+    sim: DoSim,
+    vip: IpAddr,
+    nodes: Vec<ClusterNode>,
+    daemons: Vec<Option<Daemon>>,
+    ports: (u16, u16, u16),
+    _dir: TempDir,
+}
+
+const IPS: [&str; 4] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+/// The two sides of the split.
+const SIDE_B: [usize; 2] = [0, 3];
+const SIDE_A: [usize; 2] = [1, 2];
+
+impl Split {
+    async fn start() -> Split {
+        let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN_DO)
+            .await
+            .unwrap();
+        let vip: IpAddr = "203.0.113.20".parse().unwrap();
+        for (i, d) in DROPLETS.iter().enumerate() {
+            sim.add_droplet(*d, IPS[i].parse().unwrap());
+        }
+        sim.add_reserved_ip(vip, None);
+        let ports = common_ports(&IPS);
+        let dir = TempDir::new("pingpong");
+        let token_file = dir.0.join("do.token");
+        write_secret(&token_file, TOKEN_DO);
+        let mut cluster = String::from("generation = 1\ncluster = \"pingpong\"\n\n");
+        for i in 0..IPS.len() {
+            cluster.push_str(&format!(
+                "[[member]]\nid = \"{}\"\nprivate_ip = \"{}\"\npriority = {}\ndroplet_id = {}\n\n",
+                IDS[i],
+                IPS[i],
+                150 - 10 * i,
+                DROPLETS[i]
+            ));
+        }
+        let url = sim.url();
+        let extra = format!(
+            "[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"{vip}\"\ntoken_file = \"{}\"\n\
+             api_url = \"{url}\"\nmetadata_url = \"{url}\"\n",
+            token_file.display()
+        );
+        let nodes: Vec<ClusterNode> = (0..IPS.len())
+            .map(|i| cluster_node("pingpong", IDS[i], IPS[i], &cluster, ports, &extra))
+            .collect();
+        let mut daemons = Vec::new();
+        for n in &nodes {
+            daemons.push(Some(Daemon::start(&n.files).await));
+        }
+        let s = Split {
+            sim,
+            vip,
+            nodes,
+            daemons,
+            ports,
+            _dir: dir,
+        };
+        wait_until(
+            Duration::from_secs(20),
+            "node 0 master holding the IP",
+            || async {
+                s.roles().await == ["master", "backup", "backup", "backup"]
+                    && s.holder() == Some(DROPLETS[0])
+            },
+        )
+        .await;
+        assert_eq!(s.assigns(), 1);
+        s
     }
-    let admin = |i: usize| nodes[i].files.admin_addr;
-    let wait = Duration::from_secs(20);
-    wait_until(wait, "node 0 master holding the IP", || async {
-        role(admin(0)).await == "master" && sim.holder(vip) == Some(DROPLETS[0])
-    })
-    .await;
-    let assigns = || {
-        sim.api_calls()
+
+    async fn roles(&self) -> Vec<String> {
+        let mut r = Vec::new();
+        for n in &self.nodes {
+            r.push(role(n.files.admin_addr).await);
+        }
+        r
+    }
+
+    async fn held(&self, i: usize) -> bool {
+        status(self.nodes[i].files.admin_addr).await["reserved_ip"]["held"] == true
+    }
+
+    fn holder(&self) -> Option<u64> {
+        self.sim.holder(self.vip)
+    }
+
+    /// Successful assign actions so far.
+    fn assigns(&self) -> usize {
+        self.sim
+            .api_calls()
             .into_iter()
             .filter(|c| c.is_action_post() && c.status < 300)
             .count()
-    };
-    assert_eq!(assigns(), 1);
-
-    // Split: node 0 hears nobody and nobody hears node 0; all still reach the API.
-    cut(ips[0], &ips[1..], ports.2, true);
-    wait_until(wait, "node 1 to take over", || async {
-        role(admin(1)).await == "master" && sim.holder(vip) == Some(DROPLETS[1])
-    })
-    .await;
-    // Node 0's reconcile finds the IP on a live member and steps back.
-    wait_until(wait, "the isolated master to step back", || async {
-        role(admin(0)).await == "backup"
-    })
-    .await;
-    assert!(daemons[0]
-        .log_text()
-        .contains("stepping back instead of re-claiming"));
-    // And stays out: no further assign for a while (well past the reconcile period).
-    let quiet = Instant::now();
-    while quiet.elapsed() < Duration::from_secs(7) {
-        assert_eq!(assigns(), 2, "the Reserved IP ping-pongs during the split");
-        assert_eq!(sim.holder(vip), Some(DROPLETS[1]));
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Heal: node 0 hears node 1 again and, with the higher priority, takes the IP back once.
-    cut(ips[0], &ips[1..], ports.2, false);
-    wait_until(wait, "one master after heal", || async {
-        role(admin(0)).await == "master"
-            && role(admin(1)).await == "backup"
-            && sim.holder(vip) == Some(DROPLETS[0])
+    /// Nodes of side B hear nobody of side A and the other way round; all
+    /// still reach the API.
+    fn cut(&self, add: bool) {
+        for b in SIDE_B {
+            let others: Vec<&str> = SIDE_A.iter().map(|&a| IPS[a]).collect();
+            cut(IPS[b], &others, self.ports.2, add);
+        }
+    }
+
+    /// The split settles: node 0 stepped back from the IP (logged) but is
+    /// still master for node 3; one master on side A holds the IP. Returns
+    /// that master.
+    async fn settled_split(&self) -> usize {
+        let wait = Duration::from_secs(30);
+        let holder_node = std::cell::Cell::new(usize::MAX);
+        wait_until(
+            wait,
+            "one master per side, side A's holding the IP",
+            || async {
+                let r = self.roles().await;
+                let a = match (r[1].as_str(), r[2].as_str()) {
+                    ("master", "backup") => 1,
+                    ("backup", "master") => 2,
+                    _ => return false,
+                };
+                holder_node.set(a);
+                r[0] == "master"
+                    && r[3] == "backup"
+                    && self.holder() == Some(DROPLETS[a])
+                    && !self.held(0).await
+                    && self.held(a).await
+            },
+        )
+        .await;
+        assert!(
+            self.log(0).contains("stepping back instead of re-claiming"),
+            "{}",
+            self.log(0)
+        );
+        holder_node.get()
+    }
+
+    fn log(&self, i: usize) -> String {
+        self.daemons[i]
+            .as_ref()
+            .map(|d| d.log_text())
+            .unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        (0..IPS.len()).map(|i| self.log(i)).collect()
+    }
+}
+
+async fn split_quiet_heal() {
+    let s = Split::start().await;
+    s.cut(true);
+    let a = s.settled_split().await;
+    // Right at the split node 0 may still count side A's new master as heard
+    // for a moment and claim once more; the other side then steps back.
+    let after_split = s.assigns();
+    assert!(
+        (2..=3).contains(&after_split),
+        "{after_split} assigns to settle one split\n{}",
+        s.logs()
+    );
+    // And nothing moves while the split lasts: no assign, the same masters
+    // (node 3 never takes over from the silent-to-A node 0).
+    let quiet = Instant::now();
+    let want_roles: Vec<String> = (0..4)
+        .map(|i| if i == 0 || i == a { "master" } else { "backup" }.to_string())
+        .collect();
+    while quiet.elapsed() < SPLIT_FOR {
+        assert_eq!(
+            s.assigns(),
+            after_split,
+            "the Reserved IP ping-pongs during the split ({:?} in)\n{}",
+            quiet.elapsed(),
+            s.logs()
+        );
+        assert_eq!(s.holder(), Some(DROPLETS[a]));
+        assert_eq!(s.roles().await, want_roles, "{}", s.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Heal: node 0 hears side A's master again and, with the highest
+    // priority, takes the IP back once.
+    s.cut(false);
+    wait_until(Duration::from_secs(20), "one master after heal", || async {
+        s.roles().await == ["master", "backup", "backup", "backup"]
+            && s.holder() == Some(DROPLETS[0])
+            && s.held(0).await
     })
     .await;
-    let settled = assigns();
+    let settled = s.assigns();
     assert_eq!(
-        settled, 3,
+        settled,
+        after_split + 1,
         "after heal: one assign back to the highest priority"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        assigns(),
-        settled,
-        "assigns continue after the cluster settled"
-    );
-    let logs: String = daemons.iter().map(|d| d.log_text()).collect();
-    assert!(!logs.contains(TOKEN_DO));
+    // A few reconcile periods (5 s each) without any further move.
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(11) {
+        assert_eq!(
+            s.assigns(),
+            settled,
+            "assigns continue after the cluster settled"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!s.logs().contains(TOKEN_DO));
+}
+
+async fn split_then_holder_stops() {
+    let mut s = Split::start().await;
+    s.cut(true);
+    let a = s.settled_split().await;
+    let before = s.assigns();
+    // Side A goes down and the API reports the holder's droplet as off:
+    // node 0, still master on side B, takes the IP back at its next check.
+    s.daemons[1] = None;
+    s.daemons[2] = None;
+    s.sim.set_droplet_status(DROPLETS[a], "off");
+    wait_until(
+        Duration::from_secs(20),
+        "node 0 to take the IP back",
+        || async { s.holder() == Some(DROPLETS[0]) && s.held(0).await },
+    )
+    .await;
+    assert!(s.log(0).contains("the split brain is over"), "{}", s.log(0));
+    assert_eq!(s.assigns(), before + 1);
+    assert_eq!(role(s.nodes[3].files.admin_addr).await, "backup");
 }

@@ -10,9 +10,16 @@
 //!   backups) update the peer table behind `/status.json`;
 //! - tracking polls whether the proxy can serve and tells the state machine;
 //! - a driver task makes the Reserved IP follow the role: claim on MASTER and
-//!   keep reconciling (claim again if the IP went nowhere; step back, without
-//!   re-claiming, if it points at another member: no ping-pong), release when
-//!   leaving MASTER; hooks run after each transition.
+//!   keep reconciling, by the pure rules of `dynia_vrrp::reconcile` (claim
+//!   again if the IP went nowhere, outside the cluster, to a member we hear
+//!   or whose droplet is off, or before our own claim ever succeeded; step
+//!   back from the address without re-claiming, but stay MASTER, if after
+//!   our claim it went to a running member we cannot hear: a split brain;
+//!   staying master keeps the nodes on our side from electing another
+//!   master that would claim in turn; the checks go on and claim it back
+//!   once that holder is gone or heard again); it releases when leaving
+//!   MASTER, abandons a claim the moment the role changes, and keeps the API
+//!   connection warm while backup; hooks run after each transition.
 //!
 //! Every queue is bounded, every external call has a timeout.
 
@@ -28,6 +35,7 @@ use dynia_vrrp::driver::{ClaimOutcome, Driver, Holder};
 use dynia_vrrp::election::{
     Action, AdvertIn, Election, ElectionConfig, Input, Millis, Priority, Reason, Role,
 };
+use dynia_vrrp::reconcile::{self, Verdict};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -49,6 +57,11 @@ const REASSERT_MIN_GAP: Duration = Duration::from_secs(1);
 /// A leaving master keeps the Reserved IP this long after its successor says
 /// it holds it (its gratuitous ARP is out: a moment for it to land).
 const HANDOVER_SETTLE_MIN: Duration = Duration::from_millis(200);
+/// A backup reads the Reserved IP's holder this often, which keeps the
+/// driver's pooled API connection warm (under its 90 s idle limit) so a
+/// failover pays no TCP + TLS handshake. About 45 API calls an hour per node,
+/// against DigitalOcean's 5 000 per hour and token.
+const WARM_EVERY: Duration = Duration::from_secs(80);
 /// After resigning, how long a leaving master waits at least for a successor
 /// that holds the Reserved IP (10 advert intervals if longer).
 const HANDOVER_WAIT_MIN: Duration = Duration::from_secs(2);
@@ -85,6 +98,9 @@ pub struct Settings {
     pub config_hash: [u8; 32],
     pub reserved_ip: Option<IpAddr>,
     pub hooks: Hooks,
+    /// Where the `dynia` transport keeps its boot epoch (`state_dir`), so a
+    /// restart never reuses an epoch even if the wall clock stepped back.
+    pub epoch_file: Option<PathBuf>,
 }
 
 /// Executables run after transitions, with arguments `<state> <address> <priority>`.
@@ -112,6 +128,9 @@ pub struct Shared {
     priority: AtomicU8,
     held: AtomicBool,
     peers: Mutex<HashMap<IpAddr, Seen>>,
+    /// The other members as the cluster document lists them now (the driver
+    /// task maps a holder's droplet id to a member with it).
+    members: Mutex<Arc<Vec<Peer>>>,
 }
 
 impl Shared {
@@ -149,6 +168,13 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .cloned()
+    }
+
+    fn members(&self) -> Arc<Vec<Peer>> {
+        self.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -298,6 +324,7 @@ impl ElectionHandle {
             priority: AtomicU8::new(settings.priority.get()),
             held: AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),
+            members: Mutex::new(Arc::new(settings.peers.clone())),
         });
         let (tx, rx) = mpsc::channel(COMMANDS);
         let sh = shared.clone();
@@ -422,7 +449,9 @@ struct Wakeups {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Want {
     Idle,
+    /// Master: claim and reconcile.
     Hold,
+    /// Not master: release where that means something.
     Release,
 }
 
@@ -475,20 +504,35 @@ impl Shell {
         Millis(self.started.elapsed().as_millis() as u64)
     }
 
+    /// A member heard within this window is reachable on the election
+    /// channel: three of the slowest messages a live member sends (a
+    /// backup's heartbeat with `dynia`; with `vrrp3`, whose backups are
+    /// silent, a master's advert), and never less than two
+    /// Master_Down_Intervals.
+    fn heard_window(&self) -> Duration {
+        let mdi = Duration::from_millis(self.election.master_down_interval_ms());
+        let slowest = if self.transport.heartbeats() {
+            HEARTBEAT
+        } else {
+            self.settings.advert_interval
+        };
+        (slowest * 3).max(mdi * 2)
+    }
+
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
         can_serve: Box<dyn Fn() -> bool + Send>,
     ) {
-        let (elsewhere_tx, mut elsewhere_rx) = mpsc::channel::<IpAddr>(4);
         tokio::spawn(driver_task(
-            self.driver.clone(),
+            DriverCtx {
+                driver: self.driver.clone(),
+                shared: self.shared.clone(),
+                metrics: self.metrics.clone(),
+                wake: self.wake.clone(),
+                heard_window: self.heard_window(),
+            },
             self.want.subscribe(),
-            self.shared.clone(),
-            self.metrics.clone(),
-            elsewhere_tx,
-            self.settings.clone(),
-            self.wake.clone(),
         ));
         let mut serving = can_serve();
         let now = self.now();
@@ -558,10 +602,6 @@ impl Shell {
                         let p = self.election.priority().get();
                         self.send(p, SenderRole::Master).await;
                     }
-                }
-                Some(holder) = elsewhere_rx.recv() => {
-                    let a = self.election.step(self.now(), Input::ReservedIpElsewhere { holder });
-                    self.apply(a.as_slice()).await;
                 }
                 cmd = commands.recv() => match cmd {
                     Some(Command::Reconfigure(s)) => self.reconfigure(*s).await,
@@ -714,6 +754,11 @@ impl Shell {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|a, _| self.settings.peers.iter().any(|p| p.addr == *a));
+        *self
+            .shared
+            .members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(self.settings.peers.clone());
     }
 
     /// SIGTERM: resign with priority 0 and, if master, keep the Reserved IP
@@ -797,108 +842,230 @@ impl Shell {
     }
 }
 
-/// Makes the Reserved IP follow `want`; reconciles while holding.
-async fn driver_task(
+/// What the driver task works with, apart from `want`.
+struct DriverCtx {
     driver: Driver,
-    mut want: watch::Receiver<Want>,
     shared: Arc<Shared>,
     metrics: Metrics,
-    elsewhere: mpsc::Sender<IpAddr>,
-    settings: Settings,
     wake: Arc<Wakeups>,
-) {
+    /// A member heard within this window is reachable on the election channel.
+    heard_window: Duration,
+}
+
+/// The driver task ends when the election loop is gone.
+struct Gone;
+
+/// Makes the Reserved IP follow `want`: claims and reconciles while
+/// master, releases otherwise; keeps the driver warm while not master. Every claim and probe is abandoned as soon as `want`
+/// changes, so a demoted master never finishes a claim its successor would
+/// have to undo.
+async fn driver_task(ctx: DriverCtx, mut want: watch::Receiver<Want>) {
+    warm(&ctx.driver, "start").await;
     loop {
         let w = *want.borrow_and_update();
-        match w {
-            Want::Idle => {}
+        let next = match w {
+            Want::Idle => idle(&ctx, &mut want).await,
             Want::Release => {
-                match driver.release().await {
-                    Ok(_) => tracing::debug!(driver = driver.name(), "reserved ip released"),
-                    Err(e) => {
-                        tracing::warn!(driver = driver.name(), error = %e, "reserved ip release failed")
-                    }
-                }
-                shared.held.store(false, Ordering::Relaxed);
+                release(&ctx).await;
+                idle(&ctx, &mut want).await
             }
-            Want::Hold => {
-                claim(&driver, &shared, &metrics, &wake.claimed).await;
-                let mut last_claim = Instant::now();
-                // Reconcile until the wish changes.
-                loop {
-                    tokio::select! {
-                        r = want.changed() => { if r.is_err() { return; } break; }
-                        _ = tokio::time::sleep(RECONCILE) => {}
-                        _ = wake.reassert.notified() => {
-                            if last_claim.elapsed() >= REASSERT_MIN_GAP {
-                                tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
-                                claim(&driver, &shared, &metrics, &wake.claimed).await;
-                                last_claim = Instant::now();
-                            }
-                            continue;
-                        }
-                    }
-                    match driver.holder().await {
-                        Ok(Holder::Me) | Ok(Holder::Unknown) => {}
-                        Ok(Holder::Nobody) => {
-                            tracing::warn!(
-                                "reconcile: the reserved ip points nowhere; claiming it again"
-                            );
-                            claim(&driver, &shared, &metrics, &wake.claimed).await;
-                        }
-                        Ok(Holder::Other { droplet_id }) => {
-                            let member = settings
-                                .peers
-                                .iter()
-                                .find(|p| p.droplet_id == Some(droplet_id));
-                            match member {
-                                Some(p) => {
-                                    tracing::warn!(holder = %p.id, droplet_id, "reconcile: the reserved ip is on a member we cannot hear; stepping back instead of re-claiming");
-                                    shared.held.store(false, Ordering::Relaxed);
-                                    let _ = elsewhere.try_send(p.addr);
-                                }
-                                None => {
-                                    tracing::warn!(droplet_id, "reconcile: the reserved ip is on a droplet outside the cluster; claiming it again");
-                                    claim(&driver, &shared, &metrics, &wake.claimed).await;
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "reconcile: cannot read the reserved ip's holder")
-                        }
-                    }
-                }
-                continue;
-            }
-        }
-        if want.changed().await.is_err() {
+            Want::Hold => hold(&ctx, &mut want).await,
+        };
+        if next.is_err() {
             return;
         }
     }
 }
 
-async fn claim(driver: &Driver, shared: &Shared, metrics: &Metrics, claimed: &tokio::sync::Notify) {
+async fn release(ctx: &DriverCtx) {
+    match ctx.driver.release().await {
+        Ok(_) => tracing::debug!(driver = ctx.driver.name(), "reserved ip released"),
+        Err(e) => {
+            tracing::warn!(driver = ctx.driver.name(), error = %e, "reserved ip release failed")
+        }
+    }
+    ctx.shared.held.store(false, Ordering::Relaxed);
+}
+
+/// Backup, fault or init: wait for a new wish, reading the holder every
+/// `WARM_EVERY` to keep the API connection warm.
+async fn idle(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), Gone> {
+    loop {
+        tokio::select! {
+            r = want.changed() => return r.map_err(|_| Gone),
+            _ = tokio::time::sleep(jittered(WARM_EVERY)) => warm(&ctx.driver, "keep-warm").await,
+        }
+    }
+}
+
+/// Reads the holder once (DigitalOcean: discovers the droplet id, opens the
+/// pooled TLS connection, checks the token); a failure is logged, not fatal.
+async fn warm(driver: &Driver, why: &'static str) {
+    if !matches!(driver, Driver::DigitalOcean(_)) {
+        return;
+    }
+    match driver.holder().await {
+        Ok(h) if why == "start" => {
+            tracing::info!(driver = driver.name(), holder = %h, "reserved ip driver ready")
+        }
+        Ok(h) => {
+            tracing::debug!(driver = driver.name(), holder = %h, why, "reserved ip holder read")
+        }
+        Err(e) => {
+            tracing::warn!(driver = driver.name(), error = %e, why, "cannot read the reserved ip's holder")
+        }
+    }
+}
+
+/// Runs `f` unless `want` changes first (`None` then, the future dropped).
+async fn unless_changed<T>(
+    want: &mut watch::Receiver<Want>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, Gone> {
+    tokio::select! {
+        v = f => Ok(Some(v)),
+        r = want.changed() => r.map(|_| None).map_err(|_| Gone),
+    }
+}
+
+/// Master: claim, then reconcile every `RECONCILE` until the wish changes.
+async fn hold(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), Gone> {
+    let Some(mut claimed) = unless_changed(want, claim(ctx)).await? else {
+        return Ok(());
+    };
+    let mut last_claim = Instant::now();
+    // Split brain: the holder we stepped back from (we stay master).
+    let mut yielded_to: Option<IpAddr> = None;
+    loop {
+        tokio::select! {
+            r = want.changed() => return r.map_err(|_| Gone),
+            _ = tokio::time::sleep(RECONCILE) => {}
+            _ = ctx.wake.reassert.notified() => {
+                if last_claim.elapsed() >= REASSERT_MIN_GAP {
+                    if yielded_to.take().is_some() {
+                        tracing::info!("the split brain is over (a lower-priority master is heard); claiming the reserved ip");
+                    } else {
+                        tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
+                    }
+                    let Some(ok) = unless_changed(want, claim(ctx)).await? else { return Ok(()) };
+                    claimed |= ok;
+                    last_claim = Instant::now();
+                }
+                continue;
+            }
+        }
+        let Some(holder) = unless_changed(want, ctx.driver.holder()).await? else {
+            return Ok(());
+        };
+        let Some(o) = observe(ctx, holder, claimed) else {
+            continue;
+        };
+        match reconcile::decide(&o) {
+            Verdict::Fine => {
+                if o.seen == reconcile::Seen::Me {
+                    ctx.shared.held.store(true, Ordering::Relaxed);
+                    if yielded_to.take().is_some() {
+                        tracing::info!(
+                            "the reserved ip points here again; the split brain is over"
+                        );
+                    }
+                }
+            }
+            Verdict::Claim => {
+                if yielded_to.take().is_some() {
+                    tracing::info!(holder = ?o.seen, "the split brain is over (the holder is gone or heard again); claiming the reserved ip");
+                } else {
+                    tracing::warn!(holder = ?o.seen, "reconcile: the reserved ip does not point here; claiming it again");
+                }
+                let Some(ok) = unless_changed(want, claim(ctx)).await? else {
+                    return Ok(());
+                };
+                claimed |= ok;
+                last_claim = Instant::now();
+            }
+            Verdict::Yield { holder } => {
+                if yielded_to != Some(holder) {
+                    tracing::warn!(%holder, seen = ?o.seen, "reconcile: the reserved ip is on a running member we cannot hear (split brain); stepping back instead of re-claiming, and staying master for the nodes that hear us");
+                }
+                yielded_to = Some(holder);
+                ctx.shared.held.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The driver's answer, resolved against the members and the peer table;
+/// `None` (logged) when the holder cannot be read.
+fn observe(
+    ctx: &DriverCtx,
+    holder: Result<Holder, dynia_vrrp::driver::DriverError>,
+    claimed: bool,
+) -> Option<reconcile::Observation> {
+    let seen = match holder {
+        Err(e) => {
+            tracing::warn!(error = %e, "reconcile: cannot read the reserved ip's holder");
+            return None;
+        }
+        Ok(Holder::Me) => reconcile::Seen::Me,
+        Ok(Holder::Nobody) => reconcile::Seen::Nobody,
+        Ok(Holder::Unknown) => reconcile::Seen::Unknown,
+        Ok(Holder::Other {
+            droplet_id,
+            running,
+        }) => match ctx
+            .shared
+            .members()
+            .iter()
+            .find(|p| p.droplet_id == Some(droplet_id))
+        {
+            None => reconcile::Seen::Outsider,
+            Some(p) => reconcile::Seen::Member {
+                addr: p.addr,
+                heard_ago: ctx.shared.seen(p.addr).map(|s| s.at.elapsed()),
+                running,
+            },
+        },
+    };
+    Some(reconcile::Observation {
+        seen,
+        heard_window: ctx.heard_window,
+        claimed_since_master: claimed,
+    })
+}
+
+/// One claim through the driver (bounded by the driver's retry policy);
+/// true when it succeeded.
+async fn claim(ctx: &DriverCtx) -> bool {
     let started = Instant::now();
-    match driver.claim().await {
+    match ctx.driver.claim().await {
         Ok(outcome) => {
-            metrics.claims.with_label_values(&["success"]).inc();
-            shared.held.store(true, Ordering::Relaxed);
-            claimed.notify_one();
+            ctx.metrics.claims.with_label_values(&["success"]).inc();
+            ctx.shared.held.store(true, Ordering::Relaxed);
+            ctx.wake.claimed.notify_one();
             let action_id = match outcome {
                 ClaimOutcome::Assigned { action_id } => Some(action_id),
                 _ => None,
             };
             tracing::info!(
-                driver = driver.name(),
+                driver = ctx.driver.name(),
                 ?action_id,
                 ms = started.elapsed().as_millis() as u64,
                 "reserved ip claimed"
             );
+            true
         }
         Err(e) => {
-            metrics.claims.with_label_values(&["failure"]).inc();
-            tracing::error!(driver = driver.name(), error = %e, "reserved ip claim failed; reconcile will retry");
+            ctx.metrics.claims.with_label_values(&["failure"]).inc();
+            tracing::error!(driver = ctx.driver.name(), error = %e, "reserved ip claim failed; reconcile will retry");
+            false
         }
     }
+}
+
+/// `d` ± 10 %, so a cluster's nodes do not call the API in step.
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.9..1.1))
 }
 
 /// Runs the hook for `role` (if any) with `<state> <address> <priority>`, bounded.

@@ -137,10 +137,7 @@ impl Opened {
     pub fn into_transport(self, s: &Settings) -> io::Result<Transport> {
         Ok(match self {
             Opened::Dynia(socket) => {
-                let epoch = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(1);
+                let epoch = boot_epoch(s.epoch_file.as_deref());
                 let key = s
                     .key
                     .clone()
@@ -640,5 +637,83 @@ mod tests {
             text.contains("CAP_NET_RAW") && text.contains("vrrp3"),
             "{text}"
         );
+    }
+}
+
+/// The boot epoch of this run's adverts: the wall clock in milliseconds, but
+/// always above the epoch of the previous run, which `file` keeps. Peers
+/// drop adverts whose (epoch, sequence) does not grow (replay protection),
+/// so a restart after the clock stepped back (no RTC, NTP correction) must
+/// still pick a higher epoch, or its adverts are dropped for good and it
+/// becomes a second master. Without a file (or if it cannot be written: a
+/// warning) the wall clock alone decides.
+pub(crate) fn boot_epoch(file: Option<&std::path::Path>) -> u64 {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(1)
+        .max(1);
+    let Some(file) = file else { return wall };
+    let last = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    let epoch = match last {
+        Some(l) if l >= wall => {
+            tracing::warn!(
+                last = l,
+                wall,
+                "the wall clock is behind the previous run's advert epoch; using the previous one + 1"
+            );
+            l.saturating_add(1)
+        }
+        _ => wall,
+    };
+    if let Err(e) = write_epoch(file, epoch) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot record the advert epoch; a restart after the clock steps back could be taken for a replay");
+    }
+    epoch
+}
+
+/// Writes `epoch` to `file` atomically (temporary file, fsync, rename).
+fn write_epoch(file: &std::path::Path, epoch: u64) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        writeln!(f, "{epoch}")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)
+}
+
+#[cfg(test)]
+mod epoch_tests {
+    use super::*;
+
+    #[test]
+    fn epoch_grows_across_runs_even_when_the_clock_is_behind() {
+        let dir = std::env::temp_dir().join(format!("dynia-epoch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("election.epoch");
+        let _ = std::fs::remove_file(&f);
+        let a = boot_epoch(Some(&f));
+        let b = boot_epoch(Some(&f));
+        assert!(b > a, "{b} > {a}");
+        // A previous run far in the future (the clock has since stepped back).
+        let future = a + 86_400_000;
+        std::fs::write(&f, format!("{future}\n")).unwrap();
+        assert_eq!(boot_epoch(Some(&f)), future + 1);
+        assert_eq!(
+            std::fs::read_to_string(&f).unwrap().trim(),
+            (future + 1).to_string()
+        );
+        // Garbage in the file: the wall clock, and the file is repaired.
+        std::fs::write(&f, "not a number").unwrap();
+        let c = boot_epoch(Some(&f));
+        assert!(c >= a);
+        assert_eq!(std::fs::read_to_string(&f).unwrap().trim(), c.to_string());
+        // No file configured: the wall clock.
+        assert!(boot_epoch(None) >= a);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -169,6 +169,7 @@ pub fn election_settings(
             on_backup: node.hooks.on_backup.clone(),
             on_fault: node.hooks.on_fault.clone(),
         },
+        epoch_file: Some(node.node.state_dir.join("election.epoch")),
     }))
 }
 

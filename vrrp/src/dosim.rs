@@ -180,6 +180,8 @@ struct ReservedIp {
 struct World {
     token: String,
     droplets: BTreeMap<u64, Ipv4Addr>,
+    /// Droplets whose `status` is not `active` (e.g. `off`).
+    droplet_status: BTreeMap<u64, &'static str>,
     ips: BTreeMap<IpAddr, ReservedIp>,
     actions: BTreeMap<u64, Action>,
     next_action: u64,
@@ -192,6 +194,13 @@ struct World {
 }
 
 impl World {
+    fn status_of(&self, droplet: u64) -> &'static str {
+        self.droplet_status
+            .get(&droplet)
+            .copied()
+            .unwrap_or("active")
+    }
+
     /// Finish every action whose time has come (lazily, on each access).
     fn settle(&mut self, now: Instant) {
         for a in self.actions.values_mut() {
@@ -301,6 +310,7 @@ impl DoSim {
             world: Mutex::new(World {
                 token: token.to_owned(),
                 droplets: BTreeMap::new(),
+                droplet_status: BTreeMap::new(),
                 ips: BTreeMap::new(),
                 actions: BTreeMap::new(),
                 next_action: 2_000_000_001,
@@ -338,6 +348,17 @@ impl DoSim {
     /// Add (or replace) a droplet.
     pub fn add_droplet(&self, id: u64, private_ip: Ipv4Addr) {
         self.shared.world().droplets.insert(id, private_ip);
+    }
+
+    /// Set a droplet's `status` as the API reports it: `active` (the
+    /// default), `off` (powered off), `new`, `archive`.
+    pub fn set_droplet_status(&self, id: u64, status: &'static str) {
+        let mut w = self.shared.world();
+        if status == "active" {
+            w.droplet_status.remove(&id);
+        } else {
+            w.droplet_status.insert(id, status);
+        }
     }
 
     /// Add (or replace) a Reserved IP, held by `holder` or by nobody.
@@ -597,14 +618,14 @@ fn action_json(a: &Action) -> Value {
     }})
 }
 
-fn droplet_json(id: u64, private_ip: Option<Ipv4Addr>) -> Value {
+fn droplet_json(id: u64, private_ip: Option<Ipv4Addr>, status: &str) -> Value {
     let mut v4 = vec![];
     if let Some(ip) = private_ip {
         v4.push(
             json!({"ip_address": ip.to_string(), "netmask": "255.255.240.0", "type": "private"}),
         );
     }
-    json!({"id": id, "name": format!("droplet-{id}"), "status": "active",
+    json!({"id": id, "name": format!("droplet-{id}"), "status": status,
            "networks": {"v4": v4, "v6": []}, "region": {"slug": SIM_REGION}})
 }
 
@@ -790,7 +811,7 @@ fn route(
             };
             let droplet = r
                 .holder
-                .map(|d| droplet_json(d, w.droplets.get(&d).copied()));
+                .map(|d| droplet_json(d, w.droplets.get(&d).copied(), w.status_of(d)));
             json_response(
                 StatusCode::OK,
                 &json!({"reserved_ip": {

@@ -32,24 +32,14 @@
 //! * Tracking: a node that cannot serve must not be Master: Fault (priority-0
 //!   advert if it was Master, release). It returns as Backup when it can serve.
 //!
-//! # Anti ping-pong (SPEC §5, "reconcile, don't fire and forget")
-//! While Master, the shell keeps checking that the Reserved IP points here.
-//! If it points to another member that is alive but whose adverts we do not
-//! hear, the election channel is split: re-claiming would make both sides
-//! take the IP from each other forever. The shell then feeds
-//! [`Input::ReservedIpElsewhere`] and the machine **yields**: it steps back to
-//! Backup *silently* (no priority-0 advert, which would make nodes that hear
-//! us race for the IP too) and does not re-claim. While yielded, the
-//! Master_Down timer is held for `max(yield_hold, Master_Down_Interval)`:
-//! * any advert heard ends the yield (the channel works again; normal rules
-//!   decide, and a lower master we hear is preempted at most
-//!   Master_Down_Interval later);
-//! * the shell may keep probing and feed `ReservedIpElsewhere` again while
-//!   yielded, which extends the hold (holder still alive);
-//! * otherwise the hold expires and we take over as usual, so a holder that
-//!   died unnoticed cannot keep the IP dark for longer than `yield_hold`.
-//!   In a lasting split, claims alternate at most once per `yield_hold`,
-//!   not once per Master_Down_Interval.
+//! # The Reserved IP
+//! Not this module's business: the shell claims on becoming Master and
+//! releases on leaving it. What a master does when it finds the address
+//! elsewhere (claim again, or, in a split brain, stop claiming while staying
+//! Master for the nodes that hear it) is [`crate::reconcile`], also pure.
+//! Staying Master matters: a master that stepped back to Backup would fall
+//! silent, and the nodes on its side of the split would elect another one,
+//! which would claim the address again: a ping-pong one node at a time.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -118,10 +108,8 @@ impl Priority {
 /// centisecond field (4095 cs), so every interval fits both transports.
 pub const MIN_ADVERT_INTERVAL_MS: u32 = 10;
 pub const MAX_ADVERT_INTERVAL_MS: u32 = 40_950;
-/// Bound on `preempt_delay` and `yield_hold`: one hour.
+/// Bound on `preempt_delay`: one hour.
 pub const MAX_HOLD_MS: u64 = 3_600_000;
-/// Default `yield_hold` (see the module docs).
-pub const DEFAULT_YIELD_HOLD: Duration = Duration::from_secs(30);
 
 /// `Skew_Time` in ms (RFC 5798 §6.1, in ms instead of centiseconds).
 #[must_use]
@@ -150,9 +138,6 @@ pub struct ElectionConfig {
     /// `preempt_delay`: how long we must have seen a lower master before we
     /// preempt it.
     pub preempt_delay: Duration,
-    /// How long a master that yielded the Reserved IP (split brain) holds off
-    /// before it may take over again without hearing anyone.
-    pub yield_hold: Duration,
 }
 
 impl ElectionConfig {
@@ -165,7 +150,6 @@ impl ElectionConfig {
             advert_interval: Duration::from_millis(200),
             preempt: true,
             preempt_delay: Duration::ZERO,
-            yield_hold: DEFAULT_YIELD_HOLD,
         }
     }
 
@@ -183,11 +167,6 @@ impl ElectionConfig {
                 ms: self.preempt_delay.as_millis(),
             });
         }
-        if self.yield_hold.as_millis() > u128::from(MAX_HOLD_MS) {
-            return Err(ConfigError::YieldHold {
-                ms: self.yield_hold.as_millis(),
-            });
-        }
         Ok(())
     }
 }
@@ -199,8 +178,6 @@ pub enum ConfigError {
     AdvertInterval { ms: u128 },
     #[error("election.preempt_delay is {ms}ms; it must be at most {MAX_HOLD_MS}ms (1h)")]
     PreemptDelay { ms: u128 },
-    #[error("election yield_hold is {ms}ms; it must be at most {MAX_HOLD_MS}ms (1h)")]
-    YieldHold { ms: u128 },
     #[error(
         "the node's election address is unspecified (0.0.0.0 or ::); set the member's private_ip"
     )]
@@ -261,9 +238,6 @@ pub enum Input {
     Tracking { can_serve: bool },
     /// The member's priority changed (cluster document, make-active).
     SetPriority(Priority),
-    /// While Master, the reconcile found the Reserved IP on `holder`, a live
-    /// member we do not hear. See "Anti ping-pong" in the module docs.
-    ReservedIpElsewhere { holder: IpAddr },
     /// Resign and stop (SIGTERM).
     Shutdown,
 }
@@ -281,8 +255,6 @@ pub enum Reason {
     TrackingFailed,
     /// Tracking says we can serve again.
     TrackingRecovered,
-    /// The Reserved IP is held by a live member we cannot hear.
-    SplitBrainYield { holder: IpAddr },
 }
 
 impl fmt::Display for Reason {
@@ -295,9 +267,6 @@ impl fmt::Display for Reason {
             }
             Reason::TrackingFailed => f.write_str("tracking_failed"),
             Reason::TrackingRecovered => f.write_str("tracking_recovered"),
-            Reason::SplitBrainYield { holder } => {
-                write!(f, "reserved_ip held by {holder}, which we cannot hear")
-            }
         }
     }
 }
@@ -384,7 +353,6 @@ pub struct Election {
     cfg: ElectionConfig,
     advert_interval_ms: u32,
     preempt_delay_ms: u64,
-    yield_hold_ms: u64,
     /// Current configured priority (starts at `cfg.priority`).
     priority: Priority,
     can_serve: bool,
@@ -395,8 +363,6 @@ pub struct Election {
     adver_deadline: Option<Millis>,
     /// Backup only.
     down_deadline: Option<Millis>,
-    /// Backup only: stepped back after `ReservedIpElsewhere`.
-    yielded: bool,
     /// Backup: since when we have been seeing a lower master (preempt_delay).
     lower_since: Option<Millis>,
     heard: Option<Heard>,
@@ -413,20 +379,16 @@ impl Election {
             .expect("validated: advert_interval fits u32");
         let preempt_delay_ms =
             u64::try_from(cfg.preempt_delay.as_millis()).expect("validated: preempt_delay bound");
-        let yield_hold_ms =
-            u64::try_from(cfg.yield_hold.as_millis()).expect("validated: yield_hold bound");
         Ok(Election {
             priority: cfg.priority,
             cfg,
             advert_interval_ms,
             preempt_delay_ms,
-            yield_hold_ms,
             can_serve: true,
             role: Role::Init,
             master_adver_interval_ms: advert_interval_ms,
             adver_deadline: None,
             down_deadline: None,
-            yielded: false,
             lower_since: None,
             heard: None,
             last_now: Millis::ZERO,
@@ -462,12 +424,6 @@ impl Election {
     #[must_use]
     pub fn heard(&self) -> Option<Heard> {
         self.heard
-    }
-
-    /// True while Backup after yielding the Reserved IP (split brain).
-    #[must_use]
-    pub fn yielded(&self) -> bool {
-        self.yielded
     }
 
     /// Number of role changes since creation (`dynia_election_transitions_total`).
@@ -520,7 +476,6 @@ impl Election {
             Input::Advert(a) => self.on_advert(now, a, &mut out),
             Input::Tracking { can_serve } => self.on_tracking(now, can_serve, &mut out),
             Input::SetPriority(p) => self.on_set_priority(now, p, &mut out),
-            Input::ReservedIpElsewhere { holder } => self.on_ip_elsewhere(now, holder, &mut out),
             Input::Shutdown => self.on_shutdown(&mut out),
         }
         self.check_invariants();
@@ -580,7 +535,6 @@ impl Election {
         match self.role {
             Role::Init | Role::Fault => {}
             Role::Backup => {
-                let was_yielded = std::mem::replace(&mut self.yielded, false);
                 if a.priority == 0 {
                     // The master resigned: take over after Skew_Time unless a
                     // higher backup (shorter skew) does first.
@@ -594,12 +548,6 @@ impl Election {
                     let since = *self.lower_since.get_or_insert(now);
                     if now.ms_since(since) < self.preempt_delay_ms {
                         self.accept_master(now, interval_ms);
-                    } else if was_yielded {
-                        // The channel works again: preempt per the usual
-                        // rule, but do not wait out the rest of the hold.
-                        let by = now.add_ms(self.master_down_interval_ms());
-                        let cur = self.down_deadline.expect("backup has a down timer");
-                        self.down_deadline = Some(cur.min(by));
                     }
                     // else: discard; the Master_Down timer will fire.
                 }
@@ -667,28 +615,6 @@ impl Election {
         }
     }
 
-    fn on_ip_elsewhere(&mut self, now: Millis, holder: IpAddr, out: &mut Actions) {
-        if holder == self.cfg.local_addr {
-            return;
-        }
-        match self.role {
-            Role::Master => {
-                let hold = self.yield_hold_ms.max(self.master_down_interval_ms());
-                self.enter_backup(now, hold);
-                self.yielded = true;
-                out.push(Action::BecomeBackup {
-                    reason: Reason::SplitBrainYield { holder },
-                });
-            }
-            Role::Backup if self.yielded => {
-                let by = now.add_ms(self.yield_hold_ms);
-                let cur = self.down_deadline.expect("backup has a down timer");
-                self.down_deadline = Some(cur.max(by));
-            }
-            _ => {}
-        }
-    }
-
     fn on_shutdown(&mut self, out: &mut Actions) {
         match self.role {
             Role::Init => return,
@@ -701,7 +627,6 @@ impl Election {
         self.set_role(Role::Init);
         self.adver_deadline = None;
         self.down_deadline = None;
-        self.yielded = false;
         self.lower_since = None;
         out.push(Action::Stop);
     }
@@ -748,7 +673,6 @@ impl Election {
         self.set_role(Role::Backup);
         self.adver_deadline = None;
         self.down_deadline = Some(now.add_ms(down_in_ms));
-        self.yielded = false;
         self.lower_since = None;
     }
 
@@ -757,7 +681,6 @@ impl Election {
         self.set_role(Role::Master);
         self.down_deadline = None;
         self.adver_deadline = Some(now);
-        self.yielded = false;
         self.lower_since = None;
     }
 
@@ -765,7 +688,6 @@ impl Election {
         self.set_role(Role::Fault);
         self.adver_deadline = None;
         self.down_deadline = None;
-        self.yielded = false;
         self.lower_since = None;
     }
 
@@ -773,7 +695,6 @@ impl Election {
         debug_assert!(Priority::new(self.priority.get()).is_some());
         debug_assert!((MIN_ADVERT_INTERVAL_MS..=MAX_ADVERT_INTERVAL_MS)
             .contains(&self.master_adver_interval_ms));
-        debug_assert!(!self.yielded || self.role == Role::Backup);
         match self.role {
             Role::Init => {
                 debug_assert!(self.adver_deadline.is_none() && self.down_deadline.is_none());

@@ -416,60 +416,6 @@ fn set_priority_on_master_advertises_at_once() {
 }
 
 #[test]
-fn split_brain_yield_does_not_reclaim() {
-    let mut e = mk(cfg(1, 100));
-    let m = master_at(&mut e, 0);
-    let out = acts(e.step(t(m + 1), Input::ReservedIpElsewhere { holder: ip(2) }));
-    assert_eq!(
-        out,
-        vec![Action::BecomeBackup {
-            reason: Reason::SplitBrainYield { holder: ip(2) }
-        }]
-    );
-    assert!(e.yielded());
-    // No priority-0 advert, no take-over for yield_hold (30 s) ...
-    assert_eq!(e.next_deadline(), Some(t(m + 1 + 30_000)));
-    // ... extended while the shell keeps finding the holder alive ...
-    e.step(t(m + 20_000), Input::ReservedIpElsewhere { holder: ip(2) });
-    assert_eq!(e.next_deadline(), Some(t(m + 50_000)));
-    assert!(e.step(t(m + 49_999), Input::Tick).is_empty());
-    // ... then the usual take-over.
-    e.step(t(m + 50_000), Input::Tick);
-    assert_eq!(e.role(), Role::Master);
-    assert!(!e.yielded());
-}
-
-#[test]
-fn split_brain_yield_ends_when_we_hear_someone() {
-    let mut e = mk(cfg(1, 100));
-    let m = master_at(&mut e, 0);
-    e.step(t(m + 1), Input::ReservedIpElsewhere { holder: ip(2) });
-    // We hear a higher master: normal backup.
-    e.step(t(m + 100), adv(2, 150, 200));
-    assert!(!e.yielded());
-    assert_eq!(e.next_deadline(), Some(t(m + 100 + 721)));
-
-    // We hear a lower master: preempt it after one Master_Down_Interval.
-    let mut e = mk(cfg(1, 100));
-    let m = master_at(&mut e, 0);
-    e.step(t(m + 1), Input::ReservedIpElsewhere { holder: ip(2) });
-    e.step(t(m + 100), adv(2, 90, 200));
-    assert!(!e.yielded());
-    assert_eq!(e.next_deadline(), Some(t(m + 100 + 721)));
-    e.step(t(m + 300), adv(2, 90, 200));
-    assert_eq!(e.next_deadline(), Some(t(m + 100 + 721)));
-
-    // Not master: the input is ignored.
-    let mut b = mk(cfg(1, 100));
-    b.step(t(0), Input::Start);
-    assert!(b
-        .step(t(1), Input::ReservedIpElsewhere { holder: ip(2) })
-        .is_empty());
-    assert!(!b.yielded());
-    assert_eq!(b.next_deadline(), Some(t(721)));
-}
-
-#[test]
 fn own_adverts_init_and_time_going_backwards() {
     let mut e = mk(cfg(1, 100));
     assert!(e.step(t(0), adv(2, 200, 200)).is_empty()); // Init ignores
@@ -508,12 +454,6 @@ fn config_bounds() {
     assert!(matches!(
         Election::new(c.clone()),
         Err(ConfigError::PreemptDelay { .. })
-    ));
-    c.preempt_delay = Duration::ZERO;
-    c.yield_hold = Duration::from_secs(7200);
-    assert!(matches!(
-        Election::new(c.clone()),
-        Err(ConfigError::YieldHold { .. })
     ));
     let c = ElectionConfig::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), prio(1));
     assert_eq!(

@@ -277,9 +277,22 @@ async fn holder_reports_other_when_another_droplet_took_it() {
     assert_eq!(sim.holder(RIP), Some(OTHER));
     assert_eq!(
         me.holder().await.unwrap(),
-        Holder::Other { droplet_id: OTHER }
+        Holder::Other {
+            droplet_id: OTHER,
+            running: Some(true)
+        }
     );
     assert_eq!(other.holder().await.unwrap(), Holder::Me);
+    // The droplet's status is the witness of a live holder.
+    sim.set_droplet_status(OTHER, "off");
+    assert_eq!(
+        me.holder().await.unwrap(),
+        Holder::Other {
+            droplet_id: OTHER,
+            running: Some(false)
+        }
+    );
+    sim.set_droplet_status(OTHER, "active");
     sim.set_holder(RIP, None);
     assert_eq!(me.holder().await.unwrap(), Holder::Nobody);
 }

@@ -26,7 +26,9 @@
 //!   `RateLimit-Reset` (epoch seconds); a 429 from the burst limit also carries
 //!   `Retry-After` in seconds (DigitalOcean release note "api-rate-limit",
 //!   2023-08-24). We honour `Retry-After` first, then `RateLimit-Reset`.
-//! - `GET /v2/reserved_ips/{ip}` → `{"reserved_ip":{"ip":…,"droplet":{…}|null,"locked":…}}`.
+//! - `GET /v2/reserved_ips/{ip}` → `{"reserved_ip":{"ip":…,"droplet":{…}|null,"locked":…}}`,
+//!   the droplet being the whole droplet object, `status` included
+//!   (`new`, `active`, `off`, `archive`): [`Holder::Other::running`].
 //! - Metadata service (docs.digitalocean.com/reference/api/metadata/):
 //!   `GET http://169.254.169.254/metadata/v1/id` (plain text droplet id) and
 //!   `/metadata/v1/interfaces/private/0/ipv4/address` (plain text IPv4).
@@ -796,10 +798,21 @@ impl DigitalOcean {
                     malformed(&endpoint, a.status, "reserved_ip.droplet has no numeric id")
                 })?;
                 let me = self.inner.droplet_id.get().copied();
+                // The whole droplet object comes with the answer; its
+                // `status` is new|active|off|archive (DigitalOcean API,
+                // droplet object): the witness of a live holder.
+                let running = match d.get("status").and_then(Value::as_str) {
+                    Some("active" | "new") => Some(true),
+                    Some("off" | "archive") => Some(false),
+                    _ => None,
+                };
                 Ok(if Some(id) == me {
                     Holder::Me
                 } else {
-                    Holder::Other { droplet_id: id }
+                    Holder::Other {
+                        droplet_id: id,
+                        running,
+                    }
                 })
             }
         }

@@ -13,7 +13,8 @@
 //! - [`L2::release`]: stop any GARP still pending, remove the address
 //!   (`RTM_DELADDR`; absent = fine).
 //! - [`L2::holder`]: [`Holder::Me`] when the address is on the interface, else
-//!   [`Holder::Unknown`]: L2 cannot tell who else has it.
+//!   [`Holder::Nobody`]: L2 cannot tell who else has it, but a master that
+//!   reads `Nobody` knows the address must be put back on its interface.
 //!
 //! What goes on the wire, and why: keepalived (`vrrp_arp.c`,
 //! `send_gratuitous_arp_immediate`) sends an ARP *request* to the Ethernet
@@ -322,7 +323,7 @@ impl L2 {
             .unwrap_or_else(|e| Err(self.join_error(e)))
     }
 
-    /// [`Holder::Me`] when the address is on the interface, else [`Holder::Unknown`].
+    /// [`Holder::Me`] when the address is on the interface, else [`Holder::Nobody`].
     pub async fn holder(&self) -> Result<Holder, DriverError> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.holder_blocking())
@@ -353,7 +354,10 @@ impl L2 {
         let present = nl
             .has_ipv4(link.index, self.inner.address)
             .map_err(|e| self.nl_error("list addresses (RTM_GETADDR)", e))?;
-        Ok(if present { Holder::Me } else { Holder::Unknown })
+        // Not on our interface: as far as this host can tell, nobody has it
+        // here. A master reading that puts it back (an interface reset or a
+        // network manager removed it); other hosts' addresses are invisible.
+        Ok(if present { Holder::Me } else { Holder::Nobody })
     }
 
     fn epoch(&self) -> u64 {
@@ -1028,7 +1032,7 @@ mod tests {
             (r, h, r2)
         });
         assert_eq!(rel, ReleaseOutcome::Released);
-        assert_eq!(after, Holder::Unknown);
+        assert_eq!(after, Holder::Nobody);
         assert_eq!(rel2, ReleaseOutcome::Released, "releasing twice is fine");
         let out = pair.ip(&["-n", &pair.a, "-4", "addr", "show", "dev", "l2a"]);
         assert!(!out.contains("10.98.1.100"), "address gone: {out}");
@@ -1096,7 +1100,7 @@ mod tests {
         assert_eq!(c, ClaimOutcome::Assigned { action_id: 0 });
         assert_eq!(h, Holder::Me);
         assert_eq!(r, ReleaseOutcome::Released);
-        assert_eq!(h2, Holder::Unknown);
+        assert_eq!(h2, Holder::Nobody);
     }
 
     /// Root only: on a thread without CAP_NET_ADMIN and CAP_NET_RAW (caps are

@@ -41,8 +41,14 @@ pub enum Holder {
     Other {
         /// The provider's id of the droplet that holds it.
         droplet_id: u64,
+        /// The provider's view of that droplet: `Some(true)` while it runs
+        /// (DigitalOcean `status` `active` or `new`), `Some(false)` when it
+        /// is `off` or `archive`, `None` when the answer does not say. The
+        /// split-brain rules use it as the witness of a live holder.
+        running: Option<bool>,
     },
-    /// It is assigned to nobody.
+    /// It is assigned to nobody (`l2`: the address is not on this node's
+    /// interface; that driver cannot see which other host has it).
     Nobody,
     /// The driver cannot tell (the `none` driver, or a driver without a query).
     Unknown,
@@ -52,7 +58,14 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Holder::Me => f.write_str("me"),
-            Holder::Other { droplet_id } => write!(f, "droplet {droplet_id}"),
+            Holder::Other {
+                droplet_id,
+                running,
+            } => match running {
+                Some(true) => write!(f, "droplet {droplet_id} (running)"),
+                Some(false) => write!(f, "droplet {droplet_id} (not running)"),
+                None => write!(f, "droplet {droplet_id}"),
+            },
             Holder::Nobody => f.write_str("nobody"),
             Holder::Unknown => f.write_str("unknown"),
         }
