@@ -44,7 +44,7 @@ impl TlsNode {
         std::fs::create_dir_all(dir.0.join("tls")).unwrap();
         let (cert, key) = leaf.write(&dir.0.join("tls"), "site");
         let ca_file = dir.0.join("ca.pem");
-        std::fs::write(&ca_file, &ca.pem).unwrap();
+        std::fs::write(&ca_file, &ca.root_pem).unwrap();
         write_secret(&dir.0.join("admin.token"), TOKEN);
         write_secret(
             &dir.0.join("cluster.key"),
@@ -59,9 +59,11 @@ impl TlsNode {
                  [[listener]]\nname = \"http\"\nbind = \"{http}\"\nredirect_https = true\n\n\
                  [[listener]]\nname = \"https\"\nbind = \"{https}\"\n\
                  [[listener.certificate]]\ncert = \"{}\"\nkey = \"{}\"\n\n\
-                 [election]\nkey_file = \"{d}/cluster.key\"\n",
+                 [election]\nkey_file = \"{d}/cluster.key\"\nport = {udp}\n",
                 cert.display(),
-                key.display()
+                key.display(),
+                // Its own election port: two of these may run at once.
+                udp = support::free_udp_port("127.0.0.2"),
             ),
         )
         .unwrap();
@@ -306,6 +308,106 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
     assert!(metrics(admin)
         .await
         .contains("dynia_config_reloads_total{result=\"failure\"} 2"));
+}
+
+/// `dynia_tls_certificate_expiry_seconds` of `cert` on listener `https`.
+async fn expiry_seconds(admin: SocketAddr, cert: &Path) -> f64 {
+    let m = metrics(admin).await;
+    let series = format!(
+        "dynia_tls_certificate_expiry_seconds{{name=\"https:{}\"}} ",
+        cert.display()
+    );
+    m.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("{series} missing:\n{m}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_served_with_a_warning(
+) {
+    const DAY: f64 = 86_400.0;
+    const SOON: &str = "certificate expires soon";
+    const NOT_YET: &str = "certificate not valid yet";
+    let (_up, port) = member().await;
+    let ca = Ca::new("dynia test CA");
+    let year = ca.issue(HOST, &[HOST], KeyKind::EcdsaPkcs8, Validity::Year);
+    let node = TlsNode::new("tlsexpiry", ca, &year, port);
+    let d = Daemon::start(&node.files).await;
+    let admin = node.files.admin_addr;
+    wait_until(WAIT, "member UP", || async move {
+        health(admin, "alpha-one").await == "up"
+    })
+    .await;
+
+    // A year left: served, measured, and no warning (the check runs as the
+    // certificates are loaded, before the listener serves).
+    assert_eq!(node.served_cert().await, year.der);
+    let left = expiry_seconds(admin, &node.cert).await;
+    assert!((364.9 * DAY..=365.0 * DAY).contains(&left), "{left}");
+    let log = d.log_text();
+    assert!(log.contains("listening listener=https"), "{log}");
+    assert!(!log.contains(SOON) && !log.contains(NOT_YET), "{log}");
+
+    // Thirteen days left: the reload warns, naming the file, and the metric
+    // says so.
+    let soon = node.ca.issue(
+        HOST,
+        &[HOST],
+        KeyKind::EcdsaPkcs8,
+        Validity::EndsIn(Duration::from_secs(13 * 86_400)),
+    );
+    soon.write(node.cert.parent().unwrap(), "site");
+    let out = node.reload().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.served_cert().await, soon.der);
+    let cert = node.cert.display().to_string();
+    wait_until(WAIT, "the expiry warning", || {
+        let log = d.log_text();
+        let cert = cert.clone();
+        async move { log.lines().any(|l| l.contains(SOON) && l.contains(&cert)) }
+    })
+    .await;
+    let left = expiry_seconds(admin, &node.cert).await;
+    assert!((12.9 * DAY..=13.0 * DAY).contains(&left), "{left}");
+
+    // notBefore tomorrow: loaded and served (as HAProxy does), with a
+    // warning; a client that checks dates refuses it.
+    let future = node
+        .ca
+        .issue(HOST, &[HOST], KeyKind::EcdsaPkcs8, Validity::NotYetValid);
+    future.write(node.cert.parent().unwrap(), "site");
+    let out = node.reload().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(WAIT, "the not-yet-valid warning", || {
+        let log = d.log_text();
+        let cert = cert.clone();
+        async move {
+            log.lines()
+                .any(|l| l.contains(NOT_YET) && l.contains(&cert))
+        }
+    })
+    .await;
+    let r = tls_support::s_client(node.https, Some(HOST), &[]).await;
+    let compact = |s: &str| s.split_whitespace().collect::<String>();
+    assert!(
+        compact(&r.stdout).contains(&compact(&future.cert_pem)),
+        "not the new certificate:\n{}",
+        r.stdout
+    );
+    let e = https_get(node.https, node.ca.client(false, &[]), HOST, "/")
+        .await
+        .expect_err("a rustls client accepted a certificate not valid yet");
+    assert!(e.contains("certificate not valid yet"), "{e}");
 }
 
 /// Runs `dynia run` expecting it to exit; returns (code, stderr).

@@ -27,16 +27,18 @@ pub struct ProxyConfig {
 pub struct ListenerConfig {
     pub name: String,
     pub bind: SocketAddr,
-    /// Plain listeners only: answer `308` to `https://` (the port of the first
-    /// TLS listener, omitted when 443) for every host a TLS listener has a
-    /// certificate for, except a service's health path.
+    /// Plain listeners only: answer `308` to `https://` for every host a TLS
+    /// listener has a certificate for, except a service's health path. The
+    /// port is the one of the first TLS listener (in this list's order) with
+    /// a certificate for the host, omitted when 443.
     pub redirect_https: bool,
     /// TLS certificates chosen by SNI, the first for clients without SNI or
     /// with an unknown name. Empty = plain HTTP. Read at every start and apply.
     pub certificates: Vec<CertificateFiles>,
 }
 
-/// A certificate chain and its private key, both PEM files.
+/// A certificate chain (leaf first, then intermediates) and its private key,
+/// PEM files; `key` may be the same file as `cert` (a combined PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
@@ -215,15 +217,6 @@ pub const MAX_RETRIES: u32 = 10;
 pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl ProxyConfig {
-    /// The port `redirect_https` sends clients to: the first TLS listener's,
-    /// 443 when there is none.
-    pub fn https_port(&self) -> u16 {
-        self.listeners
-            .iter()
-            .find(|l| !l.certificates.is_empty())
-            .map_or(443, |l| l.bind.port())
-    }
-
     /// Checks what the data path assumes; the control layer has already given
     /// the user located errors, so these only guard programmatic callers.
     pub fn validate(&self) -> Result<(), ConfigError> {

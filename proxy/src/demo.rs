@@ -7,7 +7,9 @@
 //! - `GET /slow/{ms}`: its id after `ms` milliseconds (at most 10 minutes);
 //! - `GET /bytes/{n}`: `n` bytes streamed in 64 KiB chunks (at most 4 GiB);
 //! - `POST|PUT /upload`: reads the body and answers how many bytes it had;
-//! - `GET /headers`: the request head as received, one `name: value` a line;
+//! - `GET /headers`: the request head as received: the request line with the
+//!   HTTP version, then one `name: value` a line; header `x-demo-connection`
+//!   says which TCP connection (1, 2, ... in accept order) carried it;
 //! - anything else: its id and a newline, with header `x-dynia-member: id`.
 
 use std::convert::Infallible;
@@ -73,12 +75,12 @@ impl DemoUpstream {
                     },
                 };
                 let _ = stream.set_nodelay(true);
-                s.connections.fetch_add(1, Ordering::Relaxed);
+                let conn = s.connections.fetch_add(1, Ordering::Relaxed) + 1;
                 let (s2, st2) = (s.clone(), st.clone());
                 tr.spawn(async move {
                     let svc = service_fn(move |req| {
                         let s = s2.clone();
-                        async move { Ok::<_, Infallible>(answer(&s, req).await) }
+                        async move { Ok::<_, Infallible>(answer(&s, conn, req).await) }
                     });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -138,7 +140,7 @@ fn text(status: StatusCode, body: String) -> Response<DemoBody> {
     r
 }
 
-async fn answer(s: &State, req: Request<Incoming>) -> Response<DemoBody> {
+async fn answer(s: &State, conn: u64, req: Request<Incoming>) -> Response<DemoBody> {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (req.method(), segs.as_slice()) {
@@ -184,7 +186,7 @@ async fn answer(s: &State, req: Request<Incoming>) -> Response<DemoBody> {
         }
         (&Method::GET, ["headers"]) => {
             s.hits.fetch_add(1, Ordering::Relaxed);
-            let mut out = format!("{} {}\n", req.method(), req.uri());
+            let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
             for (k, v) in req.headers() {
                 out.push_str(&format!(
                     "{}: {}\n",
@@ -192,7 +194,10 @@ async fn answer(s: &State, req: Request<Incoming>) -> Response<DemoBody> {
                     String::from_utf8_lossy(v.as_bytes())
                 ));
             }
-            member(s, out)
+            let mut r = member(s, out);
+            r.headers_mut()
+                .insert("x-demo-connection", http::HeaderValue::from(conn));
+            r
         }
         _ => {
             s.hits.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::Backend;
 use crate::body::{ReqBody, RespBody};
-use crate::config::{ProxyConfig, ServiceConfig};
+use crate::config::ServiceConfig;
 use crate::state::{ServiceRt, Snapshot, Tried};
 
 /// Facts about the client connection a request came on.
@@ -27,9 +27,11 @@ use crate::state::{ServiceRt, Snapshot, Tried};
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
-    /// A plain listener with `redirect_https`, and a host some certificate
-    /// here covers: answer 308 to `https://`.
+    /// A plain listener with `redirect_https`.
     pub redirect_https: bool,
+    /// Set per request on such a listener when a TLS listener has a
+    /// certificate for the host: answer 308 to `https://` on this port.
+    pub https_port: Option<u16>,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -54,12 +56,12 @@ pub async fn handle(
     };
     let svc = &snap.services[idx];
     let cfg = &snap.config.services[idx];
-    let mut resp = match info.redirect_https && !info.tls {
-        true => match redirect_https(&snap.config, cfg, &req, host_str) {
+    let mut resp = match info.https_port.filter(|_| !info.tls) {
+        Some(port) => match redirect_https(port, cfg, &req, host_str) {
             Some(r) => r,
             None => forward(&snap, svc, req, host, info).await,
         },
-        false => forward(&snap, svc, req, host, info).await,
+        None => forward(&snap, svc, req, host, info).await,
     };
     if let (true, Some(hsts)) = (info.tls, &cfg.hsts) {
         resp.headers_mut()
@@ -76,7 +78,7 @@ pub async fn handle(
 /// `None` for the service's health path (health checkers often speak plain
 /// HTTP), which is forwarded as usual.
 fn redirect_https(
-    config: &ProxyConfig,
+    https_port: u16,
     svc: &ServiceConfig,
     req: &Request<Incoming>,
     host: Option<&str>,
@@ -94,7 +96,7 @@ fn redirect_https(
     if !valid {
         return Some(local(StatusCode::BAD_REQUEST, "bad host\n"));
     }
-    let port = match config.https_port() {
+    let port = match https_port {
         443 => String::new(),
         p => format!(":{p}"),
     };
@@ -436,6 +438,7 @@ mod tests {
             peer: "192.0.2.7:5555".parse().unwrap(),
             tls: false,
             redirect_https: false,
+            https_port: None,
         };
         let host = HeaderValue::from_static("app.example.com");
         prepare_request(&mut parts, Some(&host), info, false);

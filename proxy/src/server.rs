@@ -139,6 +139,7 @@ async fn serve_connection(
             peer,
             tls: false,
             redirect_https,
+            https_port: None,
         };
         return serve_http(shared, io, info, state, limits, Http::Auto).await;
     };
@@ -161,6 +162,7 @@ async fn serve_connection(
         peer,
         tls: true,
         redirect_https: false,
+        https_port: None,
     };
     serve_http(shared, stream, info, state, limits, http).await
 }
@@ -184,10 +186,8 @@ async fn serve_http<I>(
         let mut info = info;
         if info.redirect_https {
             // Only hosts some certificate here covers go to https.
-            info.redirect_https = crate::forward::request_host(&req).is_some_and(|h| {
-                h.to_str()
-                    .is_ok_and(|h| svc_shared.tls.has_certificate_for(h))
-            });
+            info.https_port = crate::forward::request_host(&req)
+                .and_then(|h| svc_shared.tls.https_port_for(h.to_str().ok()?));
         }
         svc_state.inflight.fetch_add(1, Ordering::Relaxed);
         let guard = InflightReq(svc_state.clone());

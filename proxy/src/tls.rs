@@ -3,29 +3,54 @@
 //! uses, so the binary carries one crypto provider).
 //!
 //! - A TLS listener has one or more certificates ([`CertificateFiles`]: a PEM
-//!   chain and a PEM key, PKCS#8, PKCS#1 or SEC1, RSA or ECDSA). The name a
-//!   client asks for (SNI) picks the certificate: an exact DNS name of a
-//!   certificate first, then a wildcard (`*.example.com` covers one label);
-//!   a client without SNI, or asking for a name no certificate has, gets the
-//!   first certificate. A name claimed by two certificates goes to the first.
-//! - TLS 1.2 and 1.3 only; ALPN `h2` then `http/1.1`; session resumption by
-//!   tickets (keys rotated by rustls) and a bounded session cache, both shared
-//!   by every listener and kept across reloads.
+//!   chain and a PEM key, PKCS#8, PKCS#1 or SEC1, RSA or ECDSA). The chain
+//!   file holds the server's (leaf) certificate first, then any intermediates
+//!   (certbot's `fullchain.pem`; a Cloudflare Origin CA certificate is a
+//!   leaf alone, signed by the Origin CA root itself). Blocks other than the
+//!   ones looked for are skipped and CRLF line ends are read, so `key` may
+//!   name the same file as `cert` (HAProxy's combined `crt` PEM). A chain
+//!   whose first certificate is not the one the key belongs to is refused
+//!   with a message saying the leaf must come first.
+//! - The name a client asks for (SNI) picks the certificate: an exact DNS
+//!   name of a certificate first, then a wildcard (`*.example.com` covers one
+//!   label); a client without SNI, or asking for a name no certificate has,
+//!   gets the first certificate. A name claimed by two certificates goes to
+//!   the first.
+//! - TLS 1.2 and 1.3 only; ALPN `h2` then `http/1.1`, in the server's order
+//!   (rustls picks the first of ours the client offers); session resumption by
+//!   tickets (keys rotated by rustls) and a bounded session-ID / stateful
+//!   cache, both shared by every listener and kept across reloads, so a
+//!   session made before a reload resumes after it.
 //! - Every load (start and reload) reads the files again. A file that is
 //!   missing, unreadable, not PEM, a key that does not fit its certificate, or
 //!   a certificate past its notAfter is refused with an error naming the file;
 //!   the caller then changes nothing. A certificate within
-//!   [`EXPIRY_WARNING`] of its notAfter is logged as a warning at every load
-//!   and every [`EXPIRY_CHECK_EVERY`].
+//!   [`EXPIRY_WARNING`] of its notAfter, or whose notBefore is still in the
+//!   future, is logged as a warning at every load and every
+//!   [`EXPIRY_CHECK_EVERY`]. A not-yet-valid certificate is served all the
+//!   same, as HAProxy does: it is usually a clock a few minutes off here or
+//!   at the issuer, it heals by itself, and refusing it would keep the daemon
+//!   from starting; clients that check dates reject it until its notBefore.
 //! - `redirect_https` (plain listeners) sends to https only the hosts some
-//!   TLS listener has a certificate for (`Tls::has_certificate_for`).
+//!   TLS listener has a certificate for, to the port of the first TLS
+//!   listener (in configuration order) whose certificates cover the host
+//!   (`Tls::https_port_for`).
+//! - The handshake is bounded by `header_read_timeout` (what a client gets to
+//!   send its first request head), and a connection in its handshake counts
+//!   against `max_connections` like any other; there is no separate key.
+//!   HAProxy does the same by default (`timeout client-hs` falls back to
+//!   `timeout client`). A shorter fixed bound would first hurt real clients
+//!   on a busy node, where handshakes queue for CPU; the operator who wants
+//!   silent connections gone sooner lowers `header_read_timeout`, which
+//!   bounds both. A handshake stuck on one connection holds only its own
+//!   task: others are served meanwhile (tested with 60 held at once).
 //! - Metrics: `dynia_tls_certificate_expiry_seconds{name}` — seconds from the
 //!   scrape to the certificate's notAfter, computed at scrape time; `name` is
 //!   `<listener>:<certificate file>` (the file is what an operator replaces).
 //!   `dynia_tls_handshakes_total{result}` with `success`, `failure`, `timeout`.
 //!
-//! notAfter, subject and DNS names are read with `x509-parser`: rustls-webpki
-//! parses them too but does not expose validity or names.
+//! notBefore, notAfter, subject and DNS names are read with `x509-parser`:
+//! rustls-webpki parses them too but does not expose validity or names.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,6 +99,11 @@ pub enum TlsError {
         key.display(), cert.display()
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error(
+        "{}: {what}; the server's own (leaf) certificate must come first, then its intermediates (as in certbot's fullchain.pem)",
+        path.display()
+    )]
+    ChainOrder { path: PathBuf, what: String },
     #[error("{}: certificate expired on {not_after} (notAfter); renew it, then reload", path.display())]
     Expired { path: PathBuf, not_after: String },
     #[error("TLS settings: {0}")]
@@ -90,6 +120,10 @@ pub struct CertificateInfo {
     /// DNS names the certificate is valid for (subjectAltName, lowercase; the
     /// common name only when there is no DNS subjectAltName).
     pub names: Vec<String>,
+    /// notBefore, seconds since the Unix epoch.
+    pub not_before: i64,
+    /// notBefore for people (RFC 2822).
+    pub not_before_text: String,
     /// notAfter, seconds since the Unix epoch.
     pub not_after: i64,
     /// notAfter for people (RFC 2822).
@@ -101,6 +135,27 @@ impl CertificateInfo {
     pub fn expires_in(&self, now: i64) -> i64 {
         self.not_after - now
     }
+
+    /// What to warn about at `now` (Unix seconds), if anything.
+    pub fn warning(&self, now: i64) -> Option<ValidityWarning> {
+        if self.not_before > now {
+            return Some(ValidityWarning::NotYetValid {
+                starts_in: self.not_before - now,
+            });
+        }
+        let left = self.expires_in(now);
+        (left < EXPIRY_WARNING.as_secs() as i64).then_some(ValidityWarning::ExpiresSoon { left })
+    }
+}
+
+/// A certificate in service that an operator should look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidityWarning {
+    /// notBefore is `starts_in` seconds away: clients that check dates
+    /// reject the certificate until then.
+    NotYetValid { starts_in: i64 },
+    /// notAfter is `left` seconds away, less than [`EXPIRY_WARNING`].
+    ExpiresSoon { left: i64 },
 }
 
 /// A certificate ready to serve.
@@ -154,15 +209,50 @@ pub(crate) fn load_certificate(
         })?;
     let certified = CertifiedKey::new(chain, signing);
     if certified.keys_match().is_err() {
-        return Err(TlsError::KeyMismatch {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-        });
+        return Err(mismatch(&certified, files));
     }
     Ok(LoadedCertificate {
         info,
         key: Arc::new(certified),
     })
+}
+
+/// Why the key does not fit the chain's first certificate: the chain is in
+/// the wrong order (the key fits a later certificate, or the first one is a
+/// CA), or the key is simply another one.
+fn mismatch(certified: &CertifiedKey, files: &CertificateFiles) -> TlsError {
+    let spki = |der: &CertificateDer<'_>| {
+        x509_parser::parse_x509_certificate(der)
+            .ok()
+            .map(|(_, c)| c.public_key().raw.to_vec())
+    };
+    let key = certified.key.public_key();
+    let fits = |der: &CertificateDer<'_>| {
+        key.as_ref()
+            .is_some_and(|k| spki(der).is_some_and(|s| s == k.as_ref()))
+    };
+    let order = |what: String| TlsError::ChainOrder {
+        path: files.cert.clone(),
+        what,
+    };
+    if let Some(i) = certified.cert.iter().skip(1).position(fits) {
+        return order(format!(
+            "the private key in {} belongs to certificate {} of this file, not to the first",
+            files.key.display(),
+            i + 2
+        ));
+    }
+    let first_is_ca = x509_parser::parse_x509_certificate(&certified.cert[0])
+        .ok()
+        .and_then(|(_, c)| c.basic_constraints().ok().flatten().map(|b| b.value.ca))
+        .unwrap_or(false);
+    if first_is_ca {
+        return order("the first certificate is a CA certificate".into());
+    }
+    TlsError::KeyMismatch {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -204,16 +294,19 @@ fn inspect(
             }
         }
     }
-    let not_after = cert.validity().not_after;
+    let (not_before, not_after) = (cert.validity().not_before, cert.validity().not_after);
+    let text = |t: x509_parser::time::ASN1Time| {
+        t.to_rfc2822().unwrap_or_else(|_| t.timestamp().to_string())
+    };
     Ok(CertificateInfo {
         cert: files.cert.clone(),
         key: files.key.clone(),
         subject: cert.subject().to_string(),
         names,
+        not_before: not_before.timestamp(),
+        not_before_text: text(not_before),
         not_after: not_after.timestamp(),
-        not_after_text: not_after
-            .to_rfc2822()
-            .unwrap_or_else(|_| not_after.timestamp().to_string()),
+        not_after_text: text(not_after),
     })
 }
 
@@ -281,11 +374,13 @@ fn lookup<T: Copy>(
     wildcard.get(parent).copied()
 }
 
-/// Every DNS name some TLS listener has a certificate for.
+/// Every DNS name some TLS listener has a certificate for, with the port of
+/// the first such listener in configuration order (where `redirect_https`
+/// sends that name).
 #[derive(Default)]
 struct Names {
-    exact: HashMap<String, ()>,
-    wildcard: HashMap<String, ()>,
+    exact: HashMap<String, u16>,
+    wildcard: HashMap<String, u16>,
 }
 
 impl ResolvesServerCert for CertResolver {
@@ -314,7 +409,12 @@ pub(crate) struct Tls {
 }
 
 /// TLS listeners of a configuration, loaded and ready to store.
-pub(crate) struct Prepared(HashMap<String, Arc<ListenerTls>>);
+pub(crate) struct Prepared {
+    listeners: HashMap<String, Arc<ListenerTls>>,
+    names: Names,
+    /// `(<listener>:<file>, notAfter)` for the expiry metric.
+    expiry: Vec<(String, i64)>,
+}
 
 impl Tls {
     pub(crate) fn new(registry: &Registry) -> Result<Tls, crate::ProxyError> {
@@ -345,6 +445,8 @@ impl Tls {
     pub(crate) fn prepare(&self, config: &ProxyConfig) -> Result<Prepared, crate::ProxyError> {
         let now = unix_now();
         let mut out = HashMap::new();
+        let mut names = Names::default();
+        let mut expiry = Vec::new();
         for l in config
             .listeners
             .iter()
@@ -361,6 +463,19 @@ impl Tls {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             let server = self.server_config(&certs).map_err(err)?;
+            for c in &certs {
+                for n in &c.info.names {
+                    match n.strip_prefix("*.") {
+                        Some(parent) => names.wildcard.entry(parent.to_owned()),
+                        None => names.exact.entry(n.clone()),
+                    }
+                    .or_insert(l.bind.port());
+                }
+                let label = format!("{}:{}", l.name, c.info.cert.display());
+                if !expiry.iter().any(|(e, _)| *e == label) {
+                    expiry.push((label, c.info.not_after));
+                }
+            }
             out.insert(
                 l.name.clone(),
                 Arc::new(ListenerTls {
@@ -369,7 +484,11 @@ impl Tls {
                 }),
             );
         }
-        Ok(Prepared(out))
+        Ok(Prepared {
+            listeners: out,
+            names,
+            expiry,
+        })
     }
 
     fn server_config(&self, certs: &[LoadedCertificate]) -> Result<ServerConfig, TlsError> {
@@ -383,43 +502,25 @@ impl Tls {
         Ok(c)
     }
 
-    /// Makes `prepared` the TLS of new connections, in one store; warns about
-    /// certificates close to expiry.
+    /// Makes `prepared` the TLS of new connections; warns about certificates
+    /// close to expiry or not valid yet.
     pub(crate) fn store(&self, prepared: Prepared) {
-        let mut expiry = Vec::new();
-        let mut covered = Names::default();
-        let mut listeners: Vec<&String> = prepared.0.keys().collect();
-        listeners.sort();
-        for name in listeners {
-            for c in &prepared.0[name].certs {
-                for n in &c.names {
-                    match n.strip_prefix("*.") {
-                        Some(parent) => covered.wildcard.insert(parent.to_owned(), ()),
-                        None => covered.exact.insert(n.clone(), ()),
-                    };
-                }
-                let label = format!("{name}:{}", c.cert.display());
-                if !expiry.iter().any(|(l, _)| *l == label) {
-                    expiry.push((label, c.not_after));
-                }
-            }
-        }
-        warn_expiring(&prepared.0, unix_now());
-        self.expiry.store(Arc::new(expiry));
-        self.names.store(Arc::new(covered));
-        self.listeners.store(Arc::new(prepared.0));
+        warn_validity(&prepared.listeners, unix_now());
+        self.expiry.store(Arc::new(prepared.expiry));
+        self.names.store(Arc::new(prepared.names));
+        self.listeners.store(Arc::new(prepared.listeners));
     }
 
-    /// Whether some TLS listener has a certificate for `host` (a `Host`
-    /// value, port allowed): `redirect_https` sends only those to https.
-    pub(crate) fn has_certificate_for(&self, host: &str) -> bool {
+    /// The port of the first TLS listener with a certificate for `host` (a
+    /// `Host` value, port allowed), `None` when no certificate covers it:
+    /// `redirect_https` sends only those hosts to https, to that port.
+    pub(crate) fn https_port_for(&self, host: &str) -> Option<u16> {
         let names = self.names.load();
         lookup(
             &names.exact,
             &names.wildcard,
             crate::route::strip_port(host),
         )
-        .is_some()
     }
 
     /// The TLS of listener `name`, or `None` for a plain listener.
@@ -427,9 +528,10 @@ impl Tls {
         self.listeners.load().get(name).cloned()
     }
 
-    /// Logs a warning for every certificate in service close to expiry.
+    /// Logs a warning for every certificate in service close to expiry or
+    /// not valid yet.
     pub(crate) fn check_expiry(&self) {
-        warn_expiring(&self.listeners.load(), unix_now());
+        warn_validity(&self.listeners.load(), unix_now());
     }
 
     /// Runs the handshake within `timeout`; `None` (and a debug line) when it
@@ -468,19 +570,28 @@ impl Tls {
     }
 }
 
-fn warn_expiring(listeners: &HashMap<String, Arc<ListenerTls>>, now: i64) {
+fn warn_validity(listeners: &HashMap<String, Arc<ListenerTls>>, now: i64) {
     for (name, l) in listeners {
         for c in &l.certs {
-            let left = c.expires_in(now);
-            if left < EXPIRY_WARNING.as_secs() as i64 {
-                tracing::warn!(
+            match c.warning(now) {
+                None => {}
+                Some(ValidityWarning::ExpiresSoon { left }) => tracing::warn!(
                     listener = %name,
                     cert = %c.cert.display(),
                     subject = %c.subject,
                     not_after = %c.not_after_text,
                     days_left = left / 86_400,
                     "certificate expires soon; renew it and reload"
-                );
+                ),
+                Some(ValidityWarning::NotYetValid { starts_in }) => tracing::warn!(
+                    listener = %name,
+                    cert = %c.cert.display(),
+                    subject = %c.subject,
+                    not_before = %c.not_before_text,
+                    seconds_to_go = starts_in,
+                    "certificate not valid yet (notBefore in the future); served anyway, \
+                     but clients reject it until then; check this machine's clock"
+                ),
             }
         }
     }
@@ -587,5 +698,36 @@ mod tests {
         assert_eq!(r.index(Some("other.example.net")), 3);
         assert_eq!(r.index(Some("unknown.test")), 0);
         assert_eq!(r.index(None), 0);
+    }
+
+    #[test]
+    fn warnings_only_close_to_expiry_or_before_not_before() {
+        const DAY: i64 = 86_400;
+        let now = 1_800_000_000;
+        let info = |from: i64, to: i64| CertificateInfo {
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            subject: "CN=x".into(),
+            names: vec!["x".into()],
+            not_before: now + from,
+            not_before_text: String::new(),
+            not_after: now + to,
+            not_after_text: String::new(),
+        };
+        assert_eq!(info(-DAY, 365 * DAY).warning(now), None);
+        assert_eq!(info(-DAY, 14 * DAY).warning(now), None);
+        assert_eq!(
+            info(-DAY, 14 * DAY - 1).warning(now),
+            Some(ValidityWarning::ExpiresSoon { left: 14 * DAY - 1 })
+        );
+        assert_eq!(
+            info(-DAY, 13 * DAY).warning(now),
+            Some(ValidityWarning::ExpiresSoon { left: 13 * DAY })
+        );
+        assert_eq!(
+            info(3600, 365 * DAY).warning(now),
+            Some(ValidityWarning::NotYetValid { starts_in: 3600 })
+        );
+        assert_eq!(info(0, 365 * DAY).warning(now), None);
     }
 }

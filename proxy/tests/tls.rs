@@ -112,7 +112,7 @@ impl Rig {
     async fn new(tag: &str, ca: Ca, certs: &[(&str, Leaf)], opts: Opts) -> Rig {
         let dir = TlsDir::new(tag);
         let ca_file = dir.0.join("ca.pem");
-        std::fs::write(&ca_file, &ca.pem).unwrap();
+        std::fs::write(&ca_file, &ca.root_pem).unwrap();
         let certs = certs
             .iter()
             .map(|(name, leaf)| files(leaf.write(&dir.0, name)))
@@ -524,12 +524,25 @@ async fn certificate_swap_under_https_load_has_zero_failures() {
     assert!(ok.load(Ordering::Relaxed) >= before + 100);
 }
 
+/// A handshake record of 512 bytes announced, a ClientHello header, then
+/// nothing more: the server waits for the rest.
+const TRUNCATED_HELLO: [u8; 13] = [
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22,
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_truncated_client_hello_do_not_disturb_others() {
+    const HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+    const SILENT: usize = 50;
+    const TRUNCATED: usize = 10;
+    // Each ordinary request must finish well within the time the stalled
+    // handshakes are held: were handshakes served one at a time, the first
+    // request would wait behind the stalled ones for HANDSHAKE_LIMIT.
+    const REQUEST_LIMIT: Duration = Duration::from_secs(2);
     let ca = Ca::new("dynia test CA");
     let certs = one_cert(&ca, Validity::Year);
     let limits = Limits {
-        header_read_timeout: Duration::from_secs(2),
+        header_read_timeout: HANDSHAKE_LIMIT,
         ..Limits::default()
     };
     let opts = Opts {
@@ -545,41 +558,77 @@ async fn garbage_and_truncated_client_hello_do_not_disturb_others() {
     ] {
         let mut c = TcpStream::connect(rig.https).await.unwrap();
         c.write_all(junk).await.unwrap();
-        let closed = read_to_close(&mut c, Duration::from_secs(8)).await;
+        let closed = read_to_close(&mut c, Instant::now(), Duration::from_secs(8)).await;
         assert!(closed < Duration::from_millis(1500), "{closed:?}");
     }
 
-    // A ClientHello cut short, and a client that says nothing: both held
-    // until the handshake timeout, while other clients are served.
-    let mut truncated = TcpStream::connect(rig.https).await.unwrap();
-    // Handshake record of 512 bytes, ClientHello header, then nothing more.
-    truncated
-        .write_all(&[
-            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x11, 0x22,
-        ])
-        .await
-        .unwrap();
-    let mut silent = TcpStream::connect(rig.https).await.unwrap();
-    let held = Instant::now();
-    for _ in 0..10 {
-        let r = https_get(rig.https, rig.ca.client(false, &[]), HOST, "/")
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200);
+    // Clients that say nothing, and ClientHellos cut short, all held open at
+    // once; each watched for the server's close from the moment it connected.
+    let mut held = Vec::new();
+    for i in 0..SILENT + TRUNCATED {
+        let mut c = TcpStream::connect(rig.https).await.unwrap();
+        let opened = Instant::now();
+        let truncated = i >= SILENT;
+        if truncated {
+            c.write_all(&TRUNCATED_HELLO).await.unwrap();
+        }
+        held.push((
+            truncated,
+            tokio::spawn(async move {
+                read_to_close(&mut c, opened, HANDSHAKE_LIMIT + Duration::from_secs(5)).await
+            }),
+        ));
     }
-    let others_done = held.elapsed();
-    let t =
-        tokio::spawn(async move { read_to_close(&mut truncated, Duration::from_secs(8)).await });
-    let s = read_to_close(&mut silent, Duration::from_secs(8)).await;
-    let t = t.await.unwrap();
-    for (what, d) in [("truncated", t), ("silent", s)] {
+    let all_held = Instant::now();
+
+    // Meanwhile: ordinary HTTPS requests, four clients at a time, each
+    // request with its own deadline.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, cfg) = (rig.https, rig.ca.client(false, &[]));
+        clients.push(tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for _ in 0..5 {
+                let t = Instant::now();
+                let r =
+                    tokio::time::timeout(REQUEST_LIMIT, https_get(addr, cfg.clone(), HOST, "/"))
+                        .await
+                        .unwrap_or_else(|_| panic!("a request took over {REQUEST_LIMIT:?}"))
+                        .unwrap();
+                assert_eq!(r.status, 200);
+                slowest = slowest.max(t.elapsed());
+            }
+            slowest
+        }));
+    }
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        slowest = slowest.max(c.await.unwrap());
+    }
+    // The stalled handshakes were all still open while those were served.
+    let served_in = all_held.elapsed();
+    assert!(
+        held.iter().all(|(_, t)| !t.is_finished()),
+        "a stalled connection was closed before its handshake timeout"
+    );
+    assert!(served_in < HANDSHAKE_LIMIT, "{served_in:?}");
+
+    // And each is closed once its handshake timeout has passed.
+    for (truncated, t) in held {
+        let closed = t.await.unwrap();
         assert!(
-            d + others_done >= Duration::from_millis(1900) && d < Duration::from_secs(6),
-            "{what}: closed after {d:?} (others took {others_done:?})"
+            closed >= HANDSHAKE_LIMIT - Duration::from_millis(100)
+                && closed < HANDSHAKE_LIMIT + Duration::from_secs(2),
+            "{}: closed {closed:?} after connecting",
+            if truncated { "truncated" } else { "silent" }
         );
     }
+    eprintln!(
+        "20 requests beside {} stalled handshakes: slowest {slowest:?}, all in {served_in:?}",
+        SILENT + TRUNCATED
+    );
     // Counted (a failed handshake may be counted just after its close).
-    for (result, at_least) in [("timeout", 2.0), ("failure", 2.0)] {
+    for (result, at_least) in [("timeout", (SILENT + TRUNCATED) as f64), ("failure", 2.0)] {
         let series = format!("dynia_tls_handshakes_total{{result=\"{result}\"}}");
         wait_until(WAIT, &series.clone(), || {
             let n = rig.metric(&series).unwrap_or(0.0);
@@ -591,13 +640,13 @@ async fn garbage_and_truncated_client_hello_do_not_disturb_others() {
     assert_eq!(rig.served_cert(HOST).await.len(), certs[0].1.der.len());
 }
 
-/// Reads until the server closes; returns how long that took (panics past `limit`).
-async fn read_to_close(c: &mut TcpStream, limit: Duration) -> Duration {
-    let start = Instant::now();
+/// Reads until the server closes; returns how long after `since` that was
+/// (panics `limit` after `since`).
+async fn read_to_close(c: &mut TcpStream, since: Instant, limit: Duration) -> Duration {
     let mut buf = [0u8; 1024];
     loop {
-        match tokio::time::timeout(limit.saturating_sub(start.elapsed()), c.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+        match tokio::time::timeout(limit.saturating_sub(since.elapsed()), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return since.elapsed(),
             Ok(Ok(_)) => continue, // e.g. a TLS alert before the close
             Err(_) => panic!("connection still open after {limit:?}"),
         }
@@ -753,4 +802,345 @@ async fn websocket_upgrade_over_tls() {
         let back = ws.next().await.unwrap().unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
     }
+}
+
+/// `(depth, subject)` of each certificate in s_client's "Certificate chain".
+fn served_chain(s_client_out: &str) -> Vec<(u32, String)> {
+    s_client_out
+        .lines()
+        .filter_map(|l| {
+            let (depth, rest) = l.trim_start().split_once(' ')?;
+            let subject = rest.strip_prefix("s:")?;
+            Some((depth.parse().ok()?, subject.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_as_issuers_hand_them_out() {
+    let root = Ca::new("dynia test root");
+    let inter = root.intermediate("dynia test intermediate");
+    // certbot: fullchain.pem = leaf + intermediate, privkey.pem in PKCS#8.
+    let le = inter.issue(
+        "le.example.com",
+        &["le.example.com"],
+        KeyKind::EcdsaPkcs8,
+        Validity::Year,
+    );
+    // Cloudflare Origin CA: the leaf alone, signed by the Origin CA root
+    // itself (no intermediate), subject `CN=CloudFlare Origin Certificate`,
+    // the zone apex and its wildcard as names, RSA key in PKCS#8.
+    let mut params = leaf_params(
+        &["*.cf.example.com", "cf.example.com"],
+        Validity::EndsIn(Duration::from_secs(15 * 365 * 86_400)),
+    );
+    for (t, v) in [
+        (rcgen::DnType::OrganizationName, "CloudFlare, Inc."),
+        (
+            rcgen::DnType::OrganizationalUnitName,
+            "CloudFlare Origin CA",
+        ),
+        (rcgen::DnType::CommonName, "CloudFlare Origin Certificate"),
+    ] {
+        params.distinguished_name.push(t, v);
+    }
+    let mut cf = root.sign(params, KeyKind::RsaPkcs8);
+    cf.chain_pem = cf.cert_pem.clone();
+    // Both files saved on Windows: CRLF line ends.
+    let mut crlf = inter.issue(
+        "crlf.example.com",
+        &["crlf.example.com"],
+        KeyKind::RsaPkcs1,
+        Validity::Year,
+    );
+    crlf.chain_pem = crlf.chain_pem.replace('\n', "\r\n");
+    crlf.key_pem = crlf.key_pem.replace('\n', "\r\n");
+    assert!(crlf.chain_pem.contains("-----\r\n"));
+    let rig = Rig::new(
+        "issuers",
+        root,
+        &[
+            ("le", le.clone()),
+            ("cf", cf.clone()),
+            ("crlf", crlf.clone()),
+        ],
+        Opts::default(),
+    )
+    .await;
+    // HAProxy's `crt` file: certificate, intermediate and key in one PEM,
+    // named as both `cert` and `key`; added by a reload.
+    let combined = inter.issue(
+        "combined.example.com",
+        &["combined.example.com"],
+        KeyKind::EcdsaSec1,
+        Validity::Year,
+    );
+    let combined_file = rig.dir.0.join("combined.pem");
+    write_atomic(
+        &combined_file,
+        &format!("{}{}", combined.chain_pem, combined.key_pem),
+    );
+    let mut config = rig.config.clone();
+    config.listeners[0].certificates.push(CertificateFiles {
+        cert: combined_file.clone(),
+        key: combined_file.clone(),
+    });
+    rig.proxy.apply(config.clone()).unwrap();
+
+    let inter_cn = "CN = dynia test intermediate";
+    for (sni, leaf, chain) in [
+        ("le.example.com", &le, vec!["CN = le.example.com", inter_cn]),
+        (
+            "www.cf.example.com",
+            &cf,
+            vec!["CN = CloudFlare Origin Certificate, O = \"CloudFlare, Inc.\", OU = CloudFlare Origin CA"],
+        ),
+        ("cf.example.com", &cf, vec![]),
+        ("crlf.example.com", &crlf, vec!["CN = crlf.example.com", inter_cn]),
+        (
+            "combined.example.com",
+            &combined,
+            vec!["CN = combined.example.com", inter_cn],
+        ),
+    ] {
+        // openssl, trusting the root only, must build the path from what
+        // dynia sends: the leaf at depth 0, the intermediate at depth 1.
+        let ca_file = rig.ca_file.display().to_string();
+        let r = s_client(
+            rig.https,
+            Some(sni),
+            &["-CAfile", &ca_file, "-verify_return_error", "-showcerts"],
+        )
+        .await;
+        assert!(r.ok, "{sni}: s_client failed:\n{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("Verify return code: 0 (ok)"),
+            "{sni}:\n{}",
+            r.stdout
+        );
+        if !chain.is_empty() {
+            let want: Vec<(u32, String)> = chain
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32, s.to_string()))
+                .collect();
+            assert_eq!(served_chain(&r.stdout), want, "{sni}:\n{}", r.stdout);
+        }
+        // curl trusting the root only gets the member's answer.
+        let c = curl(rig.https, sni, "/", &rig.ca_file, &[]).await;
+        assert!(c.ok, "{sni}: curl failed: {}", c.stderr);
+        assert!(c.stdout.starts_with("member-0\n\n"), "{sni}: {}", c.stdout);
+        // rustls (webpki) too, and it is this file's leaf.
+        let r = https_get(rig.https, rig.ca.client(false, &[]), sni, "/")
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        assert_eq!(r.status, 200, "{sni}");
+        assert_eq!(r.cert, leaf.der, "{sni}");
+    }
+
+    // A chain in the wrong order (intermediate first): refused, saying so.
+    let reversed = rig.dir.0.join("reversed.pem");
+    write_atomic(&reversed, &format!("{}{}", inter.pem, le.cert_pem));
+    // Only the intermediate, with the leaf's key: the first is a CA.
+    let ca_only = rig.dir.0.join("ca-only.pem");
+    write_atomic(&ca_only, &inter.pem);
+    for (file, says) in [
+        (&reversed, "belongs to certificate 2 of this file"),
+        (&ca_only, "the first certificate is a CA certificate"),
+    ] {
+        let mut bad = config.clone();
+        bad.listeners[0].certificates[0] = CertificateFiles {
+            cert: file.clone(),
+            key: rig.dir.0.join("le.key"),
+        };
+        let e = rig.proxy.apply(bad).unwrap_err().to_string();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains(says), "{e}");
+        assert!(e.contains("leaf) certificate must come first"), "{e}");
+        assert!(!e.contains("does not belong"), "{e}");
+    }
+    // The old certificates still serve.
+    let r = https_get(rig.https, rig.ca.client(false, &[]), "le.example.com", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.cert, le.der);
+}
+
+/// The `Reused`/`New` line of s_client for a TLS 1.2 session.
+fn tls12_session(out: &str) -> &str {
+    out.lines()
+        .find(|l| l.starts_with("Reused, TLSv1.2") || l.starts_with("New, TLSv1.2"))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or("none")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_sessions_resume_by_id_and_by_ticket_across_a_reload() {
+    let ca = Ca::new("dynia test CA");
+    let certs = one_cert(&ca, Validity::Year);
+    let rig = Rig::new("resume12", ca, &certs, Opts::default()).await;
+    for (how, extra) in [("session id", &["-no_ticket"][..]), ("ticket", &[][..])] {
+        let session = |n: &str| rig.dir.0.join(format!("{n}.session")).display().to_string();
+        let connect = |flag: &'static str, file: String| async move {
+            let mut args = vec!["-tls1_2", flag, file.as_str()];
+            args.extend_from_slice(extra);
+            s_client(rig.https, Some(HOST), &args).await
+        };
+        let (before, after) = (session("before"), session("after"));
+        let first = connect("-sess_out", before.clone()).await;
+        assert_eq!(
+            tls12_session(&first.stdout),
+            "New",
+            "{how}:\n{}",
+            first.stdout
+        );
+        // What the server gave: a ticket, or only a session id to look up.
+        let ticket = first.stdout.contains("TLS session ticket:");
+        assert_eq!(ticket, how == "ticket", "{how}:\n{}", first.stdout);
+        let r = connect("-sess_in", before.clone()).await;
+        assert_eq!(tls12_session(&r.stdout), "Reused", "{how}:\n{}", r.stdout);
+
+        // A session made before a reload resumes after it.
+        let r = connect("-sess_out", after.clone()).await;
+        assert_eq!(tls12_session(&r.stdout), "New", "{how}:\n{}", r.stdout);
+        rig.proxy.apply(rig.config.clone()).unwrap();
+        let r = connect("-sess_in", after.clone()).await;
+        assert_eq!(
+            tls12_session(&r.stdout),
+            "Reused",
+            "{how} after a reload:\n{}",
+            r.stdout
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_by_server_preference_and_members_get_pooled_http11() {
+    let ca = Ca::new("dynia test CA");
+    let certs = one_cert(&ca, Validity::Year);
+    let rig = Rig::new("h2pool", ca, &certs, Opts::default()).await;
+
+    // A client listing http/1.1 before h2 still gets h2: the server's order.
+    let client = rig.ca.client(false, &[b"http/1.1", b"h2"]);
+    let mut h2 = H2Conn::connect(rig.https, client, HOST).await.unwrap();
+    assert_eq!(h2.alpn.as_deref(), Some(&b"h2"[..]));
+
+    // Many requests on that one HTTP/2 connection: the member sees HTTP/1.1,
+    // all on one pooled connection.
+    let mut member_conns = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let r = h2.get(HOST, "/headers").await.unwrap();
+        assert_eq!(r.status, 200);
+        let first = r.body.lines().next().unwrap_or_default();
+        assert!(first.ends_with(" HTTP/1.1"), "request {i}: {}", r.body);
+        member_conns.insert(r.headers["x-demo-connection"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        member_conns.len(),
+        1,
+        "20 sequential requests reached the member on connections {member_conns:?}"
+    );
+
+    // curl --http2 as well.
+    let r = curl(rig.https, HOST, "/headers", &rig.ca_file, &["--http2"]).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(r.stdout.ends_with("\n2"), "{}", r.stdout);
+    assert!(
+        r.stdout.starts_with("GET /headers HTTP/1.1\n"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_https_goes_to_the_tls_listener_holding_the_certificate() {
+    let ca = Ca::new("dynia test CA");
+    let dir = TlsDir::new("redirect2");
+    let ca_file = dir.0.join("ca.pem");
+    std::fs::write(&ca_file, &ca.root_pem).unwrap();
+    let up = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "member-0")
+        .await
+        .unwrap();
+    let a = ca.issue(
+        "a-cert",
+        &["a.example.com", "shared.example.com"],
+        KeyKind::EcdsaPkcs8,
+        Validity::Year,
+    );
+    let b = ca.issue(
+        "b-cert",
+        &["b.example.com", "*.wild.example.com", "shared.example.com"],
+        KeyKind::EcdsaPkcs8,
+        Validity::Year,
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut cfg = config(
+        vec![files(a.write(&dir.0, "a"))],
+        up.addr,
+        None,
+        Limits::default(),
+        port_a,
+    );
+    cfg.listeners.push(ListenerConfig {
+        name: "https-b".into(),
+        bind: SocketAddr::from(([127, 0, 0, 1], port_b)),
+        redirect_https: false,
+        certificates: vec![files(b.write(&dir.0, "b"))],
+    });
+    let proxy = Proxy::start(cfg, &prometheus::Registry::new())
+        .await
+        .unwrap();
+    let http = proxy
+        .listeners()
+        .iter()
+        .find(|l| l.name == "http")
+        .unwrap()
+        .local;
+    for (host, port) in [
+        ("a.example.com", Some(port_a)),
+        ("b.example.com", Some(port_b)),
+        ("x.wild.example.com", Some(port_b)),
+        // On both: the first TLS listener in the configuration.
+        ("shared.example.com", Some(port_a)),
+        ("none.example.com", None),
+    ] {
+        let r = support::get(http, host, "/p?q=1").await.unwrap();
+        match port {
+            Some(p) => {
+                assert_eq!(r.status, 308, "{host}: {}", r.body);
+                assert_eq!(
+                    r.headers["location"],
+                    format!("https://{host}:{p}/p?q=1"),
+                    "{host}"
+                );
+            }
+            None => assert_eq!(r.status, 200, "{host}: {}", r.body),
+        }
+    }
+    // curl follows to the second listener and its certificate checks out.
+    let url = format!("http://b.example.com:{}/", http.port());
+    let args: Vec<String> = [
+        "-sS",
+        "-L",
+        "--max-time",
+        "10",
+        "--cacert",
+        &ca_file.display().to_string(),
+        "--resolve",
+        &format!("b.example.com:{}:127.0.0.1", http.port()),
+        "--resolve",
+        &format!("b.example.com:{port_b}:127.0.0.1"),
+        "-w",
+        "\n%{url_effective}",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let r = run("curl", &args, b"").await;
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!("member-0\n\nhttps://b.example.com:{port_b}/")
+    );
 }

@@ -1,7 +1,8 @@
-//! TLS test support: a throwaway CA made with rcgen, certificate and key files
-//! in the formats issuers hand out, an HTTPS client that reports the
-//! certificate it was served, and bounded runs of the real `curl` and
-//! `openssl` binaries. Every address is on 127.0.0.0/8.
+//! TLS test support: a throwaway CA made with rcgen (a root, and
+//! intermediates under it), certificate and key files in the formats issuers
+//! hand out, HTTPS clients (HTTP/1.1 and HTTP/2) that report the certificate
+//! and ALPN they got, and bounded runs of the real `curl` and `openssl`
+//! binaries. Every address is on 127.0.0.0/8.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -46,12 +47,17 @@ pub enum Validity {
     EndsIn(Duration),
     /// Ended a day ago.
     Expired,
+    /// Starts in a day (notBefore in the future), for a year.
+    NotYetValid,
 }
 
 /// A certificate chain and key as PEM text, and the leaf's DER.
 #[derive(Clone)]
 pub struct Leaf {
+    /// The leaf, then its issuer's chain (see [`Ca::issue`]).
     pub chain_pem: String,
+    /// The leaf alone.
+    pub cert_pem: String,
     pub key_pem: String,
     pub der: Vec<u8>,
 }
@@ -73,11 +79,15 @@ pub fn write_atomic(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A test certificate authority.
+/// A test certificate authority: a root, or an intermediate under one.
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
+    /// This CA's own certificate.
     pub pem: String,
     pub der: CertificateDer<'static>,
+    /// The root it chains to (itself for a root): what clients trust.
+    pub root_pem: String,
+    pub root_der: CertificateDer<'static>,
 }
 
 fn unix_now() -> u64 {
@@ -98,24 +108,45 @@ impl Ca {
         Ca {
             pem: cert.pem(),
             der: cert.der().clone(),
+            root_pem: cert.pem(),
+            root_der: cert.der().clone(),
             issuer: Issuer::new(params, key),
         }
     }
 
-    /// A leaf for `names` (DNS subjectAltNames) with subject `CN=cn`.
+    /// An intermediate CA `CN=name` signed by this one (as Let's Encrypt's
+    /// R10/E5 are by ISRG Root X1).
+    pub fn intermediate(&self, name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            root_pem: self.root_pem.clone(),
+            root_der: self.root_der.clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` (DNS subjectAltNames) with subject `CN=cn`; its
+    /// `chain_pem` is the leaf then this CA's certificate (for an
+    /// intermediate that is certbot's `fullchain.pem`).
     pub fn issue(&self, cn: &str, names: &[&str], kind: KeyKind, validity: Validity) -> Leaf {
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
+        let mut params = leaf_params(names, validity);
         params.distinguished_name.push(DnType::CommonName, cn);
-        let now = unix_now() as i64;
-        let epoch = rcgen::date_time_ymd(1970, 1, 1);
-        let (from, to) = match validity {
-            Validity::Year => (now - 86_400, now + 365 * 86_400),
-            Validity::EndsIn(d) => (now - 86_400, now + d.as_secs() as i64),
-            Validity::Expired => (now - 30 * 86_400, now - 86_400),
-        };
-        params.not_before = epoch + Duration::from_secs(from as u64);
-        params.not_after = epoch + Duration::from_secs(to as u64);
+        self.sign(params, kind)
+    }
+
+    /// Signs `params` (see [`leaf_params`]) with a new key of `kind`.
+    pub fn sign(&self, params: CertificateParams, kind: KeyKind) -> Leaf {
         let (key, key_pem) = match kind {
             KeyKind::EcdsaPkcs8 | KeyKind::EcdsaSec1 => {
                 let k = KeyPair::generate().unwrap();
@@ -141,15 +172,16 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             chain_pem: format!("{}{}", cert.pem(), self.pem),
+            cert_pem: cert.pem(),
             key_pem,
             der: cert.der().to_vec(),
         }
     }
 
-    /// A client configuration trusting this CA only, ring provider.
+    /// A client configuration trusting this CA's root only, ring provider.
     pub fn client(&self, resumption: bool, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
+        roots.add(self.root_der.clone()).unwrap();
         let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -163,6 +195,23 @@ impl Ca {
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(c)
     }
+}
+
+/// Leaf parameters for DNS `names` over `validity`; no subject yet.
+pub fn leaf_params(names: &[&str], validity: Validity) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(names).unwrap();
+    let now = unix_now() as i64;
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let (from, to) = match validity {
+        Validity::Year => (now - 86_400, now + 365 * 86_400),
+        Validity::EndsIn(d) => (now - 86_400, now + d.as_secs() as i64),
+        Validity::Expired => (now - 30 * 86_400, now - 86_400),
+        Validity::NotYetValid => (now + 86_400, now + 365 * 86_400),
+    };
+    params.not_before = epoch + Duration::from_secs(from as u64);
+    params.not_after = epoch + Duration::from_secs(to as u64);
+    params
 }
 
 /// Converts a PKCS#8 PEM key to the traditional form (PKCS#1 / SEC1).
@@ -216,18 +265,84 @@ pub struct HttpsConn {
     pub resumed: bool,
 }
 
+/// A TLS connection to `addr` with SNI `sni`, handshake done.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))
+}
+
+/// One HTTP/2 connection over TLS (the ALPN must have said `h2`).
+pub struct H2Conn {
+    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl H2Conn {
+    pub async fn connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> Result<H2Conn, String> {
+        let tls = tls_connect(addr, config, sni).await?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+        let (sender, driver) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(driver);
+        Ok(H2Conn { sender, alpn })
+    }
+
+    /// A GET on this connection; the reply's `cert`/`resumed` are not filled.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::get(format!("https://{host}{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.version() != http::Version::HTTP_2 {
+            return Err(format!("answered over {:?}", resp.version()));
+        }
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            cert: Vec::new(),
+            alpn: self.alpn.clone(),
+            resumed: false,
+        })
+    }
+}
+
 impl HttpsConn {
     pub async fn connect(
         addr: SocketAddr,
         config: Arc<rustls::ClientConfig>,
         sni: &str,
     ) -> Result<HttpsConn, String> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let name = ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let tls = tls_connect(addr, config, sni).await?;
         let (_, conn) = tls.get_ref();
         let cert = conn
             .peer_certificates()
