@@ -34,7 +34,6 @@
 //! content before the deploy everywhere as `P + 1`, and `dynia sync` takes
 //! one document (the highest generation, this node's on a tie) everywhere.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1057,39 +1056,4 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
             crate::commands::FAILED
         }
     }
-}
-
-/// Rows of `dynia status`: drift summary for the table and the page.
-pub fn drift_line(s: &Status, node_path: Option<&Path>) -> Option<String> {
-    if s.drift.is_empty() {
-        return None;
-    }
-    let by: BTreeMap<&str, String> = s
-        .members
-        .iter()
-        .filter(|m| s.drift.contains(&m.id))
-        .map(|m| {
-            (
-                m.id.as_str(),
-                format!(
-                    "generation {} hash {}",
-                    m.generation.map_or("?".into(), |g| g.to_string()),
-                    m.config_hash
-                        .as_deref()
-                        .map_or("?", |h| &h[..12.min(h.len())])
-                ),
-            )
-        })
-        .collect();
-    let list: Vec<String> = by.iter().map(|(k, v)| format!("{k} ({v})")).collect();
-    Some(format!(
-        "drift: {} differ from {} (generation {} hash {}); fix with `dynia sync{}`",
-        list.join(", "),
-        s.node,
-        s.generation,
-        &s.config_hash[..12.min(s.config_hash.len())],
-        node_path
-            .map(|p| format!(" -c {}", p.display()))
-            .unwrap_or_default()
-    ))
 }
