@@ -2,8 +2,9 @@
 //! `undeploy`, `sync` and `rollback`.
 //!
 //! Every change reads the current document from the local daemon, builds the
-//! next one (`generation + 1`) and sends it with the generation it was based
-//! on to **every** member, old and new (SPEC §6; seeds 000/001). Members are
+//! next one (`generation + 1`) and sends it with the generation **and hash**
+//! it was based on to **every** member, old and new (SPEC §6; seeds 000/001):
+//! a member that has anything else refuses (409) and keeps it. Members are
 //! reached at `member.admin` or, by default, `private_ip` with this node's
 //! admin port, using this node's admin token (the same on every node).
 //!
@@ -15,25 +16,41 @@
 //! exits non-zero and prints the `dynia sync` that resumes. The member catches
 //! up by itself too (see [`crate::catchup`]) once it hears a newer generation.
 //!
+//! `sync` and `rollback` put one document on members that may differ: each
+//! member is compare-and-set on the generation and hash read from it when
+//! the command started, so a change that reaches a member after that read is
+//! never overwritten unseen (that member refuses and is reported).
+//!
 //! # Generations in a rolling deploy
 //!
 //! `deploy` must change one node at a time, but catch-up spreads any higher
 //! generation on its own. So a roll is done at one generation `P` (one above
-//! the highest any member has):
-//! 1. *pin*: every member gets the current content as generation `P`;
-//! 2. *roll*: member by member, a same-generation replace (compare-and-set on
-//!    generation `P` **and** the pinned hash) swaps in the content with the
-//!    new service; the service must turn UP for that member within the bound;
-//! 3. on failure that member is replaced back to the pinned content and the
-//!    roll stops.
+//! the generation `G` every member has):
+//! 0. *agree*: every member must have this node's document at `G` — or,
+//!    left by a stopped roll of the same service, that content with the
+//!    service. Anything else (a member ahead, behind or with other content)
+//!    refuses the deploy, naming the members, and points at `dynia sync`: a
+//!    deploy built from this node's document would overwrite it.
+//! 1. *pin*: every member gets the content it has (with or without the
+//!    service) as generation `P`, compare-and-set on what was read;
+//! 2. *roll*: member by member, those without the service get it by a
+//!    same-generation replace (compare-and-set on generation `P` **and** the
+//!    pinned hash); the service must turn UP for each member within the
+//!    bound (members that had it are only checked);
+//! 3. on failure that member is replaced back to the content without the
+//!    service and the roll stops.
 //!
 //! Catch-up only moves to a strictly higher generation, so a stopped roll
 //! stays where it stopped: rolled members and the others share generation `P`
-//! with two hashes, which `dynia status` shows as drift. `dynia deploy` again
-//! resumes (the same service is rolled again), `dynia rollback` puts the
-//! content before the deploy everywhere as `P + 1`, and `dynia sync` takes
-//! one document (the highest generation, this node's on a tie) everywhere.
+//! with two hashes, which `dynia status` shows as drift. The printed
+//! `dynia deploy` resumes (rolled members keep serving the service
+//! throughout; only the others are rolled), `dynia rollback` puts the content
+//! before the deploy everywhere as `P + 1`, and `dynia sync` takes one
+//! document (the highest generation, this node's on a tie) everywhere. A
+//! deploy of a service every member already has changes nothing and only
+//! checks that it is UP everywhere.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,10 +116,14 @@ impl Ctx {
 /// How one member's base generation is chosen.
 #[derive(Clone, Debug)]
 pub enum Base {
-    /// Compare-and-set on this generation (and hash, for a replace).
+    /// Compare-and-set on this generation and, when given, this hash: the
+    /// member refuses if it has anything else than what the command read.
     Cas(u64, Option<String>),
-    /// Whatever the member reports now (sync, rollback, a joining node).
+    /// Whatever the member reports now: only a joining node, whose own
+    /// one-member document nothing else depends on.
     Current,
+    /// The member could not be read; nothing is sent to it.
+    Unreachable(String),
 }
 
 /// One member's result.
@@ -124,11 +145,28 @@ pub struct Target {
 /// Sends `doc` to every target in order. Returns the rows and whether the
 /// change was refused at the commit point (then nothing was sent further).
 pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>, bool) {
-    let text = doc.to_toml();
-    let hash = doc.hash();
+    let each: Vec<(Target, ClusterDoc)> = targets
+        .iter()
+        .map(|t| {
+            (
+                Target {
+                    member: t.member.clone(),
+                    base: t.base.clone(),
+                    leave: t.leave,
+                },
+                doc.clone(),
+            )
+        })
+        .collect();
+    push_each(ctx, &each).await
+}
+
+/// [`push`] with a document for each target.
+pub async fn push_each(ctx: &Ctx, targets: &[(Target, ClusterDoc)]) -> (Vec<Row>, bool) {
     let mut rows = Vec::new();
     let mut committed = false;
-    for (i, t) in targets.iter().enumerate() {
+    for (i, (t, doc)) in targets.iter().enumerate() {
+        let (text, hash) = (doc.to_toml(), doc.hash());
         let client = ctx.client(&t.member);
         let addr = client.addr().to_string();
         let row = |ok: bool, result: String| Row {
@@ -146,11 +184,15 @@ pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>,
                     continue;
                 }
             },
+            Base::Unreachable(e) => {
+                rows.push(row(false, format!("unreachable: {e}")));
+                continue;
+            }
         };
         let req = ApplyRequest {
             base_generation,
             base_hash,
-            document: text.clone(),
+            document: text,
             leave: t.leave,
         };
         match client.put_cluster(&req).await {
@@ -186,7 +228,7 @@ pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>,
                     ),
                 ));
                 if !committed {
-                    for rest in &targets[i + 1..] {
+                    for (rest, _) in &targets[i + 1..] {
                         rows.push(Row {
                             id: rest.member.id.clone(),
                             addr: ctx.client(&rest.member).addr().to_string(),
@@ -260,15 +302,16 @@ fn fail(msg: impl std::fmt::Display) -> u8 {
 
 /// Targets for a change from `cur` to `new`: every member of either, in
 /// `new`'s order then the removed ones; members of `cur` compare-and-set on
-/// `cur.generation`, new ones use their current generation.
+/// `cur`'s generation and hash, new ones use their current generation.
 fn targets(cur: &ClusterDoc, new: &ClusterDoc) -> Vec<Target> {
+    let hash = cur.hash();
     let mut out: Vec<Target> = new
         .members
         .iter()
         .map(|m| Target {
             member: m.clone(),
             base: if cur.member(&m.id).is_some() {
-                Base::Cas(cur.generation, None)
+                Base::Cas(cur.generation, Some(hash.clone()))
             } else {
                 Base::Current
             },
@@ -279,7 +322,46 @@ fn targets(cur: &ClusterDoc, new: &ClusterDoc) -> Vec<Target> {
         if new.member(&m.id).is_none() {
             out.push(Target {
                 member: m.clone(),
-                base: Base::Cas(cur.generation, None),
+                base: Base::Cas(cur.generation, Some(hash.clone())),
+                leave: true,
+            });
+        }
+    }
+    out
+}
+
+/// What a command read from one member: its generation and hash, or why not.
+type Read = Result<(u64, String), String>;
+
+/// Targets for putting `doc` on every member of `content` (= `doc`'s
+/// members) and of `cur` (those not in `doc` leave), each compare-and-set on
+/// the generation **and** hash the command read from it (`read`, by id):
+/// a member changed by someone else since refuses, and nothing newer is
+/// overwritten unseen. A member that could not be read gets nothing.
+fn converge_targets(
+    cur: &ClusterDoc,
+    doc: &ClusterDoc,
+    read: &BTreeMap<String, Read>,
+) -> Vec<Target> {
+    let base = |id: &str| match read.get(id) {
+        Some(Ok((g, h))) => Base::Cas(*g, Some(h.clone())),
+        Some(Err(e)) => Base::Unreachable(e.clone()),
+        None => Base::Unreachable("not read".into()),
+    };
+    let mut out: Vec<Target> = doc
+        .members
+        .iter()
+        .map(|m| Target {
+            member: m.clone(),
+            base: base(&m.id),
+            leave: false,
+        })
+        .collect();
+    for m in &cur.members {
+        if doc.member(&m.id).is_none() {
+            out.push(Target {
+                member: m.clone(),
+                base: base(&m.id),
                 leave: true,
             });
         }
@@ -676,32 +758,59 @@ fn excuse_unreachable(rows: Vec<Row>, id: &str) -> Vec<Row> {
         .collect()
 }
 
-/// Every member's status (or why not), in `doc` order.
-async fn statuses(ctx: &Ctx, doc: &ClusterDoc) -> Vec<(Member, Result<Status, ClientError>)> {
-    let mut out = Vec::new();
-    for m in &doc.members {
-        out.push((m.clone(), status_of(ctx, m).await));
-    }
-    out
+/// Every member's status (or why not), in `members` order, read at once.
+async fn statuses(ctx: &Ctx, members: &[Member]) -> Vec<(Member, Result<Status, ClientError>)> {
+    let clients = members.iter().map(|m| ctx.client(m)).collect();
+    members
+        .iter()
+        .cloned()
+        .zip(crate::client::statuses(clients).await)
+        .collect()
 }
 
 /// Sends `content` at generation `max(all) + 1` to every member of `content`
-/// and of `cur` (those not in `content` leave), each based on its own
-/// current generation.
-async fn converge(ctx: &Ctx, cur: &ClusterDoc, content: &ClusterDoc, what: &str) -> u8 {
-    let mut top = cur.generation.max(content.generation);
-    for (_, s) in statuses(ctx, cur).await {
-        if let Ok(s) = s {
-            top = top.max(s.generation);
-        }
+/// and of `cur` (those not in `content` leave), each compare-and-set on the
+/// generation and hash read from it in `read` (members not in it are read
+/// now).
+async fn converge(
+    ctx: &Ctx,
+    cur: &ClusterDoc,
+    content: &ClusterDoc,
+    what: &str,
+    read: Vec<(Member, Result<Status, ClientError>)>,
+) -> u8 {
+    let mut seen: BTreeMap<String, Read> = read
+        .into_iter()
+        .map(|(m, s)| {
+            (
+                m.id,
+                s.map(|s| (s.generation, s.config_hash))
+                    .map_err(|e| e.to_string()),
+            )
+        })
+        .collect();
+    let missing: Vec<Member> = content
+        .members
+        .iter()
+        .chain(cur.members.iter())
+        .filter(|m| !seen.contains_key(&m.id))
+        .cloned()
+        .collect();
+    for (m, s) in statuses(ctx, &missing).await {
+        seen.insert(
+            m.id,
+            s.map(|s| (s.generation, s.config_hash))
+                .map_err(|e| e.to_string()),
+        );
     }
+    let top = seen
+        .values()
+        .flatten()
+        .map(|(g, _)| *g)
+        .fold(cur.generation.max(content.generation), u64::max);
     let mut doc = content.clone();
     doc.generation = top + 1;
-    let mut targets = targets(cur, &doc);
-    for t in &mut targets {
-        t.base = Base::Current;
-    }
-    let (rows, aborted) = push(ctx, &targets, &doc).await;
+    let (rows, aborted) = push(ctx, &converge_targets(cur, &doc, &seen), &doc).await;
     finish(ctx, what, &rows, aborted)
 }
 
@@ -717,7 +826,7 @@ pub fn sync(node_path: &Path) -> u8 {
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-        let all = statuses(&ctx, &cur).await;
+        let all = statuses(&ctx, &cur.members).await;
         let mine = cur.hash();
         if all.iter().all(|(_, s)| {
             s.as_ref()
@@ -757,7 +866,7 @@ pub fn sync(node_path: &Path) -> u8 {
             source.generation,
             &source.hash()[..12]
         );
-        converge(&ctx, &cur, &source, "sync").await
+        converge(&ctx, &cur, &source, "sync", all).await
     })
 }
 
@@ -794,7 +903,8 @@ pub fn rollback(node_path: &Path, to: Option<u64>) -> u8 {
             Err(e) => return fail(e),
         };
         println!("rollback: the content of generation {want} becomes the next generation on every member");
-        converge(&ctx, &cur, &content, &format!("rollback to {want}")).await
+        let all = statuses(&ctx, &cur.members).await;
+        converge(&ctx, &cur, &content, &format!("rollback to {want}"), all).await
     })
 }
 
@@ -849,6 +959,51 @@ pub fn deploy(node_path: &Path, a: DeployArgs) -> u8 {
     rt().block_on(deploy_async(&ctx, a))
 }
 
+/// `doc` at another generation: the same content.
+fn at(doc: &ClusterDoc, generation: u64) -> ClusterDoc {
+    let mut d = doc.clone();
+    d.generation = generation;
+    d
+}
+
+/// The health of `service` for member `id` as `client`'s daemon sees it.
+async fn service_health(client: &AdminClient, service: &str, id: &str) -> String {
+    client
+        .status()
+        .await
+        .ok()
+        .and_then(|s| {
+            s.services
+                .iter()
+                .find(|s| s.name == service)
+                .and_then(|s| s.members.iter().find(|x| x.id == id))
+                .map(|x| x.health.clone())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Waits (at most `limit`) for `service` to turn UP for member `m` on its own
+/// daemon; `Err` carries the last health seen.
+async fn gate(ctx: &Ctx, m: &Member, service: &str, limit: Duration) -> Result<(), String> {
+    let client = ctx.client(m);
+    let last = std::cell::RefCell::new(String::from("unknown"));
+    let up = wait_for(limit, || {
+        let (client, last) = (&client, &last);
+        async move {
+            let h = service_health(client, service, &m.id).await;
+            let up = h == "up";
+            *last.borrow_mut() = h;
+            up
+        }
+    })
+    .await;
+    if up {
+        Ok(())
+    } else {
+        Err(last.into_inner())
+    }
+}
+
 async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
     let cur = match ctx.current().await {
         Ok(d) => d,
@@ -866,45 +1021,67 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
         health,
         hsts: None,
     };
+    let g = cur.generation;
+    // `old`: this node's document without the service; `new`: with it. A
+    // service already here (the same settings) stays as it is: deploying it
+    // again resumes a stopped roll or re-checks a finished one.
     let mut old = cur.clone();
-    if let Some(existing) = cur.services.iter().find(|s| s.name == a.name) {
-        if existing.hosts != service.hosts
-            || existing.port != service.port
-            || existing.health.path != service.health.path
-        {
-            return fail(format!(
-                "service {:?} exists with other settings (hosts {:?}, port {}); `dynia undeploy {}` first",
-                a.name, existing.hosts, existing.port, a.name
-            ));
+    let new = match cur.services.iter().find(|s| s.name == a.name) {
+        Some(existing) => {
+            if existing.hosts != service.hosts
+                || existing.port != service.port
+                || existing.health.path != service.health.path
+            {
+                return fail(format!(
+                    "service {:?} exists with other settings (hosts {:?}, port {}); `dynia undeploy {}` first",
+                    a.name, existing.hosts, existing.port, a.name
+                ));
+            }
+            old.services.retain(|s| s.name != a.name);
+            cur.clone()
         }
-        // Deploying the same service again resumes a stopped roll.
-        old.services.retain(|s| s.name != a.name);
-    }
-    let mut new = old.clone();
-    new.services.push(service);
-    new.generation = cur.generation + 1;
-    if let Err(e) = new.validate() {
+        None => {
+            let mut n = cur.clone();
+            n.services.push(service);
+            n
+        }
+    };
+    if let Err(e) = at(&new, g + 1).validate() {
         return fail(format!(
             "deploy {}: the new document would be invalid:\n{e}",
             a.name
         ));
     }
     if a.plan {
-        let mut before = cur.clone();
-        before.generation = cur.generation;
         println!(
             "plan: deploy {} (nothing is changed)\n{}",
             a.name,
-            diff(&before.to_toml(), &new.to_toml())
+            diff(&cur.to_toml(), &at(&new, g + 1).to_toml())
         );
         return crate::commands::OK;
     }
-    // Every member must be reachable: a roll that cannot reach a node stops anyway.
-    let all = statuses(ctx, &cur).await;
-    let mut top = cur.generation;
+    // Every member must be reachable (a roll that cannot reach a node stops
+    // anyway) and have this node's document: the content before the deploy
+    // or, left by a stopped roll of this same service, the content with it.
+    // Anything else is work this node has not seen, which a deploy built
+    // from this node's document would overwrite.
+    let all = statuses(ctx, &cur.members).await;
+    let (old_hash, new_hash) = (at(&old, g).hash(), at(&new, g).hash());
+    let mut other = Vec::new();
+    let mut has = Vec::new();
     for (m, s) in &all {
         match s {
-            Ok(s) => top = top.max(s.generation),
+            Ok(s) => {
+                if s.generation != g || (s.config_hash != old_hash && s.config_hash != new_hash) {
+                    other.push(format!(
+                        "{} (generation {}, hash {})",
+                        m.id,
+                        s.generation,
+                        &s.config_hash[..12.min(s.config_hash.len())]
+                    ));
+                }
+                has.push(s.config_hash == new_hash);
+            }
             Err(e) => {
                 return fail(format!(
                     "deploy {} not started: member {} is unreachable ({e}); bring it back (it catches up) or `dynia node remove {}`, then deploy again",
@@ -913,104 +1090,116 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
             }
         }
     }
-    let p = top + 1;
-    old.generation = p;
-    new.generation = p;
-    let (old_hash, new_hash) = (old.hash(), new.hash());
-    // 1. Pin every member to the current content at generation P.
-    println!(
-        "deploy {}: step 1: every member to generation {p} (content unchanged)",
-        a.name
-    );
-    let pin_targets: Vec<Target> = cur
-        .members
-        .iter()
-        .map(|m| Target {
-            member: m.clone(),
-            base: Base::Current,
-            leave: false,
-        })
-        .collect();
-    let (rows, aborted) = push(ctx, &pin_targets, &old).await;
-    if aborted || rows.iter().any(|r| !r.ok) {
-        return finish(ctx, &format!("deploy {} (step 1)", a.name), &rows, aborted);
+    if !other.is_empty() {
+        return fail(format!(
+            "deploy {} refused, nothing was changed: {} {} not have this node's cluster document (generation {g}, hash {}), so a deploy from here would replace work this node has not seen. \
+             Bring every member to one document first with\n  {}\n(it takes the newest generation everywhere; `dynia status` shows who differs), then deploy again.",
+            a.name,
+            other.join(", "),
+            if other.len() == 1 { "does" } else { "do" },
+            &cur.hash()[..12],
+            ctx.sync_cmd()
+        ));
+    }
+    let everywhere = has.iter().all(|h| *h);
+    let p = if everywhere { g } else { g + 1 };
+    if everywhere {
+        println!(
+            "deploy {}: every member already has it (generation {g}); checking that it is UP on each, nothing is changed",
+            a.name
+        );
+    } else {
+        // 1. Pin: every member keeps the content it has (with or without the
+        // service), as generation P, compare-and-set on what was read.
+        println!(
+            "deploy {}: step 1: every member to generation {p}, each keeping the content it has",
+            a.name
+        );
+        let pins: Vec<(Target, ClusterDoc)> = all
+            .iter()
+            .zip(&has)
+            .map(|((m, s), has)| {
+                let s = s.as_ref().expect("unreachable members returned above");
+                (
+                    Target {
+                        member: m.clone(),
+                        base: Base::Cas(s.generation, Some(s.config_hash.clone())),
+                        leave: false,
+                    },
+                    at(if *has { &new } else { &old }, p),
+                )
+            })
+            .collect();
+        let (rows, aborted) = push_each(ctx, &pins).await;
+        if aborted || rows.iter().any(|r| !r.ok) {
+            return finish(ctx, &format!("deploy {} (step 1)", a.name), &rows, aborted);
+        }
+        println!(
+            "deploy {}: step 2: one member at a time, each must report {} UP within {:?}",
+            a.name, a.name, a.timeout
+        );
     }
     // 2. Roll, one member at a time, gated on the service turning UP there.
-    println!(
-        "deploy {}: step 2: one member at a time, each must report {} UP within {:?}",
-        a.name, a.name, a.timeout
-    );
+    let (old_p, new_p) = (at(&old, p), at(&new, p));
     let mut rows: Vec<Row> = Vec::new();
     let mut stopped: Option<(String, String)> = None;
-    for m in &cur.members {
+    for ((m, _), has) in all.iter().zip(&has) {
         let client = ctx.client(m);
-        let addr = client.addr().to_string();
+        let row = |ok: bool, result: String| Row {
+            id: m.id.clone(),
+            addr: client.addr().to_string(),
+            ok,
+            result,
+        };
         if stopped.is_some() {
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: false,
-                result: "not reached (the roll stopped)".into(),
-            });
+            rows.push(row(false, "not reached (the roll stopped)".into()));
             continue;
         }
-        let put = client
-            .put_cluster(&ApplyRequest {
-                base_generation: p,
-                base_hash: Some(old_hash.clone()),
-                document: new.to_toml(),
-                leave: false,
-            })
-            .await;
-        if let Err(e) = put {
-            let why = format!("not applied: {e}");
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: false,
-                result: why.clone(),
-            });
+        if !*has {
+            let put = client
+                .put_cluster(&ApplyRequest {
+                    base_generation: p,
+                    base_hash: Some(old_p.hash()),
+                    document: new_p.to_toml(),
+                    leave: false,
+                })
+                .await;
+            if let Err(e) = put {
+                let why = format!("not applied: {e}");
+                rows.push(row(false, why.clone()));
+                stopped = Some((m.id.clone(), why));
+                continue;
+            }
+        }
+        let last = match gate(ctx, m, &a.name, a.timeout).await {
+            Ok(()) => {
+                rows.push(row(
+                    true,
+                    if *has {
+                        format!("already had {}: UP", a.name)
+                    } else {
+                        format!("rolled: {} UP", a.name)
+                    },
+                ));
+                continue;
+            }
+            Err(last) => last,
+        };
+        let why = format!(
+            "{} did not turn UP within {:?} (health {last})",
+            a.name, a.timeout
+        );
+        if everywhere {
+            // Nothing was changed by this run: report, do not roll back.
+            rows.push(row(false, why.clone()));
             stopped = Some((m.id.clone(), why));
             continue;
         }
-        let last = std::cell::RefCell::new(String::from("unknown"));
-        let up = wait_for(a.timeout, || {
-            let (client, name, id, last) = (&client, &a.name, &m.id, &last);
-            async move {
-                let h = client.status().await.ok().and_then(|s| {
-                    s.services
-                        .iter()
-                        .find(|s| s.name == *name)
-                        .and_then(|s| s.members.iter().find(|x| x.id == *id))
-                        .map(|x| x.health.clone())
-                });
-                let h = h.unwrap_or_else(|| "unknown".into());
-                let up = h == "up";
-                *last.borrow_mut() = h;
-                up
-            }
-        })
-        .await;
-        if up {
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: true,
-                result: format!("rolled: {} UP", a.name),
-            });
-            continue;
-        }
-        let why = format!(
-            "{} did not turn UP within {:?} (health {})",
-            a.name,
-            a.timeout,
-            last.borrow()
-        );
         let back = client
             .put_cluster(&ApplyRequest {
                 base_generation: p,
-                base_hash: Some(new_hash.clone()),
-                document: old.to_toml(),
+                base_hash: Some(new_p.hash()),
+                document: old_p.to_toml(),
                 leave: false,
             })
             .await;
@@ -1018,23 +1207,44 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
             Ok(_) => format!("{why}; rolled back"),
             Err(e) => format!("{why}; rolling back FAILED too: {e}"),
         };
-        rows.push(Row {
-            id: m.id.clone(),
-            addr,
-            ok: false,
-            result,
-        });
+        rows.push(row(false, result));
         stopped = Some((m.id.clone(), why));
     }
     print_rows(&rows);
+    let c = ctx.node_path.display();
+    let again = format!(
+        "dynia deploy {name} {hosts} --port {port}{health} --timeout {timeout} -c {c}",
+        name = a.name,
+        hosts = a
+            .hosts
+            .iter()
+            .map(|h| format!("--host {h}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        port = a.port,
+        health = a
+            .health
+            .as_ref()
+            .map(|h| format!(" --health {h}"))
+            .unwrap_or_default(),
+        timeout = config::Duration::from(a.timeout),
+    );
     match stopped {
         None => {
             println!(
-                "deploy {}: rolled to all {} members (generation {p})",
+                "deploy {}: {} all {} members (generation {p})",
                 a.name,
+                if everywhere { "UP on" } else { "rolled to" },
                 rows.len()
             );
             crate::commands::OK
+        }
+        Some((id, why)) if everywhere => {
+            eprintln!(
+                "dynia: deploy {name}: every member has it, but on {id}: {why}. Nothing was changed. Fix the service on {id}, then check again with\n  {again}\nor remove it everywhere with\n  dynia undeploy {name} -c {c}",
+                name = a.name
+            );
+            crate::commands::FAILED
         }
         Some((id, why)) => {
             let rolled: Vec<&str> = rows
@@ -1042,16 +1252,12 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
                 .filter(|r| r.ok)
                 .map(|r| r.id.as_str())
                 .collect();
-            let c = ctx.node_path.display();
             eprintln!(
                 "dynia: deploy {name} stopped at member {id}: {why}. Rolled: [{}]; {id} was rolled back; later members were not touched. \
                  The cluster shows drift (generation {p}, two documents) until you either fix the service on {id} and resume with\n  \
-                 dynia deploy {name} {hosts} --port {port}{health} -c {c}\nor undo the deploy everywhere with\n  dynia rollback -c {c}",
+                 {again}\nor undo the deploy everywhere with\n  dynia rollback -c {c}",
                 rolled.join(", "),
                 name = a.name,
-                hosts = a.hosts.iter().map(|h| format!("--host {h}")).collect::<Vec<_>>().join(" "),
-                port = a.port,
-                health = a.health.as_ref().map(|h| format!(" --health {h}")).unwrap_or_default(),
             );
             crate::commands::FAILED
         }
