@@ -617,25 +617,31 @@ pub fn make_active(node_path: &Path, id: &str) -> u8 {
         let ok = wait_for(ELECTION_WAIT, || {
             let m = m.clone();
             let ctx = &ctx;
-            async move { status_of(ctx, &m).await.is_ok_and(|s| s.role == "master") }
+            async move {
+                status_of(ctx, &m)
+                    .await
+                    .is_ok_and(|s| s.role == "master" && s.reserved_ip.held)
+            }
         })
         .await;
         if ok {
-            println!("{id} is master");
+            println!("{id} is master and holds the Reserved IP");
             crate::commands::OK
         } else {
             fail(format!(
-                "{id} has the highest priority but did not become master within {ELECTION_WAIT:?} (is `preempt` off, or is its proxy unable to serve?); see `dynia status -c {}`",
+                "{id} has the highest priority but did not become master holding the Reserved IP within {ELECTION_WAIT:?} (is `preempt` off, its proxy unable to serve, or the Reserved-IP driver failing?); see `dynia status -c {}` and its log",
                 ctx.node_path.display()
             ))
         }
     })
 }
 
-/// `dynia node remove ID`: drain everywhere (and, for the master, priority 1
-/// so another member takes over), wait until no node has requests in flight
-/// to it and it is no longer master, then the document without it; the
-/// removed node gets that document too and stops.
+/// `dynia node remove ID`: drain everywhere (and priority 1, so another
+/// member takes mastership over), wait until another member is master and
+/// holds the Reserved IP, then until no member has requests in flight to it
+/// and it has none in flight itself (it proxied them while it was master),
+/// then the document without it; the removed node gets that document too and
+/// stops.
 pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
     let ctx = match Ctx::load(node_path) {
         Ok(c) => c,
@@ -655,6 +661,10 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
             let ids: Vec<&str> = cur.members.iter().map(|m| m.id.as_str()).collect();
             return fail(format!("no member {id:?}; its members are {}", ids.join(", ")));
         };
+        if cur.members.len() == 1 {
+            return fail(format!("{id} is the only member; a cluster keeps at least one (stop dynia there instead)"));
+        }
+        let again = format!("dynia node remove {id} -c {}", ctx.node_path.display());
         // 1. Drain (and step down) everywhere.
         let step1 = format!("node remove {id} (drain)");
         println!("step 1/3: drain {id} on every member and give it the lowest priority");
@@ -672,56 +682,89 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
         let rows = excuse_unreachable(rows, id);
         let code = finish(&ctx, &step1, &rows, aborted);
         if code != crate::commands::OK {
-            eprintln!("dynia: removal stopped before waiting for requests in flight; run `dynia node remove {id} -c {}` again", ctx.node_path.display());
+            eprintln!("dynia: removal stopped before waiting for requests in flight; run `{again}` again");
             return code;
         }
-        // 2. Wait for in-flight requests to it and for mastership to move.
-        println!("step 2/3: wait (at most {drain_timeout:?}) until no member has requests in flight to {id} and another member is master");
+        // 2. Mastership away from it, then nothing in flight to or through it.
+        println!("step 2/3: hand mastership over if {id} has it, then wait (at most {drain_timeout:?}) until no member has requests in flight to {id} and {id} has none in flight itself");
         let others: Vec<Member> = d1.members.iter().filter(|m| m.id != id).cloned().collect();
-        let drained = wait_for(drain_timeout, || {
-            let (ctx, others, leaving) = (&ctx, &others, &leaving);
+        let master = std::cell::RefCell::new(None::<String>);
+        let handed_over = wait_for(ELECTION_WAIT, || {
+            let (ctx, others, leaving, master) = (&ctx, &others, &leaving, &master);
             async move {
-                let mut inflight = 0;
-                for m in others.iter().chain(std::iter::once(leaving)) {
-                    if let Ok(s) = status_of(ctx, m).await {
-                        inflight += s
+                let still = status_of(ctx, leaving).await.is_ok_and(|s| s.role == "master");
+                let all = statuses(ctx, others).await;
+                let holder = all.iter().find_map(|(m, s)| {
+                    s.as_ref()
+                        .is_ok_and(|s| s.role == "master" && s.reserved_ip.held)
+                        .then(|| m.id.clone())
+                });
+                *master.borrow_mut() = holder.clone();
+                !still && holder.is_some()
+            }
+        })
+        .await;
+        let Some(master) = master.into_inner().filter(|_| handed_over) else {
+            return fail(format!(
+                "mastership did not move away from {id} to a member holding the Reserved IP within {ELECTION_WAIT:?}; it stays drained. Run `dynia node make-active ID` for another member, then `{again}`"
+            ));
+        };
+        println!("  {master} is master and holds the Reserved IP");
+        let busy = std::cell::RefCell::new(Vec::<String>::new());
+        let dead_said = std::cell::Cell::new(false);
+        let drained = wait_for(drain_timeout, || {
+            let (ctx, others, leaving, busy, dead_said) = (&ctx, &others, &leaving, &busy, &dead_said);
+            async move {
+                let mut now = Vec::new();
+                for (m, s) in statuses(ctx, others).await {
+                    match s {
+                        Ok(s) => {
+                            let n: usize = s
+                                .services
+                                .iter()
+                                .flat_map(|svc| svc.members.iter())
+                                .filter(|x| x.id == id)
+                                .map(|x| x.inflight)
+                                .sum();
+                            if n > 0 {
+                                now.push(format!("{} has {n} in flight to {id}", m.id));
+                            }
+                        }
+                        // It may be proxying requests to the leaving member.
+                        Err(e) => now.push(format!("{} does not answer ({e})", m.id)),
+                    }
+                }
+                match status_of(ctx, leaving).await {
+                    Ok(s) => {
+                        let n: usize = s
                             .services
                             .iter()
                             .flat_map(|svc| svc.members.iter())
-                            .filter(|x| x.id == id)
                             .map(|x| x.inflight)
-                            .sum::<usize>();
+                            .sum();
+                        if n > 0 {
+                            now.push(format!("{id} has {n} in flight through its proxy"));
+                        }
+                    }
+                    Err(e) => {
+                        if !dead_said.replace(true) {
+                            println!("  {id} does not answer ({e}): taken as stopped, so nothing is in flight through it");
+                        }
                     }
                 }
-                inflight == 0
+                let done = now.is_empty();
+                *busy.borrow_mut() = now;
+                done
             }
         })
         .await;
         if !drained {
             return fail(format!(
-                "requests to {id} were still in flight after {drain_timeout:?}; it stays drained (gets no new requests). Run `dynia node remove {id} -c {}` again, or with a longer --drain-timeout",
-                ctx.node_path.display()
+                "after {drain_timeout:?}: {}. {id} stays drained (gets no new requests) and in the cluster. Run `{again}` again, or with a longer --drain-timeout",
+                busy.into_inner().join("; ")
             ));
         }
-        let handed_over = wait_for(ELECTION_WAIT, || {
-            let (ctx, others, leaving) = (&ctx, &others, &leaving);
-            async move {
-                let still = status_of(ctx, leaving).await.is_ok_and(|s| s.role == "master");
-                let mut someone = false;
-                for m in others {
-                    if status_of(ctx, m).await.is_ok_and(|s| s.role == "master") {
-                        someone = true;
-                    }
-                }
-                !still && someone
-            }
-        })
-        .await;
-        if !handed_over {
-            return fail(format!(
-                "mastership did not move away from {id} within {ELECTION_WAIT:?}; run `dynia node make-active ID` for another member, then `dynia node remove {id}` again"
-            ));
-        }
+        println!("  nothing in flight to or through {id}");
         // 3. The document without it, to every member including it.
         let step3 = format!("node remove {id}");
         println!("step 3/3: the document without {id}, to every member (it stops)");
