@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/status.json`, `/status` and the `/v1/…`
-//! control calls.
+//! The admin listener: `/metrics`, `/status.json`, `/status` (the cluster
+//! view of `dynia status`: it reads every member's `/status.json`, bounded)
+//! and the `/v1/…` control calls.
 //!
 //! `/v1/…` requires the admin token as a bearer token, compared in constant
 //! time; request bodies are bounded. Every refusal is a JSON object
@@ -103,7 +104,7 @@ async fn route(d: &Daemon, req: Request<Incoming>) -> Resp {
         (Method::GET, "/status") => respond(
             StatusCode::OK,
             "text/html; charset=utf-8",
-            crate::page::render(&d.status()),
+            crate::page::render(&cluster_view(d).await),
         ),
         (_, p) if p.starts_with("/v1/") => {
             if let Some(refusal) = authorize(d, &req) {
@@ -216,6 +217,30 @@ async fn put_cluster(d: &Daemon, body: &[u8]) -> Resp {
             error(StatusCode::INTERNAL_SERVER_ERROR, "state", &e.to_string())
         }
     }
+}
+
+/// How long the `/status` page waits for each member's `/status.json`.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// This node's status with every other member's own `/status.json` (public,
+/// no token), read at once: what `dynia status` shows.
+async fn cluster_view(d: &Daemon) -> crate::status::ClusterStatus {
+    let loaded = d.loaded();
+    let port = loaded.node.admin.listen.port();
+    let peers = loaded
+        .cluster
+        .members
+        .iter()
+        .filter(|m| m.id != loaded.node.node.id)
+        .map(|m| {
+            (
+                m.id.clone(),
+                crate::client::AdminClient::new(m.admin_addr(port), None)
+                    .with_timeout(PEER_STATUS_TIMEOUT),
+            )
+        })
+        .collect();
+    crate::status::gather(d.status(), peers).await
 }
 
 /// `None` when the request carries the admin token, else the refusal.

@@ -1,18 +1,31 @@
-//! Catch-up: a node that hears a peer advertise a higher cluster-document
+//! Catch-up: a node that learns that a peer has a higher cluster-document
 //! generation fetches that document from the peer's admin API
 //! (`GET /v1/cluster`, with the shared admin token) and applies it through
 //! [`crate::daemon::Daemon::apply_document`] (validated, atomic, snapshot).
 //!
+//! It learns it from the peers' adverts, which carry their generation. A
+//! member not heard from lately (or whose adverts carry no generation, as
+//! with `vrrp3`) is asked for its public `/status.json` instead, every
+//! [`POLL_EVERY`]: members send adverts only to the members of their own
+//! document, so a node removed while it was down hears nothing at all.
+//!
+//! If the newer document does not list this node, the node was removed from
+//! the cluster while it could not be reached: that is logged once, the
+//! document is stored and the daemon resigns and stops, as `node remove`
+//! does to a node it reaches (catch-up does not retry a document this node
+//! cannot serve).
+//!
 //! Never moves to a lower or equal generation: documents of the same
 //! generation but another hash (a stopped rolling deploy) are drift for
 //! `dynia status` and `dynia sync`, not for catch-up. Failures back off
-//! (1 s doubling to 30 s); every fetch has a timeout.
+//! (1 s doubling to 30 s); every call has a timeout.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::apply::ApplyRequest;
 use crate::client::AdminClient;
+use crate::config::Member;
 use crate::daemon::Daemon;
 
 /// How often the adverts are looked at.
@@ -20,17 +33,36 @@ const TICK: Duration = Duration::from_millis(300);
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often members not heard from lately are asked for their status.
+pub const POLL_EVERY: Duration = Duration::from_secs(5);
+/// A member whose last advert with a generation is older is asked directly.
+const HEARD_WITHIN: Duration = Duration::from_secs(3);
+
+/// What one look found.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// Nothing newer, or a newer document applied.
+    Done,
+    /// This node is not in the newer document: it stops.
+    Removed,
+}
 
 /// Runs until the daemon stops.
 pub async fn run(d: Arc<Daemon>) {
     let mut backoff = BACKOFF_MIN;
+    let mut last_poll: Option<Instant> = None;
     loop {
         tokio::time::sleep(TICK).await;
         if d.stopping() {
             return;
         }
-        match once(&d).await {
-            Ok(_) => backoff = BACKOFF_MIN,
+        let poll = last_poll.is_none_or(|t| t.elapsed() >= POLL_EVERY);
+        if poll {
+            last_poll = Some(Instant::now());
+        }
+        match once(&d, poll).await {
+            Ok(Outcome::Removed) => return,
+            Ok(Outcome::Done) => backoff = BACKOFF_MIN,
             Err(why) => {
                 tracing::warn!(error = %why, retry_in = ?backoff, "catch-up failed");
                 tokio::time::sleep(backoff).await;
@@ -40,31 +72,51 @@ pub async fn run(d: Arc<Daemon>) {
     }
 }
 
-/// One look at the adverts; `Ok(true)` when a newer document was applied.
-async fn once(d: &Daemon) -> Result<bool, String> {
+/// One look at the adverts (and, with `poll`, at the status of members not
+/// heard from lately).
+async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
     let Some(election) = d.election() else {
-        return Ok(false);
+        return Ok(Outcome::Done);
     };
     let loaded = d.loaded();
     let mine = loaded.cluster.generation;
-    let best = loaded
+    let port = loaded.node.admin.listen.port();
+    let peers: Vec<&Member> = loaded
         .cluster
         .members
         .iter()
         .filter(|m| m.id != loaded.node.node.id)
-        .filter_map(|m| {
-            election
-                .shared()
-                .seen(m.private_ip)
-                .and_then(|s| s.generation)
-                .map(|g| (g, m.clone()))
-        })
-        .filter(|(g, _)| *g > mine)
-        .max_by_key(|(g, _)| *g);
-    let Some((advertised, peer)) = best else {
-        return Ok(false);
+        .collect();
+    let mut newer: Vec<(u64, Member)> = Vec::new();
+    let mut unheard: Vec<Member> = Vec::new();
+    for m in peers {
+        let seen = election.shared().seen(m.private_ip);
+        match seen.as_ref().and_then(|s| s.generation.map(|g| (g, s.at))) {
+            Some((g, _)) if g > mine => newer.push((g, m.clone())),
+            Some((_, at)) if at.elapsed() < HEARD_WITHIN => {}
+            _ => unheard.push(m.clone()),
+        }
+    }
+    if poll && !unheard.is_empty() {
+        let clients = unheard
+            .iter()
+            .map(|m| AdminClient::new(m.admin_addr(port), None).with_timeout(FETCH_TIMEOUT))
+            .collect();
+        for (m, s) in unheard
+            .into_iter()
+            .zip(crate::client::statuses(clients).await)
+        {
+            if let Ok(s) = s {
+                if s.node == m.id && s.generation > mine {
+                    newer.push((s.generation, m));
+                }
+            }
+        }
+    }
+    let Some((advertised, peer)) = newer.into_iter().max_by_key(|(g, _)| *g) else {
+        return Ok(Outcome::Done);
     };
-    let addr = peer.admin_addr(loaded.node.admin.listen.port());
+    let addr = peer.admin_addr(port);
     tracing::info!(peer = %peer.id, %addr, mine, advertised, "catching up: fetching the newer cluster document");
     let client = AdminClient::new(addr, loaded.admin_token.clone()).with_timeout(FETCH_TIMEOUT);
     let text = client
@@ -74,7 +126,35 @@ async fn once(d: &Daemon) -> Result<bool, String> {
     let doc = crate::config::parse_cluster_doc(&text, format!("{}:/v1/cluster", peer.id))
         .map_err(|e| format!("document from {}: {e}", peer.id))?;
     if doc.generation <= mine {
-        return Ok(false);
+        return Ok(Outcome::Done);
+    }
+    if doc.cluster != loaded.cluster.cluster {
+        return Err(format!(
+            "{} at {addr} answers with a document of cluster {:?}, this node is in {:?}; not applied",
+            peer.id, doc.cluster, loaded.cluster.cluster
+        ));
+    }
+    let me = &loaded.node.node.id;
+    if doc.member(me).is_none() {
+        tracing::error!(
+            peer = %peer.id,
+            generation = doc.generation,
+            node = %me,
+            "this node is not a member of the cluster's newer document: it was removed from the cluster while it could not be reached; storing that document, resigning and stopping (to bring it back, `dynia node add` it on a member, then start it again)"
+        );
+        let applied = d
+            .apply_document(ApplyRequest {
+                base_generation: mine,
+                base_hash: None,
+                document: text,
+                leave: true,
+            })
+            .await;
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "could not store the document that removed this node; stopping anyway");
+            d.request_stop();
+        }
+        return Ok(Outcome::Removed);
     }
     d.apply_document(ApplyRequest {
         base_generation: mine,
@@ -89,5 +169,5 @@ async fn once(d: &Daemon) -> Result<bool, String> {
             doc.generation, peer.id
         )
     })?;
-    Ok(true)
+    Ok(Outcome::Done)
 }

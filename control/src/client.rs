@@ -224,6 +224,35 @@ impl AdminClient {
     }
 }
 
+/// Every client's `GET /status.json` at once (each bounded by its client's
+/// timeout); the answers in the order of `clients`.
+pub async fn statuses(
+    clients: Vec<AdminClient>,
+) -> Vec<Result<crate::status::Status, ClientError>> {
+    let mut set = tokio::task::JoinSet::new();
+    let n = clients.len();
+    for (i, c) in clients.into_iter().enumerate() {
+        set.spawn(async move { (i, c.status().await) });
+    }
+    let mut out: Vec<Option<Result<crate::status::Status, ClientError>>> =
+        (0..n).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((i, r)) = joined {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(ClientError::BadAnswer {
+                    addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                    why: "the status call panicked".into(),
+                })
+            })
+        })
+        .collect()
+}
+
 fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
     #[derive(serde::Deserialize)]
     struct C {

@@ -109,52 +109,89 @@ pub fn reload(node_path: &Path) -> u8 {
     }
 }
 
-/// `dynia status [--json]`.
+/// How long `dynia status` waits for each member's `/status.json`.
+const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `dynia status [--json]`: this node's status with every member's own
+/// `/status.json`, read at once (bounded); unreachable members and drift
+/// are marked.
 pub fn status(node_path: &Path, json: bool) -> u8 {
-    let client = match local_client(node_path) {
+    let ctx = match crate::ops::Ctx::load(node_path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("dynia: {e}");
+            return FAILED;
+        }
     };
-    let s = match runtime().block_on(client.status()) {
-        Ok(s) => s,
+    let view = runtime().block_on(async {
+        let local = ctx.local.status().await?;
+        // Members and their admin addresses: the daemon's document, or the
+        // file it loaded when the call is refused (no admin token here).
+        let doc = match ctx.current().await {
+            Ok(d) => Some(d),
+            Err(_) => config::load_cluster_doc(config::cluster_doc_path(&ctx.node)).ok(),
+        };
+        let peers = local
+            .members
+            .iter()
+            .filter(|m| m.id != local.node)
+            .filter_map(|m| {
+                let addr = match doc.as_ref().and_then(|d| d.member(&m.id)) {
+                    Some(dm) => dm.admin_addr(ctx.node.admin.listen.port()),
+                    None => {
+                        SocketAddr::new(m.private_ip.parse().ok()?, ctx.node.admin.listen.port())
+                    }
+                };
+                Some((
+                    m.id.clone(),
+                    AdminClient::new(addr, None).with_timeout(STATUS_TIMEOUT),
+                ))
+            })
+            .collect();
+        Ok::<_, ClientError>(crate::status::gather(local, peers).await)
+    });
+    let v = match view {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("dynia: {e}");
             return FAILED;
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return OK;
     }
-    let holder = s
-        .members
-        .iter()
-        .find(|m| m.role == "master")
-        .map_or("-".to_string(), |m| m.id.clone());
+    let s = &v.status;
     println!(
         "cluster {}  generation {}  config {}  reserved ip {} held by {}",
         s.cluster,
         s.generation,
         &s.config_hash[..12.min(s.config_hash.len())],
-        s.reserved_ip.address.as_deref().unwrap_or("-"),
-        holder
+        s.reserved_ip
+            .address
+            .as_deref()
+            .unwrap_or("(none configured)"),
+        v.holder_text()
     );
     println!(
-        "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}",
+        "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}  NOTE",
         "ID", "ROLE", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
     );
     for m in &s.members {
-        let (up, total) = s.services.iter().fold((0, 0), |(u, t), svc| {
-            let h = svc.members.iter().find(|x| x.id == m.id);
-            (
-                u + usize::from(h.is_some_and(|h| h.health == "up")),
-                t + usize::from(h.is_some()),
-            )
-        });
+        let (up, total) = v.services_up(&m.id);
         let me = if m.id == s.node { " (this)" } else { "" };
         let drift = if s.drift.contains(&m.id) { "*" } else { "" };
+        let mut note = Vec::new();
+        if let Some(e) = v.unreachable(&m.id) {
+            note.push(format!("UNREACHABLE: {e}"));
+        } else if !drift.is_empty() {
+            note.push("drift".to_string());
+        }
+        if v.reserved_ip_holders.contains(&m.id) {
+            note.push("holds the Reserved IP".to_string());
+        }
         println!(
-            "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}",
+            "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
             format!("{}{}", m.id, me),
             m.role,
             m.priority,
@@ -164,10 +201,11 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
                 "{}{drift}",
                 m.generation.map_or("?".into(), |g| g.to_string())
             ),
-            format!("{up}/{total}")
+            format!("{up}/{total}"),
+            note.join("; ")
         );
     }
-    if let Some(line) = crate::ops::drift_line(&s, Some(node_path)) {
+    if let Some(line) = v.drift_line(Some(node_path)) {
         println!("{line}");
     }
     OK

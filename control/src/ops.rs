@@ -2,8 +2,9 @@
 //! `undeploy`, `sync` and `rollback`.
 //!
 //! Every change reads the current document from the local daemon, builds the
-//! next one (`generation + 1`) and sends it with the generation it was based
-//! on to **every** member, old and new (SPEC §6; seeds 000/001). Members are
+//! next one (`generation + 1`) and sends it with the generation **and hash**
+//! it was based on to **every** member, old and new (SPEC §6; seeds 000/001):
+//! a member that has anything else refuses (409) and keeps it. Members are
 //! reached at `member.admin` or, by default, `private_ip` with this node's
 //! admin port, using this node's admin token (the same on every node).
 //!
@@ -15,24 +16,39 @@
 //! exits non-zero and prints the `dynia sync` that resumes. The member catches
 //! up by itself too (see [`crate::catchup`]) once it hears a newer generation.
 //!
+//! `sync` and `rollback` put one document on members that may differ: each
+//! member is compare-and-set on the generation and hash read from it when
+//! the command started, so a change that reaches a member after that read is
+//! never overwritten unseen (that member refuses and is reported).
+//!
 //! # Generations in a rolling deploy
 //!
 //! `deploy` must change one node at a time, but catch-up spreads any higher
 //! generation on its own. So a roll is done at one generation `P` (one above
-//! the highest any member has):
-//! 1. *pin*: every member gets the current content as generation `P`;
-//! 2. *roll*: member by member, a same-generation replace (compare-and-set on
-//!    generation `P` **and** the pinned hash) swaps in the content with the
-//!    new service; the service must turn UP for that member within the bound;
-//! 3. on failure that member is replaced back to the pinned content and the
-//!    roll stops.
+//! the generation `G` every member has):
+//! 0. *agree*: every member must have this node's document at `G` — or,
+//!    left by a stopped roll of the same service, that content with the
+//!    service. Anything else (a member ahead, behind or with other content)
+//!    refuses the deploy, naming the members, and points at `dynia sync`: a
+//!    deploy built from this node's document would overwrite it.
+//! 1. *pin*: every member gets the content it has (with or without the
+//!    service) as generation `P`, compare-and-set on what was read;
+//! 2. *roll*: member by member, those without the service get it by a
+//!    same-generation replace (compare-and-set on generation `P` **and** the
+//!    pinned hash); the service must turn UP for each member within the
+//!    bound (members that had it are only checked);
+//! 3. on failure that member is replaced back to the content without the
+//!    service and the roll stops.
 //!
 //! Catch-up only moves to a strictly higher generation, so a stopped roll
 //! stays where it stopped: rolled members and the others share generation `P`
-//! with two hashes, which `dynia status` shows as drift. `dynia deploy` again
-//! resumes (the same service is rolled again), `dynia rollback` puts the
-//! content before the deploy everywhere as `P + 1`, and `dynia sync` takes
-//! one document (the highest generation, this node's on a tie) everywhere.
+//! with two hashes, which `dynia status` shows as drift. The printed
+//! `dynia deploy` resumes (rolled members keep serving the service
+//! throughout; only the others are rolled), `dynia rollback` puts the content
+//! before the deploy everywhere as `P + 1`, and `dynia sync` takes one
+//! document (the highest generation, this node's on a tie) everywhere. A
+//! deploy of a service every member already has changes nothing and only
+//! checks that it is UP everywhere.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -100,10 +116,14 @@ impl Ctx {
 /// How one member's base generation is chosen.
 #[derive(Clone, Debug)]
 pub enum Base {
-    /// Compare-and-set on this generation (and hash, for a replace).
+    /// Compare-and-set on this generation and, when given, this hash: the
+    /// member refuses if it has anything else than what the command read.
     Cas(u64, Option<String>),
-    /// Whatever the member reports now (sync, rollback, a joining node).
+    /// Whatever the member reports now: only a joining node, whose own
+    /// one-member document nothing else depends on.
     Current,
+    /// The member could not be read; nothing is sent to it.
+    Unreachable(String),
 }
 
 /// One member's result.
@@ -125,11 +145,28 @@ pub struct Target {
 /// Sends `doc` to every target in order. Returns the rows and whether the
 /// change was refused at the commit point (then nothing was sent further).
 pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>, bool) {
-    let text = doc.to_toml();
-    let hash = doc.hash();
+    let each: Vec<(Target, ClusterDoc)> = targets
+        .iter()
+        .map(|t| {
+            (
+                Target {
+                    member: t.member.clone(),
+                    base: t.base.clone(),
+                    leave: t.leave,
+                },
+                doc.clone(),
+            )
+        })
+        .collect();
+    push_each(ctx, &each).await
+}
+
+/// [`push`] with a document for each target.
+pub async fn push_each(ctx: &Ctx, targets: &[(Target, ClusterDoc)]) -> (Vec<Row>, bool) {
     let mut rows = Vec::new();
     let mut committed = false;
-    for (i, t) in targets.iter().enumerate() {
+    for (i, (t, doc)) in targets.iter().enumerate() {
+        let (text, hash) = (doc.to_toml(), doc.hash());
         let client = ctx.client(&t.member);
         let addr = client.addr().to_string();
         let row = |ok: bool, result: String| Row {
@@ -147,11 +184,15 @@ pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>,
                     continue;
                 }
             },
+            Base::Unreachable(e) => {
+                rows.push(row(false, format!("unreachable: {e}")));
+                continue;
+            }
         };
         let req = ApplyRequest {
             base_generation,
             base_hash,
-            document: text.clone(),
+            document: text,
             leave: t.leave,
         };
         match client.put_cluster(&req).await {
@@ -187,7 +228,7 @@ pub async fn push(ctx: &Ctx, targets: &[Target], doc: &ClusterDoc) -> (Vec<Row>,
                     ),
                 ));
                 if !committed {
-                    for rest in &targets[i + 1..] {
+                    for (rest, _) in &targets[i + 1..] {
                         rows.push(Row {
                             id: rest.member.id.clone(),
                             addr: ctx.client(&rest.member).addr().to_string(),
@@ -261,15 +302,16 @@ fn fail(msg: impl std::fmt::Display) -> u8 {
 
 /// Targets for a change from `cur` to `new`: every member of either, in
 /// `new`'s order then the removed ones; members of `cur` compare-and-set on
-/// `cur.generation`, new ones use their current generation.
+/// `cur`'s generation and hash, new ones use their current generation.
 fn targets(cur: &ClusterDoc, new: &ClusterDoc) -> Vec<Target> {
+    let hash = cur.hash();
     let mut out: Vec<Target> = new
         .members
         .iter()
         .map(|m| Target {
             member: m.clone(),
             base: if cur.member(&m.id).is_some() {
-                Base::Cas(cur.generation, None)
+                Base::Cas(cur.generation, Some(hash.clone()))
             } else {
                 Base::Current
             },
@@ -280,7 +322,46 @@ fn targets(cur: &ClusterDoc, new: &ClusterDoc) -> Vec<Target> {
         if new.member(&m.id).is_none() {
             out.push(Target {
                 member: m.clone(),
-                base: Base::Cas(cur.generation, None),
+                base: Base::Cas(cur.generation, Some(hash.clone())),
+                leave: true,
+            });
+        }
+    }
+    out
+}
+
+/// What a command read from one member: its generation and hash, or why not.
+type Read = Result<(u64, String), String>;
+
+/// Targets for putting `doc` on every member of `content` (= `doc`'s
+/// members) and of `cur` (those not in `doc` leave), each compare-and-set on
+/// the generation **and** hash the command read from it (`read`, by id):
+/// a member changed by someone else since refuses, and nothing newer is
+/// overwritten unseen. A member that could not be read gets nothing.
+fn converge_targets(
+    cur: &ClusterDoc,
+    doc: &ClusterDoc,
+    read: &BTreeMap<String, Read>,
+) -> Vec<Target> {
+    let base = |id: &str| match read.get(id) {
+        Some(Ok((g, h))) => Base::Cas(*g, Some(h.clone())),
+        Some(Err(e)) => Base::Unreachable(e.clone()),
+        None => Base::Unreachable("not read".into()),
+    };
+    let mut out: Vec<Target> = doc
+        .members
+        .iter()
+        .map(|m| Target {
+            member: m.clone(),
+            base: base(&m.id),
+            leave: false,
+        })
+        .collect();
+    for m in &cur.members {
+        if doc.member(&m.id).is_none() {
+            out.push(Target {
+                member: m.clone(),
+                base: base(&m.id),
                 leave: true,
             });
         }
@@ -536,25 +617,31 @@ pub fn make_active(node_path: &Path, id: &str) -> u8 {
         let ok = wait_for(ELECTION_WAIT, || {
             let m = m.clone();
             let ctx = &ctx;
-            async move { status_of(ctx, &m).await.is_ok_and(|s| s.role == "master") }
+            async move {
+                status_of(ctx, &m)
+                    .await
+                    .is_ok_and(|s| s.role == "master" && s.reserved_ip.held)
+            }
         })
         .await;
         if ok {
-            println!("{id} is master");
+            println!("{id} is master and holds the Reserved IP");
             crate::commands::OK
         } else {
             fail(format!(
-                "{id} has the highest priority but did not become master within {ELECTION_WAIT:?} (is `preempt` off, or is its proxy unable to serve?); see `dynia status -c {}`",
+                "{id} has the highest priority but did not become master holding the Reserved IP within {ELECTION_WAIT:?} (is `preempt` off, its proxy unable to serve, or the Reserved-IP driver failing?); see `dynia status -c {}` and its log",
                 ctx.node_path.display()
             ))
         }
     })
 }
 
-/// `dynia node remove ID`: drain everywhere (and, for the master, priority 1
-/// so another member takes over), wait until no node has requests in flight
-/// to it and it is no longer master, then the document without it; the
-/// removed node gets that document too and stops.
+/// `dynia node remove ID`: drain everywhere (and priority 1, so another
+/// member takes mastership over), wait until another member is master and
+/// holds the Reserved IP, then until no member has requests in flight to it
+/// and it has none in flight itself (it proxied them while it was master),
+/// then the document without it; the removed node gets that document too and
+/// stops.
 pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
     let ctx = match Ctx::load(node_path) {
         Ok(c) => c,
@@ -574,6 +661,10 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
             let ids: Vec<&str> = cur.members.iter().map(|m| m.id.as_str()).collect();
             return fail(format!("no member {id:?}; its members are {}", ids.join(", ")));
         };
+        if cur.members.len() == 1 {
+            return fail(format!("{id} is the only member; a cluster keeps at least one (stop dynia there instead)"));
+        }
+        let again = format!("dynia node remove {id} -c {}", ctx.node_path.display());
         // 1. Drain (and step down) everywhere.
         let step1 = format!("node remove {id} (drain)");
         println!("step 1/3: drain {id} on every member and give it the lowest priority");
@@ -591,56 +682,89 @@ pub fn node_remove(node_path: &Path, id: &str, drain_timeout: Duration) -> u8 {
         let rows = excuse_unreachable(rows, id);
         let code = finish(&ctx, &step1, &rows, aborted);
         if code != crate::commands::OK {
-            eprintln!("dynia: removal stopped before waiting for requests in flight; run `dynia node remove {id} -c {}` again", ctx.node_path.display());
+            eprintln!("dynia: removal stopped before waiting for requests in flight; run `{again}` again");
             return code;
         }
-        // 2. Wait for in-flight requests to it and for mastership to move.
-        println!("step 2/3: wait (at most {drain_timeout:?}) until no member has requests in flight to {id} and another member is master");
+        // 2. Mastership away from it, then nothing in flight to or through it.
+        println!("step 2/3: hand mastership over if {id} has it, then wait (at most {drain_timeout:?}) until no member has requests in flight to {id} and {id} has none in flight itself");
         let others: Vec<Member> = d1.members.iter().filter(|m| m.id != id).cloned().collect();
-        let drained = wait_for(drain_timeout, || {
-            let (ctx, others, leaving) = (&ctx, &others, &leaving);
+        let master = std::cell::RefCell::new(None::<String>);
+        let handed_over = wait_for(ELECTION_WAIT, || {
+            let (ctx, others, leaving, master) = (&ctx, &others, &leaving, &master);
             async move {
-                let mut inflight = 0;
-                for m in others.iter().chain(std::iter::once(leaving)) {
-                    if let Ok(s) = status_of(ctx, m).await {
-                        inflight += s
+                let still = status_of(ctx, leaving).await.is_ok_and(|s| s.role == "master");
+                let all = statuses(ctx, others).await;
+                let holder = all.iter().find_map(|(m, s)| {
+                    s.as_ref()
+                        .is_ok_and(|s| s.role == "master" && s.reserved_ip.held)
+                        .then(|| m.id.clone())
+                });
+                *master.borrow_mut() = holder.clone();
+                !still && holder.is_some()
+            }
+        })
+        .await;
+        let Some(master) = master.into_inner().filter(|_| handed_over) else {
+            return fail(format!(
+                "mastership did not move away from {id} to a member holding the Reserved IP within {ELECTION_WAIT:?}; it stays drained. Run `dynia node make-active ID` for another member, then `{again}`"
+            ));
+        };
+        println!("  {master} is master and holds the Reserved IP");
+        let busy = std::cell::RefCell::new(Vec::<String>::new());
+        let dead_said = std::cell::Cell::new(false);
+        let drained = wait_for(drain_timeout, || {
+            let (ctx, others, leaving, busy, dead_said) = (&ctx, &others, &leaving, &busy, &dead_said);
+            async move {
+                let mut now = Vec::new();
+                for (m, s) in statuses(ctx, others).await {
+                    match s {
+                        Ok(s) => {
+                            let n: usize = s
+                                .services
+                                .iter()
+                                .flat_map(|svc| svc.members.iter())
+                                .filter(|x| x.id == id)
+                                .map(|x| x.inflight)
+                                .sum();
+                            if n > 0 {
+                                now.push(format!("{} has {n} in flight to {id}", m.id));
+                            }
+                        }
+                        // It may be proxying requests to the leaving member.
+                        Err(e) => now.push(format!("{} does not answer ({e})", m.id)),
+                    }
+                }
+                match status_of(ctx, leaving).await {
+                    Ok(s) => {
+                        let n: usize = s
                             .services
                             .iter()
                             .flat_map(|svc| svc.members.iter())
-                            .filter(|x| x.id == id)
                             .map(|x| x.inflight)
-                            .sum::<usize>();
+                            .sum();
+                        if n > 0 {
+                            now.push(format!("{id} has {n} in flight through its proxy"));
+                        }
+                    }
+                    Err(e) => {
+                        if !dead_said.replace(true) {
+                            println!("  {id} does not answer ({e}): taken as stopped, so nothing is in flight through it");
+                        }
                     }
                 }
-                inflight == 0
+                let done = now.is_empty();
+                *busy.borrow_mut() = now;
+                done
             }
         })
         .await;
         if !drained {
             return fail(format!(
-                "requests to {id} were still in flight after {drain_timeout:?}; it stays drained (gets no new requests). Run `dynia node remove {id} -c {}` again, or with a longer --drain-timeout",
-                ctx.node_path.display()
+                "after {drain_timeout:?}: {}. {id} stays drained (gets no new requests) and in the cluster. Run `{again}` again, or with a longer --drain-timeout",
+                busy.into_inner().join("; ")
             ));
         }
-        let handed_over = wait_for(ELECTION_WAIT, || {
-            let (ctx, others, leaving) = (&ctx, &others, &leaving);
-            async move {
-                let still = status_of(ctx, leaving).await.is_ok_and(|s| s.role == "master");
-                let mut someone = false;
-                for m in others {
-                    if status_of(ctx, m).await.is_ok_and(|s| s.role == "master") {
-                        someone = true;
-                    }
-                }
-                !still && someone
-            }
-        })
-        .await;
-        if !handed_over {
-            return fail(format!(
-                "mastership did not move away from {id} within {ELECTION_WAIT:?}; run `dynia node make-active ID` for another member, then `dynia node remove {id}` again"
-            ));
-        }
+        println!("  nothing in flight to or through {id}");
         // 3. The document without it, to every member including it.
         let step3 = format!("node remove {id}");
         println!("step 3/3: the document without {id}, to every member (it stops)");
@@ -677,32 +801,59 @@ fn excuse_unreachable(rows: Vec<Row>, id: &str) -> Vec<Row> {
         .collect()
 }
 
-/// Every member's status (or why not), in `doc` order.
-async fn statuses(ctx: &Ctx, doc: &ClusterDoc) -> Vec<(Member, Result<Status, ClientError>)> {
-    let mut out = Vec::new();
-    for m in &doc.members {
-        out.push((m.clone(), status_of(ctx, m).await));
-    }
-    out
+/// Every member's status (or why not), in `members` order, read at once.
+async fn statuses(ctx: &Ctx, members: &[Member]) -> Vec<(Member, Result<Status, ClientError>)> {
+    let clients = members.iter().map(|m| ctx.client(m)).collect();
+    members
+        .iter()
+        .cloned()
+        .zip(crate::client::statuses(clients).await)
+        .collect()
 }
 
 /// Sends `content` at generation `max(all) + 1` to every member of `content`
-/// and of `cur` (those not in `content` leave), each based on its own
-/// current generation.
-async fn converge(ctx: &Ctx, cur: &ClusterDoc, content: &ClusterDoc, what: &str) -> u8 {
-    let mut top = cur.generation.max(content.generation);
-    for (_, s) in statuses(ctx, cur).await {
-        if let Ok(s) = s {
-            top = top.max(s.generation);
-        }
+/// and of `cur` (those not in `content` leave), each compare-and-set on the
+/// generation and hash read from it in `read` (members not in it are read
+/// now).
+async fn converge(
+    ctx: &Ctx,
+    cur: &ClusterDoc,
+    content: &ClusterDoc,
+    what: &str,
+    read: Vec<(Member, Result<Status, ClientError>)>,
+) -> u8 {
+    let mut seen: BTreeMap<String, Read> = read
+        .into_iter()
+        .map(|(m, s)| {
+            (
+                m.id,
+                s.map(|s| (s.generation, s.config_hash))
+                    .map_err(|e| e.to_string()),
+            )
+        })
+        .collect();
+    let missing: Vec<Member> = content
+        .members
+        .iter()
+        .chain(cur.members.iter())
+        .filter(|m| !seen.contains_key(&m.id))
+        .cloned()
+        .collect();
+    for (m, s) in statuses(ctx, &missing).await {
+        seen.insert(
+            m.id,
+            s.map(|s| (s.generation, s.config_hash))
+                .map_err(|e| e.to_string()),
+        );
     }
+    let top = seen
+        .values()
+        .flatten()
+        .map(|(g, _)| *g)
+        .fold(cur.generation.max(content.generation), u64::max);
     let mut doc = content.clone();
     doc.generation = top + 1;
-    let mut targets = targets(cur, &doc);
-    for t in &mut targets {
-        t.base = Base::Current;
-    }
-    let (rows, aborted) = push(ctx, &targets, &doc).await;
+    let (rows, aborted) = push(ctx, &converge_targets(cur, &doc, &seen), &doc).await;
     finish(ctx, what, &rows, aborted)
 }
 
@@ -718,7 +869,7 @@ pub fn sync(node_path: &Path) -> u8 {
             Ok(d) => d,
             Err(e) => return fail(e),
         };
-        let all = statuses(&ctx, &cur).await;
+        let all = statuses(&ctx, &cur.members).await;
         let mine = cur.hash();
         if all.iter().all(|(_, s)| {
             s.as_ref()
@@ -758,7 +909,7 @@ pub fn sync(node_path: &Path) -> u8 {
             source.generation,
             &source.hash()[..12]
         );
-        converge(&ctx, &cur, &source, "sync").await
+        converge(&ctx, &cur, &source, "sync", all).await
     })
 }
 
@@ -795,7 +946,8 @@ pub fn rollback(node_path: &Path, to: Option<u64>) -> u8 {
             Err(e) => return fail(e),
         };
         println!("rollback: the content of generation {want} becomes the next generation on every member");
-        converge(&ctx, &cur, &content, &format!("rollback to {want}")).await
+        let all = statuses(&ctx, &cur.members).await;
+        converge(&ctx, &cur, &content, &format!("rollback to {want}"), all).await
     })
 }
 
@@ -850,6 +1002,51 @@ pub fn deploy(node_path: &Path, a: DeployArgs) -> u8 {
     rt().block_on(deploy_async(&ctx, a))
 }
 
+/// `doc` at another generation: the same content.
+fn at(doc: &ClusterDoc, generation: u64) -> ClusterDoc {
+    let mut d = doc.clone();
+    d.generation = generation;
+    d
+}
+
+/// The health of `service` for member `id` as `client`'s daemon sees it.
+async fn service_health(client: &AdminClient, service: &str, id: &str) -> String {
+    client
+        .status()
+        .await
+        .ok()
+        .and_then(|s| {
+            s.services
+                .iter()
+                .find(|s| s.name == service)
+                .and_then(|s| s.members.iter().find(|x| x.id == id))
+                .map(|x| x.health.clone())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Waits (at most `limit`) for `service` to turn UP for member `m` on its own
+/// daemon; `Err` carries the last health seen.
+async fn gate(ctx: &Ctx, m: &Member, service: &str, limit: Duration) -> Result<(), String> {
+    let client = ctx.client(m);
+    let last = std::cell::RefCell::new(String::from("unknown"));
+    let up = wait_for(limit, || {
+        let (client, last) = (&client, &last);
+        async move {
+            let h = service_health(client, service, &m.id).await;
+            let up = h == "up";
+            *last.borrow_mut() = h;
+            up
+        }
+    })
+    .await;
+    if up {
+        Ok(())
+    } else {
+        Err(last.into_inner())
+    }
+}
+
 async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
     let cur = match ctx.current().await {
         Ok(d) => d,
@@ -867,45 +1064,67 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
         health,
         hsts: None,
     };
+    let g = cur.generation;
+    // `old`: this node's document without the service; `new`: with it. A
+    // service already here (the same settings) stays as it is: deploying it
+    // again resumes a stopped roll or re-checks a finished one.
     let mut old = cur.clone();
-    if let Some(existing) = cur.services.iter().find(|s| s.name == a.name) {
-        if existing.hosts != service.hosts
-            || existing.port != service.port
-            || existing.health.path != service.health.path
-        {
-            return fail(format!(
-                "service {:?} exists with other settings (hosts {:?}, port {}); `dynia undeploy {}` first",
-                a.name, existing.hosts, existing.port, a.name
-            ));
+    let new = match cur.services.iter().find(|s| s.name == a.name) {
+        Some(existing) => {
+            if existing.hosts != service.hosts
+                || existing.port != service.port
+                || existing.health.path != service.health.path
+            {
+                return fail(format!(
+                    "service {:?} exists with other settings (hosts {:?}, port {}); `dynia undeploy {}` first",
+                    a.name, existing.hosts, existing.port, a.name
+                ));
+            }
+            old.services.retain(|s| s.name != a.name);
+            cur.clone()
         }
-        // Deploying the same service again resumes a stopped roll.
-        old.services.retain(|s| s.name != a.name);
-    }
-    let mut new = old.clone();
-    new.services.push(service);
-    new.generation = cur.generation + 1;
-    if let Err(e) = new.validate() {
+        None => {
+            let mut n = cur.clone();
+            n.services.push(service);
+            n
+        }
+    };
+    if let Err(e) = at(&new, g + 1).validate() {
         return fail(format!(
             "deploy {}: the new document would be invalid:\n{e}",
             a.name
         ));
     }
     if a.plan {
-        let mut before = cur.clone();
-        before.generation = cur.generation;
         println!(
             "plan: deploy {} (nothing is changed)\n{}",
             a.name,
-            diff(&before.to_toml(), &new.to_toml())
+            diff(&cur.to_toml(), &at(&new, g + 1).to_toml())
         );
         return crate::commands::OK;
     }
-    // Every member must be reachable: a roll that cannot reach a node stops anyway.
-    let all = statuses(ctx, &cur).await;
-    let mut top = cur.generation;
+    // Every member must be reachable (a roll that cannot reach a node stops
+    // anyway) and have this node's document: the content before the deploy
+    // or, left by a stopped roll of this same service, the content with it.
+    // Anything else is work this node has not seen, which a deploy built
+    // from this node's document would overwrite.
+    let all = statuses(ctx, &cur.members).await;
+    let (old_hash, new_hash) = (at(&old, g).hash(), at(&new, g).hash());
+    let mut other = Vec::new();
+    let mut has = Vec::new();
     for (m, s) in &all {
         match s {
-            Ok(s) => top = top.max(s.generation),
+            Ok(s) => {
+                if s.generation != g || (s.config_hash != old_hash && s.config_hash != new_hash) {
+                    other.push(format!(
+                        "{} (generation {}, hash {})",
+                        m.id,
+                        s.generation,
+                        &s.config_hash[..12.min(s.config_hash.len())]
+                    ));
+                }
+                has.push(s.config_hash == new_hash);
+            }
             Err(e) => {
                 return fail(format!(
                     "deploy {} not started: member {} is unreachable ({e}); bring it back (it catches up) or `dynia node remove {}`, then deploy again",
@@ -914,104 +1133,116 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
             }
         }
     }
-    let p = top + 1;
-    old.generation = p;
-    new.generation = p;
-    let (old_hash, new_hash) = (old.hash(), new.hash());
-    // 1. Pin every member to the current content at generation P.
-    println!(
-        "deploy {}: step 1: every member to generation {p} (content unchanged)",
-        a.name
-    );
-    let pin_targets: Vec<Target> = cur
-        .members
-        .iter()
-        .map(|m| Target {
-            member: m.clone(),
-            base: Base::Current,
-            leave: false,
-        })
-        .collect();
-    let (rows, aborted) = push(ctx, &pin_targets, &old).await;
-    if aborted || rows.iter().any(|r| !r.ok) {
-        return finish(ctx, &format!("deploy {} (step 1)", a.name), &rows, aborted);
+    if !other.is_empty() {
+        return fail(format!(
+            "deploy {} refused, nothing was changed: {} {} not have this node's cluster document (generation {g}, hash {}), so a deploy from here would replace work this node has not seen. \
+             Bring every member to one document first with\n  {}\n(it takes the newest generation everywhere; `dynia status` shows who differs), then deploy again.",
+            a.name,
+            other.join(", "),
+            if other.len() == 1 { "does" } else { "do" },
+            &cur.hash()[..12],
+            ctx.sync_cmd()
+        ));
+    }
+    let everywhere = has.iter().all(|h| *h);
+    let p = if everywhere { g } else { g + 1 };
+    if everywhere {
+        println!(
+            "deploy {}: every member already has it (generation {g}); checking that it is UP on each, nothing is changed",
+            a.name
+        );
+    } else {
+        // 1. Pin: every member keeps the content it has (with or without the
+        // service), as generation P, compare-and-set on what was read.
+        println!(
+            "deploy {}: step 1: every member to generation {p}, each keeping the content it has",
+            a.name
+        );
+        let pins: Vec<(Target, ClusterDoc)> = all
+            .iter()
+            .zip(&has)
+            .map(|((m, s), has)| {
+                let s = s.as_ref().expect("unreachable members returned above");
+                (
+                    Target {
+                        member: m.clone(),
+                        base: Base::Cas(s.generation, Some(s.config_hash.clone())),
+                        leave: false,
+                    },
+                    at(if *has { &new } else { &old }, p),
+                )
+            })
+            .collect();
+        let (rows, aborted) = push_each(ctx, &pins).await;
+        if aborted || rows.iter().any(|r| !r.ok) {
+            return finish(ctx, &format!("deploy {} (step 1)", a.name), &rows, aborted);
+        }
+        println!(
+            "deploy {}: step 2: one member at a time, each must report {} UP within {:?}",
+            a.name, a.name, a.timeout
+        );
     }
     // 2. Roll, one member at a time, gated on the service turning UP there.
-    println!(
-        "deploy {}: step 2: one member at a time, each must report {} UP within {:?}",
-        a.name, a.name, a.timeout
-    );
+    let (old_p, new_p) = (at(&old, p), at(&new, p));
     let mut rows: Vec<Row> = Vec::new();
     let mut stopped: Option<(String, String)> = None;
-    for m in &cur.members {
+    for ((m, _), has) in all.iter().zip(&has) {
         let client = ctx.client(m);
-        let addr = client.addr().to_string();
+        let row = |ok: bool, result: String| Row {
+            id: m.id.clone(),
+            addr: client.addr().to_string(),
+            ok,
+            result,
+        };
         if stopped.is_some() {
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: false,
-                result: "not reached (the roll stopped)".into(),
-            });
+            rows.push(row(false, "not reached (the roll stopped)".into()));
             continue;
         }
-        let put = client
-            .put_cluster(&ApplyRequest {
-                base_generation: p,
-                base_hash: Some(old_hash.clone()),
-                document: new.to_toml(),
-                leave: false,
-            })
-            .await;
-        if let Err(e) = put {
-            let why = format!("not applied: {e}");
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: false,
-                result: why.clone(),
-            });
+        if !*has {
+            let put = client
+                .put_cluster(&ApplyRequest {
+                    base_generation: p,
+                    base_hash: Some(old_p.hash()),
+                    document: new_p.to_toml(),
+                    leave: false,
+                })
+                .await;
+            if let Err(e) = put {
+                let why = format!("not applied: {e}");
+                rows.push(row(false, why.clone()));
+                stopped = Some((m.id.clone(), why));
+                continue;
+            }
+        }
+        let last = match gate(ctx, m, &a.name, a.timeout).await {
+            Ok(()) => {
+                rows.push(row(
+                    true,
+                    if *has {
+                        format!("already had {}: UP", a.name)
+                    } else {
+                        format!("rolled: {} UP", a.name)
+                    },
+                ));
+                continue;
+            }
+            Err(last) => last,
+        };
+        let why = format!(
+            "{} did not turn UP within {:?} (health {last})",
+            a.name, a.timeout
+        );
+        if everywhere {
+            // Nothing was changed by this run: report, do not roll back.
+            rows.push(row(false, why.clone()));
             stopped = Some((m.id.clone(), why));
             continue;
         }
-        let last = std::cell::RefCell::new(String::from("unknown"));
-        let up = wait_for(a.timeout, || {
-            let (client, name, id, last) = (&client, &a.name, &m.id, &last);
-            async move {
-                let h = client.status().await.ok().and_then(|s| {
-                    s.services
-                        .iter()
-                        .find(|s| s.name == *name)
-                        .and_then(|s| s.members.iter().find(|x| x.id == *id))
-                        .map(|x| x.health.clone())
-                });
-                let h = h.unwrap_or_else(|| "unknown".into());
-                let up = h == "up";
-                *last.borrow_mut() = h;
-                up
-            }
-        })
-        .await;
-        if up {
-            rows.push(Row {
-                id: m.id.clone(),
-                addr,
-                ok: true,
-                result: format!("rolled: {} UP", a.name),
-            });
-            continue;
-        }
-        let why = format!(
-            "{} did not turn UP within {:?} (health {})",
-            a.name,
-            a.timeout,
-            last.borrow()
-        );
         let back = client
             .put_cluster(&ApplyRequest {
                 base_generation: p,
-                base_hash: Some(new_hash.clone()),
-                document: old.to_toml(),
+                base_hash: Some(new_p.hash()),
+                document: old_p.to_toml(),
                 leave: false,
             })
             .await;
@@ -1019,23 +1250,44 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
             Ok(_) => format!("{why}; rolled back"),
             Err(e) => format!("{why}; rolling back FAILED too: {e}"),
         };
-        rows.push(Row {
-            id: m.id.clone(),
-            addr,
-            ok: false,
-            result,
-        });
+        rows.push(row(false, result));
         stopped = Some((m.id.clone(), why));
     }
     print_rows(&rows);
+    let c = ctx.node_path.display();
+    let again = format!(
+        "dynia deploy {name} {hosts} --port {port}{health} --timeout {timeout} -c {c}",
+        name = a.name,
+        hosts = a
+            .hosts
+            .iter()
+            .map(|h| format!("--host {h}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        port = a.port,
+        health = a
+            .health
+            .as_ref()
+            .map(|h| format!(" --health {h}"))
+            .unwrap_or_default(),
+        timeout = config::Duration::from(a.timeout),
+    );
     match stopped {
         None => {
             println!(
-                "deploy {}: rolled to all {} members (generation {p})",
+                "deploy {}: {} all {} members (generation {p})",
                 a.name,
+                if everywhere { "UP on" } else { "rolled to" },
                 rows.len()
             );
             crate::commands::OK
+        }
+        Some((id, why)) if everywhere => {
+            eprintln!(
+                "dynia: deploy {name}: every member has it, but on {id}: {why}. Nothing was changed. Fix the service on {id}, then check again with\n  {again}\nor remove it everywhere with\n  dynia undeploy {name} -c {c}",
+                name = a.name
+            );
+            crate::commands::FAILED
         }
         Some((id, why)) => {
             let rolled: Vec<&str> = rows
@@ -1043,53 +1295,14 @@ async fn deploy_async(ctx: &Ctx, a: DeployArgs) -> u8 {
                 .filter(|r| r.ok)
                 .map(|r| r.id.as_str())
                 .collect();
-            let c = ctx.node_path.display();
             eprintln!(
                 "dynia: deploy {name} stopped at member {id}: {why}. Rolled: [{}]; {id} was rolled back; later members were not touched. \
                  The cluster shows drift (generation {p}, two documents) until you either fix the service on {id} and resume with\n  \
-                 dynia deploy {name} {hosts} --port {port}{health} -c {c}\nor undo the deploy everywhere with\n  dynia rollback -c {c}",
+                 {again}\nor undo the deploy everywhere with\n  dynia rollback -c {c}",
                 rolled.join(", "),
                 name = a.name,
-                hosts = a.hosts.iter().map(|h| format!("--host {h}")).collect::<Vec<_>>().join(" "),
-                port = a.port,
-                health = a.health.as_ref().map(|h| format!(" --health {h}")).unwrap_or_default(),
             );
             crate::commands::FAILED
         }
     }
-}
-
-/// Rows of `dynia status`: drift summary for the table and the page.
-pub fn drift_line(s: &Status, node_path: Option<&Path>) -> Option<String> {
-    if s.drift.is_empty() {
-        return None;
-    }
-    let by: BTreeMap<&str, String> = s
-        .members
-        .iter()
-        .filter(|m| s.drift.contains(&m.id))
-        .map(|m| {
-            (
-                m.id.as_str(),
-                format!(
-                    "generation {} hash {}",
-                    m.generation.map_or("?".into(), |g| g.to_string()),
-                    m.config_hash
-                        .as_deref()
-                        .map_or("?", |h| &h[..12.min(h.len())])
-                ),
-            )
-        })
-        .collect();
-    let list: Vec<String> = by.iter().map(|(k, v)| format!("{k} ({v})")).collect();
-    Some(format!(
-        "drift: {} differ from {} (generation {} hash {}); fix with `dynia sync{}`",
-        list.join(", "),
-        s.node,
-        s.generation,
-        &s.config_hash[..12.min(s.config_hash.len())],
-        node_path
-            .map(|p| format!(" -c {}", p.display()))
-            .unwrap_or_default()
-    ))
 }

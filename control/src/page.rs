@@ -1,11 +1,14 @@
-//! `/status`: the node's status as an HTML page a person can read.
+//! `/status`: the cluster as an HTML page a person can read.
 //!
-//! Same facts as `/status.json`, one table for members and one per service;
-//! it refreshes itself every two seconds. Everything shown is escaped.
+//! The same view as `dynia status` ([`ClusterStatus`]: every member's own
+//! `/status.json`, unreachable members and drift marked, the Reserved IP
+//! holder from the members' `reserved_ip.held`), one table for members and
+//! one per service; it refreshes itself every two seconds. Everything shown
+//! is escaped.
 
 use std::fmt::Write;
 
-use crate::status::Status;
+use crate::status::ClusterStatus;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(s: &str) -> String {
@@ -24,7 +27,8 @@ pub fn escape(s: &str) -> String {
 }
 
 /// Renders the page.
-pub fn render(s: &Status) -> String {
+pub fn render(v: &ClusterStatus) -> String {
+    let s = &v.status;
     let mut h = String::with_capacity(4096);
     let _ = write!(
         h,
@@ -47,35 +51,29 @@ pub fn render(s: &Status) -> String {
             None => "not configured".into(),
         },
     );
-    match crate::ops::drift_line(s, None) {
+    match v.drift_line(None) {
         Some(line) => {
             let _ = write!(h, "<p id=\"drift\" class=\"down\"><b>{}</b></p>", escape(&line));
         }
-        None => h.push_str("<p id=\"drift\" class=\"up\">in sync: every member heard has this generation and hash</p>"),
+        None => h.push_str("<p id=\"drift\" class=\"up\">in sync: every member answered with this generation and hash</p>"),
     }
-    let holder = s
-        .members
-        .iter()
-        .find(|m| m.role == "master")
-        .map_or("-", |m| m.id.as_str());
     let _ = write!(
         h,
         "<p>Reserved IP holder: <b id=\"holder\">{}</b></p>",
-        escape(holder)
+        escape(&v.holder_text())
     );
-    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th><th>services up</th></tr>");
+    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th><th>services up</th><th>note</th></tr>");
     for m in &s.members {
-        let (up, total) = s.services.iter().fold((0, 0), |(u, t), svc| {
-            let x = svc.members.iter().find(|x| x.id == m.id);
-            (
-                u + usize::from(x.is_some_and(|x| x.health == "up")),
-                t + usize::from(x.is_some()),
-            )
-        });
+        let (up, total) = v.services_up(&m.id);
         let drift = if s.drift.contains(&m.id) { " *" } else { "" };
+        let note = match v.unreachable(&m.id) {
+            Some(e) => format!("<span class=\"down\">unreachable: {}</span>", escape(e)),
+            None if !drift.is_empty() => "<span class=\"down\">drift</span>".into(),
+            None => String::new(),
+        };
         let _ = write!(
             h,
-            "<tr class=\"member\" data-id=\"{}\"><td>{}{drift}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{up}/{total}</td></tr>",
+            "<tr class=\"member\" data-id=\"{}\"><td>{}{drift}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{up}/{total}</td><td>{note}</td></tr>",
             escape(&m.id),
             escape(&m.id),
             escape(&m.role),
