@@ -254,7 +254,7 @@ fn l2_vip_moves_between_nodes() {
         (d0r.release_blocking(), d0r.holder_blocking())
     });
     assert_eq!(rel.0.expect("node 0 releases"), ReleaseOutcome::Released);
-    assert_eq!(rel.1.unwrap(), Holder::Unknown);
+    assert_eq!(rel.1.unwrap(), Holder::Nobody);
     let a = c
         .client_get(vip, PORT, "/")
         .expect("VIP answers after the move");
