@@ -257,7 +257,21 @@ impl Split {
             "{}",
             self.log(0)
         );
-        holder_node.get()
+        let a = holder_node.get();
+        // One truthful view: node 0 says whom it stepped back from, and
+        // `dynia status` (which reads every member) says it in words.
+        let st = status(self.nodes[0].files.admin_addr).await;
+        assert_eq!(st["reserved_ip"]["stepped_back_from"], IDS[a], "{st}");
+        let out = self.nodes[3].files.dynia(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!(
+                "split brain: {} is master but cannot hear {}",
+                IDS[0], IDS[a]
+            )),
+            "{text}"
+        );
+        a
     }
 
     fn log(&self, i: usize) -> String {
@@ -312,6 +326,8 @@ async fn split_quiet_heal() {
             && s.held(0).await
     })
     .await;
+    let st = status(s.nodes[0].files.admin_addr).await;
+    assert!(st["reserved_ip"].get("stepped_back_from").is_none(), "{st}");
     let settled = s.assigns();
     assert_eq!(
         settled,

@@ -208,6 +208,9 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
     if let Some(line) = v.drift_line(Some(node_path)) {
         println!("{line}");
     }
+    for line in v.split_brain_lines() {
+        println!("{line}");
+    }
     OK
 }
 

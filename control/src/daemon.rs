@@ -285,6 +285,14 @@ impl Daemon {
                 address: loaded.node.reserved_ip.address.map(|a| a.to_string()),
                 held: shared
                     .is_some_and(|s| s.held() && s.role() == dynia_vrrp::election::Role::Master),
+                stepped_back_from: shared.and_then(|s| s.stepped_back_from()).map(|ip| {
+                    loaded
+                        .cluster
+                        .members
+                        .iter()
+                        .find(|m| m.private_ip == ip)
+                        .map_or_else(|| ip.to_string(), |m| m.id.clone())
+                }),
             },
             members: loaded
                 .cluster

@@ -127,6 +127,8 @@ pub struct Shared {
     role: AtomicU8,
     priority: AtomicU8,
     held: AtomicBool,
+    /// Master in a split brain: the holder it stepped back from.
+    stepped_back_from: Mutex<Option<IpAddr>>,
     peers: Mutex<HashMap<IpAddr, Seen>>,
     /// The other members as the cluster document lists them now (the driver
     /// task maps a holder's droplet id to a member with it).
@@ -160,6 +162,24 @@ impl Shared {
     /// Whether the driver last succeeded in making the Reserved IP point here.
     pub fn held(&self) -> bool {
         self.held.load(Ordering::Relaxed)
+    }
+
+    /// While master in a split brain: the holder we stepped back from.
+    pub fn stepped_back_from(&self) -> Option<IpAddr> {
+        if self.role() != Role::Master {
+            return None;
+        }
+        *self
+            .stepped_back_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_stepped_back_from(&self, holder: Option<IpAddr>) {
+        *self
+            .stepped_back_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = holder;
     }
 
     pub fn seen(&self, addr: IpAddr) -> Option<Seen> {
@@ -323,6 +343,7 @@ impl ElectionHandle {
             role: AtomicU8::new(0),
             priority: AtomicU8::new(settings.priority.get()),
             held: AtomicBool::new(false),
+            stepped_back_from: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             members: Mutex::new(Arc::new(settings.peers.clone())),
         });
@@ -930,6 +951,7 @@ async fn unless_changed<T>(
 
 /// Master: claim, then reconcile every `RECONCILE` until the wish changes.
 async fn hold(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), Gone> {
+    ctx.shared.set_stepped_back_from(None);
     let Some(mut claimed) = unless_changed(want, claim(ctx)).await? else {
         return Ok(());
     };
@@ -947,6 +969,7 @@ async fn hold(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), G
                     } else {
                         tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
                     }
+                    ctx.shared.set_stepped_back_from(None);
                     let Some(ok) = unless_changed(want, claim(ctx)).await? else { return Ok(()) };
                     claimed |= ok;
                     last_claim = Instant::now();
@@ -960,7 +983,11 @@ async fn hold(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), G
         let Some(o) = observe(ctx, holder, claimed) else {
             continue;
         };
-        match reconcile::decide(&o) {
+        let verdict = reconcile::decide(&o);
+        if !matches!(verdict, Verdict::Yield { .. }) {
+            ctx.shared.set_stepped_back_from(None);
+        }
+        match verdict {
             Verdict::Fine => {
                 if o.seen == reconcile::Seen::Me {
                     ctx.shared.held.store(true, Ordering::Relaxed);
@@ -988,6 +1015,7 @@ async fn hold(ctx: &DriverCtx, want: &mut watch::Receiver<Want>) -> Result<(), G
                     tracing::warn!(%holder, seen = ?o.seen, "reconcile: the reserved ip is on a running member we cannot hear (split brain); stepping back instead of re-claiming, and staying master for the nodes that hear us");
                 }
                 yielded_to = Some(holder);
+                ctx.shared.set_stepped_back_from(yielded_to);
                 ctx.shared.held.store(false, Ordering::Relaxed);
             }
         }

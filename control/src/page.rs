@@ -51,6 +51,9 @@ pub fn render(v: &ClusterStatus) -> String {
             None => "not configured".into(),
         },
     );
+    for line in v.split_brain_lines() {
+        let _ = write!(h, "<p class=\"down\"><b>{}</b></p>", escape(&line));
+    }
     match v.drift_line(None) {
         Some(line) => {
             let _ = write!(h, "<p id=\"drift\" class=\"down\"><b>{}</b></p>", escape(&line));

@@ -56,6 +56,10 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct ReservedIpStatus {
     pub address: Option<String>,
     pub held: bool,
+    /// A master in a split brain: the member it found holding the Reserved
+    /// IP, which it cannot hear, and so stopped claiming from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stepped_back_from: Option<String>,
 }
 
 /// A cluster member as this node knows it.
@@ -124,6 +128,10 @@ pub struct ClusterStatus {
     pub status: Status,
     pub unreachable: Vec<Unreachable>,
     pub reserved_ip_holders: Vec<String>,
+    /// Masters in a split brain that stepped back from the Reserved IP:
+    /// (that master, the holder it found).
+    #[serde(default)]
+    pub stepped_back: Vec<(String, String)>,
 }
 
 /// Asks every member in `peers` (id, client) for its `/status.json` at once
@@ -146,8 +154,12 @@ pub async fn gather(
 /// [`gather`] without the I/O: `answers` are (member id, its status or why not).
 pub fn combine(mut s: Status, answers: Vec<(String, Result<Status, String>)>) -> ClusterStatus {
     let mut holders = Vec::new();
+    let mut stepped_back = Vec::new();
     if s.reserved_ip.held {
         holders.push(s.node.clone());
+    }
+    if let Some(h) = &s.reserved_ip.stepped_back_from {
+        stepped_back.push((s.node.clone(), h.clone()));
     }
     let mut unreachable = Vec::new();
     for m in s.members.iter_mut().filter(|m| m.id != s.node) {
@@ -162,6 +174,9 @@ pub fn combine(mut s: Status, answers: Vec<(String, Result<Status, String>)>) ->
                 m.config_hash = Some(x.config_hash.clone());
                 if x.reserved_ip.held {
                     holders.push(m.id.clone());
+                }
+                if let Some(h) = &x.reserved_ip.stepped_back_from {
+                    stepped_back.push((m.id.clone(), h.clone()));
                 }
             }
             Ok(x) => {
@@ -195,6 +210,7 @@ pub fn combine(mut s: Status, answers: Vec<(String, Result<Status, String>)>) ->
         status: s,
         unreachable,
         reserved_ip_holders: holders,
+        stepped_back,
     }
 }
 
@@ -225,6 +241,17 @@ impl ClusterStatus {
         } else {
             self.reserved_ip_holders.join(" and ")
         }
+    }
+
+    /// One line per master that stepped back from the Reserved IP in a
+    /// split brain.
+    pub fn split_brain_lines(&self) -> Vec<String> {
+        self.stepped_back
+            .iter()
+            .map(|(m, h)| {
+                format!("split brain: {m} is master but cannot hear {h}, which holds the Reserved IP; {m} stepped back from it until {h} is heard again or stops")
+            })
+            .collect()
     }
 
     /// One line naming the members in drift and the command that fixes it;
@@ -281,6 +308,7 @@ mod tests {
             role: role.into(),
             priority: 100,
             reserved_ip: ReservedIpStatus {
+                stepped_back_from: None,
                 address: Some("203.0.113.10".into()),
                 held,
             },
