@@ -208,17 +208,7 @@ impl Sim {
                     self.nodes[i].claimed = false;
                     self.start_claim(i);
                 }
-                Action::BecomeBackup { .. } | Action::EnterFault { .. } => {
-                    let n = &mut self.nodes[i];
-                    n.next_reconcile = None;
-                    if let Some(c) = n.claim.as_mut() {
-                        if c.posted {
-                            c.wanted = false;
-                        } else {
-                            n.claim = None;
-                        }
-                    }
-                }
+                Action::BecomeBackup { .. } | Action::EnterFault { .. } => self.abandon_claim(i),
                 Action::Stop => {}
             }
         }
@@ -231,11 +221,12 @@ impl Sim {
         self.apply(i, &acts);
     }
 
-    fn crash(&mut self, i: usize) {
+    /// The node stops wanting the IP (role change, crash): an unposted
+    /// claim never goes out, a posted assign still lands but no longer
+    /// counts for the node.
+    fn abandon_claim(&mut self, i: usize) {
         let n = &mut self.nodes[i];
-        n.alive = false;
         n.next_reconcile = None;
-        // A posted assign still lands; an unposted one never goes out.
         if let Some(c) = n.claim.as_mut() {
             if c.posted {
                 c.wanted = false;
@@ -243,6 +234,11 @@ impl Sim {
                 n.claim = None;
             }
         }
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].alive = false;
+        self.abandon_claim(i);
     }
 
     fn restart(&mut self, i: usize) {
