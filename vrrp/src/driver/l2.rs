@@ -939,16 +939,30 @@ mod tests {
         assert_eq!(e.kind(), super::super::ErrorKind::Config);
     }
 
+    /// `true` when root and `ip` are there; otherwise prints why `test`
+    /// skips, or fails with `DYNIA_REQUIRE_ROOT_TESTS=1` (CI, as root).
+    fn root_and_ip(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let why = if unsafe { libc::geteuid() } != 0 {
+            "needs root (network namespaces, CAP_NET_ADMIN, CAP_NET_RAW)"
+        } else if std::process::Command::new("ip").arg("-V").output().is_err() {
+            "`ip` (iproute2) is not installed"
+        } else {
+            return true;
+        };
+        assert!(
+            std::env::var_os("DYNIA_REQUIRE_ROOT_TESTS").is_none_or(|v| v != "1"),
+            "{test} must run here (DYNIA_REQUIRE_ROOT_TESTS=1) but cannot: {why}"
+        );
+        eprintln!("skip {test}: {why}");
+        false
+    }
+
     /// Root only: two namespaces joined by a veth pair; claim adds the address
     /// and a GARP is captured on the peer side; release removes it.
     #[test]
     fn claim_and_release_in_netns() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skip claim_and_release_in_netns: needs root (network namespaces, CAP_NET_ADMIN, CAP_NET_RAW)");
-            return;
-        }
-        if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skip claim_and_release_in_netns: `ip` (iproute2) is not installed");
+        if !root_and_ip("claim_and_release_in_netns") {
             return;
         }
         let pair = root::VethPair::new();
@@ -1058,12 +1072,7 @@ mod tests {
     /// whose threads all start inside the namespace, it claims and releases.
     #[test]
     fn async_api_in_netns() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skip async_api_in_netns: needs root");
-            return;
-        }
-        if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skip async_api_in_netns: `ip` (iproute2) is not installed");
+        if !root_and_ip("async_api_in_netns") {
             return;
         }
         let pair = root::VethPair::new();
@@ -1108,12 +1117,7 @@ mod tests {
     /// and leaves no address behind.
     #[test]
     fn missing_capabilities_are_named() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skip missing_capabilities_are_named: needs root");
-            return;
-        }
-        if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skip missing_capabilities_are_named: `ip` (iproute2) is not installed");
+        if !root_and_ip("missing_capabilities_are_named") {
             return;
         }
         let pair = root::VethPair::new();
