@@ -387,11 +387,50 @@ async fn a_document_the_reload_refuses_is_put_back_and_a_node_without_token_answ
 #[tokio::test]
 async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
     let rig = Rig::new("ctl-add", "127.0.4", 2, 4).await;
-    // Two adds at once, from two different nodes: one wins, the other is refused.
-    let (a, b) = tokio::join!(
-        rig.cli(0, &["node", "add", "--ip", "127.0.4.4", "--id", IDS[2]]),
-        rig.cli(1, &["node", "add", "--ip", "127.0.4.5", "--id", IDS[3]]),
+    // Two adds at once, from two different nodes: one wins, the other is
+    // refused. To make them overlap for sure, node 1's command reaches its
+    // daemon through a relay that holds the document it reads until node
+    // 0's add is done: it then pushes a change based on generation 1.
+    let relay = tokio::net::TcpListener::bind("127.0.4.9:0").await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let gate = Arc::new(Gate::default());
+    gate.armed.store(true, Ordering::SeqCst);
+    tokio::spawn(relay_holding(
+        relay,
+        rig.admin(1),
+        gate.clone(),
+        b"GET /v1/cluster ",
+    ));
+    let via_relay = rig.nodes[1].files.dir.0.join("via-relay.toml");
+    let text = std::fs::read_to_string(&rig.nodes[1].files.node_file).unwrap();
+    let listen = format!("listen = \"{}\"", rig.admin(1));
+    assert!(text.contains(&listen), "{text}");
+    std::fs::write(
+        &via_relay,
+        text.replace(&listen, &format!("listen = \"{relay_addr}\"")),
+    )
+    .unwrap();
+    let b = tokio::spawn(async move {
+        dynia_async(
+            &via_relay,
+            &["node", "add", "--ip", "127.0.4.5", "--id", IDS[3]],
+        )
+        .await
+    });
+    tokio::time::timeout(WAIT, gate.arrived.notified())
+        .await
+        .expect("node 1's add reads the document");
+    let a = rig
+        .cli(0, &["node", "add", "--ip", "127.0.4.4", "--id", IDS[2]])
+        .await;
+    gate.release.notify_one();
+    let b = b.await.unwrap();
+    let b = (
+        b.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&b.stdout).into_owned(),
+        String::from_utf8_lossy(&b.stderr).into_owned(),
     );
+    assert_eq!(a.0, 0, "node 0's add, which read first, wins: {a:?}");
     let winners = [&a, &b].iter().filter(|r| r.0 == 0).count();
     assert_eq!(
         winners,
@@ -894,7 +933,12 @@ async fn rollback_does_not_overwrite_a_change_it_did_not_read() {
     })
     .await;
     let gate = Arc::new(Gate::default());
-    tokio::spawn(relay_status(relay, rig.admin(0), gate.clone()));
+    tokio::spawn(relay_holding(
+        relay,
+        rig.admin(0),
+        gate.clone(),
+        b"GET /status.json ",
+    ));
     let (code, out, err) = rig.cli(0, &["node", "drain", IDS[1]]).await;
     assert_eq!(code, 0, "{out}{err}");
     let (g, h) = rig.version(0).await;
@@ -947,9 +991,9 @@ async fn rollback_does_not_overwrite_a_change_it_did_not_read() {
     }
 }
 
-/// Holds one answer: armed, the first `GET /status.json` relayed gets its
-/// answer from the daemon, then `arrived` fires and the answer is held until
-/// `release`.
+/// Holds one answer: armed, the first request relayed whose head starts
+/// with the relay's prefix gets its answer from the daemon, then `arrived`
+/// fires and the answer is held until `release`.
 #[derive(Default)]
 struct Gate {
     armed: AtomicBool,
@@ -957,11 +1001,13 @@ struct Gate {
     release: tokio::sync::Notify,
 }
 
-/// A TCP relay to `to` (every connection, both ways), with [`Gate`].
-async fn relay_status(
+/// A TCP relay to `to` (every connection, both ways), with [`Gate`]
+/// holding the answer to a request starting with `prefix`.
+async fn relay_holding(
     listener: tokio::net::TcpListener,
     to: std::net::SocketAddr,
     gate: Arc<Gate>,
+    prefix: &'static [u8],
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for _ in 0..10_000 {
@@ -984,7 +1030,7 @@ async fn relay_status(
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let status_read = head.starts_with(b"GET /status.json ");
+            let status_read = head.starts_with(prefix);
             if uw.write_all(&head).await.is_err() {
                 return;
             }
@@ -1377,6 +1423,9 @@ async fn node_remove_of_a_dead_member_finishes_and_it_stops_when_it_returns() {
         1,
         "{log}"
     );
+    // It learnt it before its election ran: a removed node that became
+    // master of a cluster of one would claim the Reserved IP.
+    assert!(!log.contains("election started"), "{log}");
     let check = rig.nodes[2].files.dynia(&["check"]);
     assert!(!check.status.success());
     assert!(

@@ -15,6 +15,11 @@
 //! does to a node it reaches (catch-up does not retry a document this node
 //! cannot serve).
 //!
+//! The same check runs once before the daemon starts its election
+//! ([`removed_while_away`]): a removed node that comes back must not run an
+//! election at all, or it becomes master of a cluster of one within a
+//! Master_Down_Interval and claims the Reserved IP.
+//!
 //! Never moves to a lower or equal generation: documents of the same
 //! generation but another hash (a stopped rolling deploy) are drift for
 //! `dynia status` and `dynia sync`, not for catch-up. Failures back off
@@ -45,6 +50,77 @@ enum Outcome {
     Done,
     /// This node is not in the newer document: it stops.
     Removed,
+}
+
+/// Longest the start-up check waits for the members' answers.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The log line of a node that learns it was removed.
+const REMOVED_MSG: &str = "this node is not a member of the cluster's newer document: it was removed from the cluster while it could not be reached";
+
+/// Before the daemon starts: asks every other member of `loaded`'s document
+/// for its `/status.json` (at once, bounded by [`START_CHECK_TIMEOUT`]) and,
+/// if one has a newer document that no longer lists this node, stores that
+/// document (snapshot + atomic write, so the next start is refused by the
+/// validator with the reason) and returns `true`: the caller stops before
+/// the election runs. Members that do not answer (a cluster starting
+/// together, a lonely node) cost at most the timeout; any failure means
+/// `false`, and the running catch-up takes over.
+pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
+    let me = &loaded.node.node.id;
+    let mine = loaded.cluster.generation;
+    let port = loaded.node.admin.listen.port();
+    let peers: Vec<&Member> = loaded
+        .cluster
+        .members
+        .iter()
+        .filter(|m| m.id != *me)
+        .collect();
+    if peers.is_empty() {
+        return false;
+    }
+    let clients = peers
+        .iter()
+        .map(|m| AdminClient::new(m.admin_addr(port), None).with_timeout(START_CHECK_TIMEOUT))
+        .collect();
+    let answers = crate::client::statuses(clients).await;
+    let newest = peers
+        .iter()
+        .zip(answers)
+        .filter_map(|(m, a)| {
+            a.ok()
+                .filter(|s| s.node == m.id)
+                .map(|s| (s.generation, *m))
+        })
+        .filter(|(g, _)| *g > mine)
+        .max_by_key(|(g, _)| *g);
+    let Some((_, peer)) = newest else {
+        return false;
+    };
+    let addr = peer.admin_addr(port);
+    let client =
+        AdminClient::new(addr, loaded.admin_token.clone()).with_timeout(START_CHECK_TIMEOUT);
+    let Ok(text) = client.get_cluster().await else {
+        return false;
+    };
+    let Ok(doc) = crate::config::parse_cluster_doc(&text, format!("{}:/v1/cluster", peer.id))
+    else {
+        return false;
+    };
+    if doc.generation <= mine || doc.cluster != loaded.cluster.cluster || doc.member(me).is_some() {
+        return false;
+    }
+    tracing::error!(
+        peer = %peer.id,
+        generation = doc.generation,
+        node = %me,
+        "{REMOVED_MSG}; storing that document and stopping before the election starts (to bring it back, `dynia node add` it on a member, then start it again)"
+    );
+    let store = crate::store::Store::new(&loaded.node.node.state_dir);
+    if let Err(e) = store.write(&text, Some((mine, &loaded.hash))) {
+        tracing::error!(error = %e, "could not store the document that removed this node; stopping anyway");
+    }
+    true
 }
 
 /// Runs until the daemon stops.
@@ -140,7 +216,7 @@ async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
             peer = %peer.id,
             generation = doc.generation,
             node = %me,
-            "this node is not a member of the cluster's newer document: it was removed from the cluster while it could not be reached; storing that document, resigning and stopping (to bring it back, `dynia node add` it on a member, then start it again)"
+            "{REMOVED_MSG}; storing that document, resigning and stopping (to bring it back, `dynia node add` it on a member, then start it again)"
         );
         let applied = d
             .apply_document(ApplyRequest {

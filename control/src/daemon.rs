@@ -461,6 +461,9 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
         addr: admin_addr,
         source,
     })?;
+    if crate::catchup::removed_while_away(&loaded).await {
+        return Ok(());
+    }
     let daemon = Daemon::start(node_path, loaded).await?;
     let admin_local = admin.local_addr().unwrap_or(admin_addr);
     tokio::spawn(crate::admin::serve(daemon.clone(), admin));
