@@ -974,7 +974,7 @@ async fn shutdown_waits_for_a_tunnel_within_the_grace_period_then_cuts_it() {
     .await;
     let mut ws = ws_connect(px.addr).await.unwrap();
     let p = px.proxy.clone();
-    let grace = Duration::from_millis(1500);
+    let grace = Duration::from_millis(2500);
     let started = Instant::now();
     let shutdown = tokio::spawn(async move { p.shutdown(grace).await });
     // Within the grace period: no new connections, the tunnel still works.
