@@ -12,8 +12,11 @@
 //! member's stream carrying the guards that return the upstream connection to
 //! its pool and release the member's in-flight count only when the last byte
 //! has passed. A member's body that sends nothing for `response_timeout`
-//! (the member stalled mid-body) ends in an error, which cuts the client's
-//! response (HAProxy's `timeout server` applies between reads likewise).
+//! (the member stalled mid-body) must cut the client's response (HAProxy's
+//! `timeout server` applies between reads likewise): on HTTP/1 the client
+//! connection's watcher does it (see `server`; no timer per response), on
+//! HTTP/2, where only the stream may go, the body has its own timer and ends
+//! in an error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -209,7 +212,7 @@ enum Kind {
         /// Given back to the member's pool once the body ended cleanly.
         conn: Option<(Upstream, Arc<Backend>)>,
         inflight: InflightGuard,
-        stall: Stall,
+        stall: Option<Stall>,
     },
 }
 
@@ -222,21 +225,32 @@ impl RespBody {
         RespBody(Kind::Full(None))
     }
 
-    /// The member's body; it fails if no frame comes for `stall_limit`.
+    /// The member's body; with `stall_limit`, it fails if no frame comes
+    /// for that long.
     pub(crate) fn upstream(
         body: Incoming,
         conn: Option<(Upstream, Arc<Backend>)>,
         inflight: InflightGuard,
-        stall_limit: Duration,
+        stall_limit: Option<Duration>,
     ) -> RespBody {
         let mut b = RespBody(Kind::Upstream {
             body,
             conn,
             inflight,
-            stall: Stall::new(stall_limit),
+            stall: stall_limit.map(Stall::new),
         });
         b.release_if_done();
         b
+    }
+
+    /// Counts a passive failure of the member this body comes from (its
+    /// connection was cut because the member stalled).
+    pub(crate) fn blame_member(&self) {
+        if let Kind::Upstream { inflight, .. } = &self.0 {
+            let backend = inflight.backend();
+            tracing::debug!(service = %backend.service, member = %backend.member, "member stalled mid-body");
+            backend.passive_failure();
+        }
     }
 
     fn release_if_done(&mut self) {
@@ -279,11 +293,16 @@ impl Body for RespBody {
                     Poll::Ready(Some(Err(e.into())))
                 }
                 Poll::Ready(Some(Ok(f))) => {
-                    stall.progress();
+                    if let Some(stall) = stall {
+                        stall.progress();
+                    }
                     this.release_if_done();
                     Poll::Ready(Some(Ok(f)))
                 }
                 Poll::Pending => {
+                    let Some(stall) = stall else {
+                        return Poll::Pending;
+                    };
                     if !stall.poll_stalled(cx) {
                         return Poll::Pending;
                     }

@@ -15,7 +15,7 @@
 //! long upload is not cut), and while uploading it bounds the time the member
 //! takes no body bytes; `idle_timeout` bounds the time the client sends none
 //! (408). After the response head, `response_timeout` bounds the time between
-//! body frames (see `body`). A WebSocket tunnel holds the client's connection
+//! body frames (see `body` and `server`). A WebSocket tunnel holds the client's connection
 //! slot, ends after `idle_timeout` without a byte either way (HAProxy's
 //! `timeout tunnel`; there is no separate setting), and is cut when the
 //! shutdown grace period is over.
@@ -259,7 +259,9 @@ async fn forward(
                 strip_hop_by_hop(resp.headers_mut());
                 let (rparts, rbody) = resp.into_parts();
                 let conn = reusable.then(|| (up, backend.clone()));
-                let body = RespBody::upstream(rbody, conn, inflight, limits.response_timeout);
+                // HTTP/1: the connection's watcher bounds a stall mid-body.
+                let stall = client.is_h2().then_some(limits.response_timeout);
+                let body = RespBody::upstream(rbody, conn, inflight, stall);
                 return Response::from_parts(rparts, body);
             }
             Outcome::NotSent(_) => {

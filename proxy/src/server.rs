@@ -21,8 +21,10 @@
 //! - a connection with no request in flight is asked to finish gracefully
 //!   after `idle_timeout` without traffic;
 //! - a response the client stops reading (a write blocked for
-//!   `idle_timeout`), or a connection with requests in flight and no traffic
-//!   for `idle_timeout + response_timeout`, is closed.
+//!   `idle_timeout`), an HTTP/1 response whose member sends no body bytes for
+//!   `response_timeout` (the response is cut; HTTP/2 streams have their own
+//!   timer, see `body`), or a connection with requests in flight and no
+//!   traffic for `idle_timeout + response_timeout`, is closed.
 //!
 //! Shutdown stops the accept loops, asks every connection to finish
 //! gracefully, waits for them (and tunnels) within the grace period, then
@@ -157,7 +159,7 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, name: &Arc<s
 const HEAD: u8 = 0;
 const BUSY: u8 = 1;
 const IDLE: u8 = 2;
-/// `write_blocked_ms` when no write is blocked.
+/// `write_blocked_ms` / `member_wait_ms` when nothing waits.
 const NOT_BLOCKED: u64 = u64::MAX;
 
 /// One client connection: its slot in `max_connections` and its activity,
@@ -173,10 +175,15 @@ pub(crate) struct ConnState {
     head_since_ms: AtomicU64,
     /// Since when a write to the client has been blocked, or `NOT_BLOCKED`.
     write_blocked_ms: AtomicU64,
+    /// Since when the response body (HTTP/1) has waited on the member, or
+    /// `NOT_BLOCKED`.
+    member_wait_ms: AtomicU64,
     inflight: AtomicU32,
     phase: AtomicU8,
     /// HTTP/2: bytes between requests are frames (pings), not a new head.
     h2: AtomicBool,
+    /// The connection's `response_timeout`, for telling a stall on drop.
+    response_timeout_ms: AtomicU64,
 }
 
 impl Drop for ConnState {
@@ -203,14 +210,21 @@ impl ConnState {
             last_active_ms: AtomicU64::new(0),
             head_since_ms: AtomicU64::new(0),
             write_blocked_ms: AtomicU64::new(NOT_BLOCKED),
+            member_wait_ms: AtomicU64::new(NOT_BLOCKED),
             inflight: AtomicU32::new(0),
             phase: AtomicU8::new(HEAD),
             h2: AtomicBool::new(false),
+            response_timeout_ms: AtomicU64::new(u64::MAX),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Whether the client speaks HTTP/2 on this connection.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
     }
 
     /// Bytes came from the client: on an idle HTTP/1 connection they begin
@@ -259,7 +273,8 @@ impl ConnState {
     fn check(&self, l: &Limits, graceful: bool, now: u64) -> Result<Verdict, u64> {
         let ms = |d: Duration| d.as_millis() as u64;
         let (idle, header) = (ms(l.idle_timeout), ms(l.header_read_timeout));
-        let cap = idle.min(header).max(1);
+        let response = ms(l.response_timeout);
+        let cap = idle.min(header).min(response).max(1);
         let last = self.last_active_ms.load(Ordering::Relaxed);
         if self.inflight.load(Ordering::Relaxed) > 0 {
             let mut wait = cap;
@@ -271,7 +286,15 @@ impl ConnState {
                 }
                 wait = wait.min(due - now);
             }
-            let due = last.saturating_add(idle + ms(l.response_timeout));
+            let waiting = self.member_wait_ms.load(Ordering::Relaxed);
+            if waiting != NOT_BLOCKED {
+                let due = waiting.saturating_add(response);
+                if now >= due {
+                    return Ok(Verdict::Close("member stalled mid-body"));
+                }
+                wait = wait.min(due - now);
+            }
+            let due = last.saturating_add(idle + response);
             if now >= due {
                 return Ok(Verdict::Close("no traffic with requests in flight"));
             }
@@ -341,10 +364,20 @@ impl Drop for InflightReq {
 }
 
 /// A response body that keeps its request counted as in flight on the
-/// connection until its last byte was handed to hyper (or it is dropped).
+/// connection until its last byte was handed to hyper (or it is dropped),
+/// and on HTTP/1 tells the connection's watcher when it waits on the member.
 pub(crate) struct Tracked {
     body: RespBody,
-    _req: InflightReq,
+    req: InflightReq,
+    /// Watched by the connection (HTTP/1: one response at a time).
+    watched: bool,
+}
+
+impl Tracked {
+    fn new(body: RespBody, req: InflightReq) -> Tracked {
+        let watched = !req.0.is_h2();
+        Tracked { body, req, watched }
+    }
 }
 
 impl Body for Tracked {
@@ -355,7 +388,20 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        if this.watched {
+            let conn = &this.req.0;
+            let waiting = conn.member_wait_ms.load(Ordering::Relaxed) != NOT_BLOCKED;
+            match (&r, waiting) {
+                (Poll::Pending, false) => {
+                    conn.member_wait_ms.store(conn.now_ms(), Ordering::Relaxed)
+                }
+                (Poll::Ready(_), true) => conn.member_wait_ms.store(NOT_BLOCKED, Ordering::Relaxed),
+                _ => {}
+            }
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -364,6 +410,21 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.watched {
+            return;
+        }
+        let conn = &self.req.0;
+        let since = conn.member_wait_ms.swap(NOT_BLOCKED, Ordering::Relaxed);
+        let limit = conn.response_timeout_ms.load(Ordering::Relaxed);
+        if since != NOT_BLOCKED && conn.now_ms().saturating_sub(since) >= limit {
+            // Cut by the watcher because the member stalled.
+            self.body.blame_member();
+        }
     }
 }
 
@@ -394,6 +455,10 @@ async fn serve_connection(
             .any(|l| l.name == listener && l.redirect_https);
         (snap.limits, redirect)
     };
+    state.response_timeout_ms.store(
+        limits.response_timeout.as_millis() as u64,
+        Ordering::Relaxed,
+    );
     let io = ActivityIo::new(stream, state.clone());
     let Some(tls) = shared.tls.listener(listener) else {
         let info = ConnInfo {
@@ -453,7 +518,7 @@ async fn serve_http<I>(
         let guard = svc_state.begin_request(req.version() == http::Version::HTTP_2);
         async move {
             let resp = handle(snap, req, info, guard.conn()).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked { body, _req: guard }))
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, guard)))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -1125,6 +1125,35 @@ async fn member_stalling_mid_body_is_cut_after_response_timeout() {
         px.failures("staller") >= 1.0,
         "the stall is a passive failure"
     );
+
+    // HTTP/2 (prior knowledge): the stream is cut, not the connection.
+    use http_body_util::{BodyExt, Empty};
+    let stream = TcpStream::connect(px.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}/big"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("an HTTP/2 stream still waits on a stalled member");
+    assert!(body.is_err(), "a truncated stream must end in an error");
+    assert!(px.failures("staller") >= 2.0);
+    let req = http::Request::get(format!("http://{HOST}/dynia-health"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await;
+    assert!(
+        resp.is_ok_and(|r| r.status() == 200),
+        "the HTTP/2 connection was cut too"
+    );
 }
 
 #[tokio::test]
