@@ -324,7 +324,7 @@ async fn check_lists_every_problem_with_file_line_column() {
 }
 
 #[tokio::test]
-async fn sigterm_finishes_inflight_request_then_exits_zero() {
+async fn sigterm_refuses_new_connections_finishes_inflight_request_then_exits_zero() {
     let (_ups, port) = members3().await;
     let files = NodeFiles::new(
         "sigterm",
@@ -341,7 +341,9 @@ async fn sigterm_finishes_inflight_request_then_exits_zero() {
         })
         .await;
     }
-    let slow = tokio::spawn(async move { get(proxy, HOST, "/slow/1500").await });
+    // Long enough to outlast the election's handover wait (at most 5 s)
+    // that precedes closing the listeners.
+    let slow = tokio::spawn(async move { get(proxy, HOST, "/slow/9000").await });
     wait_until(WAIT, "slow request in flight", || async move {
         status(admin).await["services"][0]["members"]
             .as_array()
@@ -351,13 +353,137 @@ async fn sigterm_finishes_inflight_request_then_exits_zero() {
     })
     .await;
     d.signal(libc::SIGTERM);
+    // During the grace period: new connections refused, the request runs on.
+    wait_until(WAIT, "new connections refused", || async move {
+        tokio::net::TcpStream::connect(proxy).await.is_err()
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "the listener closed only after the in-flight request ended"
+    );
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon exited before its request in flight finished"
+    );
     let a = slow.await.unwrap().unwrap();
     assert_eq!(a.status, 200, "in-flight request cut by SIGTERM");
     assert_eq!(d.wait_exit(Duration::from_secs(20)).await, Some(0));
-    assert!(
-        Client::connect(proxy).await.is_err(),
-        "still accepting after exit"
+}
+
+/// `/status.json` over an already open connection (`c`), for when the
+/// daemon cannot accept new ones.
+async fn status_on(c: &mut Client) -> serde_json::Value {
+    let a = c.get("localhost", "/status.json").await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    serde_json::from_str(&a.body).unwrap()
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: i32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit unchanged); returns the old one.
+fn set_nofile(pid: i32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall on valid pointers.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_until_they_return()
+{
+    let (_ups, port) = members3().await;
+    let files = NodeFiles::new(
+        "nofile",
+        "alpha-one",
+        &cluster_doc(1, &specs(), port, ""),
+        "",
     );
+    let d = Daemon::start(&files).await;
+    let admin = files.admin_addr;
+    for id in ["alpha-one", "brave-two", "calm-three"] {
+        wait_until(WAIT, "members UP", || async move {
+            health(admin, id).await == "up"
+        })
+        .await;
+    }
+    wait_until(
+        WAIT,
+        "master",
+        || async move { role(admin).await == "master" },
+    )
+    .await;
+    // Opened before the shortage: the admin listener cannot accept either.
+    let mut watch = Client::connect(admin).await.unwrap();
+    let s = status_on(&mut watch).await;
+    assert_eq!(s["listeners"][0]["serving"], true);
+    // A handful of descriptors to spare, then clients that take them all.
+    let old = set_nofile(d.pid(), open_fds(d.pid()) + 4);
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        clients.push(
+            tokio::net::TcpStream::connect(files.proxy_addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let t = std::time::Instant::now();
+    let mut seen = serde_json::Value::Null;
+    let mut not_serving = false;
+    while t.elapsed() < WAIT {
+        seen = status_on(&mut watch).await;
+        if seen["listeners"][0]["serving"] == false {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(not_serving, "accept failing, yet serving: {seen}");
+    eprintln!("not serving after {:?} of accept failures", t.elapsed());
+    let mut fault = false;
+    while t.elapsed() < WAIT {
+        if status_on(&mut watch).await["role"] == "fault" {
+            fault = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fault, "a node whose listener cannot accept stayed master");
+    assert!(d.log_text().contains("accept failing"), "{}", d.log_text());
+    // Members are not blamed for this node's shortage.
+    let s = status_on(&mut watch).await;
+    for m in s["services"][0]["members"].as_array().unwrap() {
+        assert_eq!(m["health"], "up", "{m}");
+    }
+    // Descriptors back: serving again, and master again (highest priority).
+    drop(clients);
+    set_nofile(d.pid(), old.rlim_cur);
+    let t = std::time::Instant::now();
+    loop {
+        let s = status_on(&mut watch).await;
+        if s["listeners"][0]["serving"] == true && s["role"] == "master" {
+            break;
+        }
+        assert!(t.elapsed() < WAIT, "never serving again: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
 }
 
 #[tokio::test]

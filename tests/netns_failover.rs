@@ -489,3 +489,82 @@ fn master_whose_proxy_cannot_serve_gives_up_mastership() {
         rig.holders()
     );
 }
+
+/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit unchanged); returns the old soft one.
+fn set_nofile(pid: i32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall on valid pointers.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+#[test]
+fn master_whose_proxy_listener_breaks_gives_up_mastership() {
+    let Some(mut rig) = start_rig("l2-listener", true) else {
+        return;
+    };
+    // Break the master's listener: a few descriptors to spare, then clients
+    // that take them all, so that accept fails (EMFILE) with more waiting.
+    let pid = rig.pid(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let old = set_nofile(pid, fds + 4);
+    let target = SocketAddr::from((rig.c.node_ip(0), PROXY_PORT));
+    let clients: Vec<TcpStream> = in_netns(rig.c.client_ns(), move || {
+        (0..64)
+            .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_secs(1)).ok())
+            .collect()
+    });
+    assert!(clients.len() > 8, "only {} connections", clients.len());
+    let broken = Instant::now();
+    rig.wait_role(1, "master");
+    eprintln!(
+        "mastership moved {:?} after the master's listener broke",
+        broken.elapsed()
+    );
+    assert!(
+        wait_until(WAIT, || rig.holders().contains(&1)),
+        "holders: {:?}",
+        rig.holders()
+    );
+    assert!(wait_until(WAIT, || rig.vip_answers()));
+    let ns = rig.c.ns_name(0).to_string();
+    let logs = || {
+        let mut text = String::new();
+        for e in std::fs::read_dir(rig.c.log_dir()).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{ns}-")) {
+                text.push_str(&std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+        text
+    };
+    let text = logs();
+    assert!(
+        text.contains("accept failing") && text.contains("can_serve=false"),
+        "the old master's log does not show why it let go:\n{text}"
+    );
+    // Descriptors back: it serves again and, with the highest priority, takes over.
+    drop(clients);
+    set_nofile(pid, old);
+    rig.wait_role(0, "master");
+    assert!(
+        wait_until(WAIT, || rig.holders() == vec![0]),
+        "holders: {:?}",
+        rig.holders()
+    );
+    assert!(wait_until(WAIT, || rig.vip_answers()));
+}

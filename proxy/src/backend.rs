@@ -117,11 +117,17 @@ impl Backend {
         self.check_now.notify_one();
     }
 
-    /// A ready connection: a pooled one if any is still usable, else a new one.
+    /// A ready connection: a pooled one if any is still usable, else a new
+    /// one. The flag tells a pooled one: the member may close it just as a
+    /// request goes out, which the forwarder retries on a new connection.
     pub(crate) async fn connection(
         &self,
         connect_timeout: Duration,
     ) -> Result<(Upstream, bool), ConnectError> {
+        // `take` skips connections already seen closed; `ready` waits for the
+        // connection task to have finished the previous exchange (it fails if
+        // the member closed the connection meanwhile). Bounded by the pool's
+        // capacity.
         while let Some(mut up) = self.pool.take() {
             if up.sender.ready().await.is_ok() {
                 return Ok((up, true));
@@ -176,6 +182,18 @@ pub enum ConnectError {
     Timeout,
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
+}
+
+impl ConnectError {
+    /// This node ran out of file descriptors: not the member's fault.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ConnectError::Io(e) if is_out_of_descriptors(e))
+    }
+}
+
+/// EMFILE or ENFILE: the process or the system has no descriptor left.
+pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// An HTTP/1.1 connection to a member, ready for one request.
@@ -243,6 +261,12 @@ impl ConnPool {
 
 /// Counts a request against a member until dropped.
 pub struct InflightGuard(Arc<Backend>);
+
+impl InflightGuard {
+    pub(crate) fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {

@@ -2,14 +2,28 @@
 //! retry on another member when that is safe, stream the answer back.
 //!
 //! Retry rules (SPEC §4): a connect failure never sent anything, so it is
-//! always retried; a reset or close before any response byte is retried when
-//! the request is idempotent and had no body (so it can be sent again as is).
-//! Every failure counts as a passive failure of that member.
+//! always retried; so is a request the upstream connection gave back unsent
+//! (hyper's `try_send_request`: the connection closed before the request was
+//! written). On a pooled connection that is the member closing an idle
+//! keep-alive connection, so the request goes again on a new connection to
+//! the same member, uncounted. A reset or close before any response byte is
+//! retried when the request is idempotent and had no body (so it can be sent
+//! again as is). Every other failure counts as a passive failure of that
+//! member, except those of this node (out of descriptors) or of the client.
+//!
+//! Timeouts: `response_timeout` runs from the end of the request body (so a
+//! long upload is not cut), and while uploading it bounds the time the member
+//! takes no body bytes; `idle_timeout` bounds the time the client sends none
+//! (408). After the response head, `response_timeout` bounds the time between
+//! body frames (see `body` and `server`). A WebSocket tunnel holds the client's connection
+//! slot, ends after `idle_timeout` without a byte either way (HAProxy's
+//! `timeout tunnel`; there is no separate setting), and is cut when the
+//! shutdown grace period is over.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -17,9 +31,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::backend::Backend;
-use crate::body::{ReqBody, RespBody};
-use crate::config::ServiceConfig;
+use crate::backend::{Backend, Upstream};
+use crate::body::{ReqBody, RespBody, Upload, UploadState};
+use crate::config::{Limits, ServiceConfig};
+use crate::server::ConnState;
 use crate::state::{ServiceRt, Snapshot, Tried};
 
 /// Facts about the client connection a request came on.
@@ -42,10 +57,12 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Handles one request against `snap`; never fails (errors become responses).
-pub async fn handle(
+/// `conn` is the client connection it came on.
+pub(crate) async fn handle(
     snap: Arc<Snapshot>,
     req: Request<Incoming>,
     info: ConnInfo,
+    conn: &Arc<ConnState>,
 ) -> Response<RespBody> {
     let started = Instant::now();
     let host = request_host(&req);
@@ -59,9 +76,9 @@ pub async fn handle(
     let mut resp = match info.https_port.filter(|_| !info.tls) {
         Some(port) => match redirect_https(port, cfg, &req, host_str) {
             Some(r) => r,
-            None => forward(&snap, svc, req, host, info).await,
+            None => forward(&snap, svc, req, host, info, conn).await,
         },
-        None => forward(&snap, svc, req, host, info).await,
+        None => forward(&snap, svc, req, host, info, conn).await,
     };
     if let (true, Some(hsts)) = (info.tls, &cfg.hsts) {
         resp.headers_mut()
@@ -127,6 +144,7 @@ async fn forward(
     req: Request<Incoming>,
     host: Option<HeaderValue>,
     info: ConnInfo,
+    client: &Arc<ConnState>,
 ) -> Response<RespBody> {
     let (mut parts, body) = req.into_parts();
     let upgrade = is_upgrade(&parts.headers);
@@ -141,8 +159,9 @@ async fn forward(
     let mut body = if body_is_empty(&parts.headers, &body) {
         ReqBody::Empty
     } else {
-        ReqBody::Stream(body)
+        ReqBody::stream(body)
     };
+    let upload = body.upload();
     let replayable = matches!(body, ReqBody::Empty) && is_idempotent(&parts.method);
     let attempts = 1 + svc.retries;
     let limits = snap.limits;
@@ -165,37 +184,100 @@ async fn forward(
         } else {
             backend.connection(limits.connect_timeout).await
         };
-        let (mut up, _reused) = match conn {
+        let (mut up, reused) = match conn {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
-                backend.passive_failure();
+                if !e.is_local() {
+                    backend.passive_failure();
+                }
                 continue; // nothing was sent: always safe to retry
             }
         };
         let last_try = attempt + 1 == attempts;
-        let this_body = std::mem::replace(&mut body, ReqBody::Empty);
         let keep_parts = replayable && !last_try;
-        let request = if keep_parts {
-            Request::from_parts(clone_parts(&parts), this_body)
-        } else {
-            Request::from_parts(std::mem::replace(&mut parts, empty_parts()), this_body)
-        };
         let inflight = backend.start_request();
-        let sent =
-            tokio::time::timeout(limits.response_timeout, up.sender.send_request(request)).await;
-        match sent {
-            Ok(Ok(mut resp)) => {
+        // The member may close a pooled connection just as the request goes
+        // out. Hyper gives a request back unsent when it noticed in time;
+        // otherwise it was written but nothing came back. Either way it is
+        // sent once more, on a new connection to the same member, if it can
+        // be: parts kept, body empty or kept whole (up to REPLAY_MAX).
+        let mut fresh_left = reused;
+        if fresh_left {
+            if let Some(u) = &upload {
+                u.keep_for_replay();
+            }
+        }
+        let outcome = loop {
+            let this_body = std::mem::replace(&mut body, ReqBody::Empty);
+            let sent_upload = this_body.upload();
+            let keep = keep_parts || fresh_left;
+            let request = if keep {
+                Request::from_parts(clone_parts(&parts), this_body)
+            } else {
+                Request::from_parts(std::mem::replace(&mut parts, empty_parts()), this_body)
+            };
+            let result = exchange(&mut up, request, sent_upload.as_deref(), &limits).await;
+            let again = match result {
+                Outcome::NotSent(req) => {
+                    let (p, b) = req.into_parts();
+                    if !keep {
+                        parts = p;
+                    }
+                    body = b;
+                    if !fresh_left {
+                        break Outcome::NotSent(Request::new(ReqBody::Empty));
+                    }
+                    "pooled connection closed before the request went out"
+                }
+                Outcome::Failed(e) if fresh_left && closed_before_response(&e) => {
+                    match sent_upload {
+                        None => {} // no body: `body` is still empty
+                        Some(u) => match u.take_replay() {
+                            Some(frames) => body = ReqBody::Replay(frames),
+                            None => break Outcome::Failed(e),
+                        },
+                    }
+                    "pooled connection closed by the member before any response"
+                }
+                other => break other,
+            };
+            fresh_left = false;
+            tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
+            match backend.connect(limits.connect_timeout, false).await {
+                Ok(u) => up = u,
+                Err(e) => {
+                    tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
+                    break Outcome::NotSent(Request::new(ReqBody::Empty));
+                }
+            }
+        };
+        match outcome {
+            Outcome::Response(mut resp) => {
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    return tunnel(resp, client_upgrade, backend.clone());
+                    return tunnel(resp, client_upgrade, backend.clone(), client, &limits);
                 }
                 let reusable = !upgrade;
                 strip_hop_by_hop(resp.headers_mut());
                 let (rparts, rbody) = resp.into_parts();
                 let conn = reusable.then(|| (up, backend.clone()));
-                return Response::from_parts(rparts, RespBody::upstream(rbody, conn, inflight));
+                // HTTP/1: the connection's watcher bounds a stall mid-body.
+                let stall = client.is_h2().then_some(limits.response_timeout);
+                let body = RespBody::upstream(rbody, conn, inflight, stall);
+                return Response::from_parts(rparts, body);
             }
-            Ok(Err(e)) => {
+            Outcome::NotSent(_) => {
+                // Nothing reached the member: like a connect failure.
+                backend.passive_failure();
+                continue;
+            }
+            Outcome::Failed(e) if e.is_user() => {
+                // The client's body broke off: neither the member's fault nor
+                // worth an answer anyone reads.
+                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "client request body failed");
+                return local(StatusCode::BAD_REQUEST, "request body failed\n");
+            }
+            Outcome::Failed(e) => {
                 tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream request failed");
                 backend.passive_failure();
                 last_error = StatusCode::BAD_GATEWAY;
@@ -203,11 +285,15 @@ async fn forward(
                     break;
                 }
             }
-            Err(_) => {
+            Outcome::MemberTimeout => {
                 tracing::debug!(service = %svc.name, member = %backend.member, "upstream response timed out");
                 backend.passive_failure();
                 // A slow member is not retried: the request may be running there.
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream response timed out\n");
+            }
+            Outcome::ClientTimeout => {
+                tracing::debug!(service = %svc.name, member = %backend.member, "client stopped sending its request body");
+                return local(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
             }
         }
     }
@@ -221,28 +307,137 @@ async fn forward(
     local(last_error, "upstream failed\n")
 }
 
-/// Joins a client's upgraded connection with the member's after a 101.
+/// Whether `e` means the member's connection ended before any response byte
+/// (closed or reset), rather than a bad answer, a timeout or the client.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// How one request on one upstream connection ended.
+enum Outcome {
+    Response(Response<Incoming>),
+    /// The connection closed before the request was written: it comes back.
+    NotSent(Request<ReqBody>),
+    Failed(hyper::Error),
+    /// No response head within `response_timeout` of the end of the upload,
+    /// or the member took no upload bytes for that long.
+    MemberTimeout,
+    /// The client sent no upload bytes for `idle_timeout`.
+    ClientTimeout,
+}
+
+/// Sends `req` on `up` and waits for the response head, timing the member
+/// from the end of the request body.
+async fn exchange(
+    up: &mut Upstream,
+    req: Request<ReqBody>,
+    upload: Option<&Upload>,
+    limits: &Limits,
+) -> Outcome {
+    let sent = up.sender.try_send_request(req);
+    let outcome = |r: Result<Response<Incoming>, hyper::client::conn::TrySendError<_>>| match r {
+        Ok(resp) => Outcome::Response(resp),
+        Err(mut e) => match e.take_message() {
+            Some(req) => Outcome::NotSent(req),
+            None => Outcome::Failed(e.into_error()),
+        },
+    };
+    let Some(upload) = upload else {
+        return match tokio::time::timeout(limits.response_timeout, sent).await {
+            Ok(r) => outcome(r),
+            Err(_) => Outcome::MemberTimeout,
+        };
+    };
+    tokio::pin!(sent);
+    // The upload's state may change while waiting, and the deadline with it;
+    // a new deadline is at least the shorter timeout away from the change,
+    // so looking again that often is never late. Each wake-up either ends
+    // the wait or finds the deadline moved by progress of the upload.
+    let cap = limits.idle_timeout.min(limits.response_timeout);
+    loop {
+        let (deadline, late) = upload_deadline(upload, limits);
+        let now = Instant::now();
+        if now >= deadline {
+            return late;
+        }
+        let wake = deadline.min(now + cap);
+        tokio::select! {
+            r = &mut sent => return outcome(r),
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}
+
+/// When an upload in progress is late, and whose fault that is.
+fn upload_deadline(upload: &Upload, limits: &Limits) -> (Instant, Outcome) {
+    let (state, last) = upload.get();
+    match state {
+        UploadState::WaitingClient => (last + limits.idle_timeout, Outcome::ClientTimeout),
+        UploadState::Sending | UploadState::Done => {
+            (last + limits.response_timeout, Outcome::MemberTimeout)
+        }
+    }
+}
+
+/// Joins a client's upgraded connection with the member's after a 101. The
+/// tunnel runs on the proxy's task tracker, holding the client connection's
+/// slot (its I/O keeps the `ConnState`), until either side closes, nothing
+/// moves for `idle_timeout`, or the shutdown grace period ends.
 fn tunnel(
     mut resp: Response<Incoming>,
     client: Option<hyper::upgrade::OnUpgrade>,
     backend: Arc<Backend>,
+    conn: &Arc<ConnState>,
+    limits: &Limits,
 ) -> Response<RespBody> {
     let Some(client) = client else {
         return local(StatusCode::BAD_GATEWAY, "upgrade not possible\n");
     };
     let upstream = hyper::upgrade::on(&mut resp);
     let inflight = backend.start_request();
-    tokio::spawn(async move {
+    let idle: Duration = limits.idle_timeout;
+    let state = conn.clone();
+    conn.shared.tracker.spawn(async move {
         let _inflight = inflight;
-        match tokio::try_join!(client, upstream) {
-            Ok((c, u)) => {
-                let mut c = TokioIo::new(c);
-                let mut u = TokioIo::new(u);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        let joined = tokio::select! {
+            j = async { tokio::try_join!(client, upstream) } => j,
+            _ = state.shared.kill.cancelled() => return,
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(member = %backend.member, "upgrade never completed");
+                return;
+            }
+        };
+        let (c, u) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(member = %backend.member, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut c = TokioIo::new(c);
+        let mut u = TokioIo::new(u);
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
+                if let Err(e) = r {
                     tracing::debug!(member = %backend.member, error = %e, "tunnel ended");
                 }
             }
-            Err(e) => tracing::debug!(member = %backend.member, error = %e, "upgrade failed"),
+            _ = state.idle_for(idle) => {
+                tracing::debug!(member = %backend.member, idle = ?idle, "tunnel idle; closed");
+            }
+            _ = state.shared.kill.cancelled() => {
+                tracing::debug!(member = %backend.member, "tunnel cut: shutdown grace period over");
+            }
         }
     });
     let (parts, _) = resp.into_parts();

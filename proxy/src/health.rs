@@ -7,7 +7,9 @@
 //! successes turn a DOWN member UP. The first check decides an unknown
 //! member's state at once. A passive failure seen by a request wakes the
 //! checker early. Each round also closes the member's idle pooled
-//! connections that have expired. The counting is a pure function ([`Judge`]) so it is tested
+//! connections that have expired. A check this node could not even start
+//! (no file descriptor left) judges nothing: the member is not to blame, and
+//! the election learns of the shortage from the listeners (`can_serve`). The counting is a pure function ([`Judge`]) so it is tested
 //! without sockets.
 
 use std::sync::Arc;
@@ -84,22 +86,40 @@ impl Judge {
 pub enum CheckResult {
     Pass(u16),
     Fail(String),
+    /// Not run: this node is out of file descriptors.
+    NotRun(String),
 }
 
 /// Runs one `GET path` against `backend` within `cfg.timeout`.
 pub async fn check_once(backend: &Backend, cfg: &HealthConfig) -> CheckResult {
     match tokio::time::timeout(cfg.timeout, request(backend, &cfg.path)).await {
         Err(_) => CheckResult::Fail(format!("timeout after {:?}", cfg.timeout)),
-        Ok(Err(e)) => CheckResult::Fail(e),
+        Ok(Err(CheckError::Local(e))) => CheckResult::NotRun(e),
+        Ok(Err(CheckError::Member(e))) => CheckResult::Fail(e),
         Ok(Ok(code)) if cfg.expect_status.contains(&code) => CheckResult::Pass(code),
         Ok(Ok(code)) => CheckResult::Fail(format!("status {code}")),
     }
 }
 
-async fn request(backend: &Backend, path: &str) -> Result<u16, String> {
-    let stream = TcpStream::connect(backend.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+enum CheckError {
+    Local(String),
+    Member(String),
+}
+
+impl From<String> for CheckError {
+    fn from(e: String) -> CheckError {
+        CheckError::Member(e)
+    }
+}
+
+async fn request(backend: &Backend, path: &str) -> Result<u16, CheckError> {
+    let stream = TcpStream::connect(backend.addr).await.map_err(|e| {
+        let text = format!("connect: {e}");
+        match crate::backend::is_out_of_descriptors(&e) {
+            true => CheckError::Local(text),
+            false => CheckError::Member(text),
+        }
+    })?;
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
@@ -149,6 +169,11 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
             }
             backend.pool.purge(POOL_IDLE_MAX);
             let result = check_once(&backend, &cfg).await;
+            if let CheckResult::NotRun(why) = &result {
+                tracing::debug!(service = %backend.service, member = %backend.member, reason = %why, "health check not run");
+                wait = jitter(cfg.interval, 0.1);
+                continue;
+            }
             let ok = matches!(result, CheckResult::Pass(_));
             if ok {
                 backend.metrics.checks_ok.inc();
@@ -160,7 +185,7 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
                 backend.set_health(now);
                 let reason = match &result {
                     CheckResult::Pass(code) => format!("status {code}"),
-                    CheckResult::Fail(why) => why.clone(),
+                    CheckResult::Fail(why) | CheckResult::NotRun(why) => why.clone(),
                 };
                 tracing::info!(
                     service = %backend.service,

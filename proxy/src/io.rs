@@ -1,4 +1,6 @@
-//! A stream wrapper that records when bytes last moved, for the idle timeout.
+//! A stream wrapper that reports the client connection's activity to its
+//! [`ConnState`] (bytes read, bytes written, writes blocked), for the
+//! connection's timeouts.
 
 use std::io;
 use std::pin::Pin;
@@ -17,7 +19,6 @@ pub(crate) struct ActivityIo<S> {
 
 impl<S> ActivityIo<S> {
     pub(crate) fn new(inner: S, state: Arc<ConnState>) -> Self {
-        state.touch();
         ActivityIo { inner, state }
     }
 }
@@ -32,7 +33,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.touch();
+            this.state.on_read();
         }
         r
     }
@@ -46,8 +47,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch();
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Pending => this.state.on_write_blocked(),
+            _ => {}
         }
         r
     }
@@ -59,8 +62,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.touch();
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Pending => this.state.on_write_blocked(),
+            _ => {}
         }
         r
     }

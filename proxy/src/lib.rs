@@ -4,7 +4,11 @@
 //! path reads through `ArcSwap`, and the registry of backends whose health
 //! survives reloads. The control layer builds a [`ProxyConfig`] from the node
 //! file and the cluster document and calls [`Proxy::start`] / [`Proxy::apply`];
-//! it reads [`Proxy::status`] for `/status.json` and election tracking.
+//! it reads [`Proxy::status`] for `/status.json` and [`Proxy::can_serve`] for
+//! election tracking. `can_serve` is truthful: a listener whose accept has
+//! been failing for over a second (EMFILE, ENFILE) does not serve, and neither
+//! does a proxy whose runtime stopped running tasks (a heartbeat task stamps
+//! the time every 100 ms; a stamp older than a second means stalled).
 
 pub mod backend;
 pub mod body;
@@ -20,9 +24,9 @@ pub mod state;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -63,10 +67,18 @@ pub enum ProxyError {
 pub(crate) struct Shared {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) metrics: ProxyMetrics,
+    /// Client connections holding a slot, tunnels included (see `server::ConnState`).
     pub(crate) connections: AtomicUsize,
+    /// Every connection and tunnel task: shutdown waits for them.
     pub(crate) tracker: TaskTracker,
     /// Fired at shutdown: every connection finishes gracefully.
     pub(crate) stop: CancellationToken,
+    /// Fired when `shutdown_grace` is over: whatever still runs is cut.
+    pub(crate) kill: CancellationToken,
+    /// Time base of the millisecond stamps below.
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the heartbeat task last ran.
+    heartbeat_ms: AtomicU64,
     /// Acceptors of the TLS listeners, swapped on apply.
     pub(crate) tls: tls::Tls,
     registry: Mutex<Registry>,
@@ -78,7 +90,64 @@ struct Running {
     bind: SocketAddr,
     local: SocketAddr,
     stop: CancellationToken,
-    alive: Arc<AtomicBool>,
+    health: Arc<AcceptHealth>,
+}
+
+/// How often the heartbeat task stamps the time on the proxy runtime.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+/// A heartbeat older than this means the proxy runtime is stalled.
+pub const HEARTBEAT_STALE: Duration = Duration::from_secs(1);
+/// A listener whose accept has failed continuously for longer does not serve.
+pub const ACCEPT_FAILING_LIMIT: Duration = Duration::from_secs(1);
+
+/// Whether a listener's accept loop runs and accepts.
+pub(crate) struct AcceptHealth {
+    alive: AtomicBool,
+    /// Milliseconds since the proxy's epoch when accept started failing, or
+    /// `u64::MAX` while it works.
+    failing_since_ms: AtomicU64,
+}
+
+impl AcceptHealth {
+    fn new() -> AcceptHealth {
+        AcceptHealth {
+            alive: AtomicBool::new(true),
+            failing_since_ms: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Records a failed accept; `true` when this starts a failing streak.
+    pub(crate) fn failed(&self, now_ms: u64) -> bool {
+        self.failing_since_ms
+            .compare_exchange(u64::MAX, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Records that accepting works; `true` when this ends a failing streak.
+    pub(crate) fn ok(&self) -> bool {
+        self.failing_since_ms.load(Ordering::Relaxed) != u64::MAX
+            && self.failing_since_ms.swap(u64::MAX, Ordering::Relaxed) != u64::MAX
+    }
+
+    fn serving(&self, now_ms: u64) -> bool {
+        let since = self.failing_since_ms.load(Ordering::Relaxed);
+        self.alive.load(Ordering::Relaxed)
+            && (since == u64::MAX
+                || now_ms.saturating_sub(since) <= ACCEPT_FAILING_LIMIT.as_millis() as u64)
+    }
+}
+
+impl Shared {
+    /// Milliseconds since the proxy started (monotonic).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the heartbeat task ran recently, i.e. the runtime runs tasks.
+    fn runtime_alive(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed))
+            <= HEARTBEAT_STALE.as_millis() as u64
+    }
 }
 
 /// Handle to a running proxy. Cheap to clone.
@@ -135,6 +204,9 @@ impl Proxy {
             connections: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            kill: CancellationToken::new(),
+            epoch: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
             tls,
             registry: Mutex::new(reg),
             listeners: Mutex::new(Vec::new()),
@@ -144,31 +216,32 @@ impl Proxy {
             proxy.run_listener(l, tcp);
         }
         tokio::spawn(check_expiry(proxy.shared.clone()));
+        tokio::spawn(heartbeat(proxy.shared.clone()));
         Ok(proxy)
     }
 
     fn run_listener(&self, l: &ListenerConfig, tcp: tokio::net::TcpListener) {
         let local = tcp.local_addr().unwrap_or(l.bind);
         let stop = CancellationToken::new();
-        let alive = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(AcceptHealth::new());
         let name: Arc<str> = l.name.as_str().into();
         tracing::info!(listener = %name, addr = %local, "listening");
-        let (s, n, st, a) = (
+        let (s, n, st, h) = (
             self.shared.clone(),
             name.clone(),
             stop.clone(),
-            alive.clone(),
+            health.clone(),
         );
         tokio::spawn(async move {
-            server::accept_loop(s, tcp, n, st).await;
-            a.store(false, Ordering::Relaxed);
+            server::accept_loop(s, tcp, n, st, &h).await;
+            h.alive.store(false, Ordering::Relaxed);
         });
         lock(&self.shared.listeners).push(Running {
             name,
             bind: l.bind,
             local,
             stop,
-            alive,
+            health,
         });
     }
 
@@ -227,14 +300,19 @@ impl Proxy {
         self.shared.snapshot.load().config.clone()
     }
 
-    /// Listeners with the address each is bound to.
+    /// Listeners with the address each is bound to. `serving` is false for a
+    /// listener whose accept loop stopped or has been failing for over
+    /// [`ACCEPT_FAILING_LIMIT`], and for every listener while the proxy
+    /// runtime is stalled.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
+        let now = self.shared.now_ms();
+        let runtime = self.shared.runtime_alive(now);
         lock(&self.shared.listeners)
             .iter()
             .map(|r| ListenerStatus {
                 name: r.name.to_string(),
                 local: r.local,
-                serving: r.alive.load(Ordering::Relaxed),
+                serving: runtime && r.health.serving(now),
             })
             .collect()
     }
@@ -263,12 +341,18 @@ impl Proxy {
             .collect()
     }
 
-    /// Whether this node's proxy can serve: every listener accepting, and, if
-    /// any service is configured, at least one service with a member not DOWN.
+    /// Whether this node's proxy can serve: its runtime runs tasks (recent
+    /// heartbeat), every listener is accepting (see [`Proxy::listeners`]), and,
+    /// if any service is configured, at least one service has a member not DOWN.
+    /// Callable from any thread; never blocks on the proxy runtime.
     pub fn can_serve(&self) -> bool {
+        let now = self.shared.now_ms();
+        if !self.shared.runtime_alive(now) {
+            return false;
+        }
         let listening = lock(&self.shared.listeners)
             .iter()
-            .all(|r| r.alive.load(Ordering::Relaxed));
+            .all(|r| r.health.serving(now));
         let snap = self.shared.snapshot.load();
         let some_member = snap.services.is_empty()
             || snap.services.iter().any(|s| {
@@ -284,8 +368,9 @@ impl Proxy {
         self.shared.connections.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting, lets connections finish within `grace`, stops checks.
-    /// Returns whether every connection finished in time.
+    /// Stops accepting, lets connections and WebSocket tunnels finish within
+    /// `grace`, then cuts whatever still runs and stops checks. Returns
+    /// whether everything finished in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         for r in lock(&self.shared.listeners).drain(..) {
             r.stop.cancel();
@@ -295,6 +380,7 @@ impl Proxy {
         let done = tokio::time::timeout(grace, self.shared.tracker.wait())
             .await
             .is_ok();
+        self.shared.kill.cancel();
         lock(&self.shared.registry).stop();
         done
     }
@@ -309,6 +395,19 @@ async fn check_expiry(shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.stop.cancelled() => return,
             _ = tick.tick() => shared.tls.check_expiry(),
+        }
+    }
+}
+
+/// Stamps the time on the proxy runtime every [`HEARTBEAT_EVERY`] until
+/// shutdown, so that [`Proxy::can_serve`] notices a stalled runtime.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => return,
+            _ = tick.tick() => shared.heartbeat_ms.store(shared.now_ms(), Ordering::Relaxed),
         }
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Families are registered once in the daemon's registry; the data path only
 //! touches handles resolved ahead (per service, per member), so counting a
-//! request is an atomic add, never a label lookup under a lock.
+//! request is an atomic add, never a label lookup under a lock. The series of
+//! a service or member that left the configuration are removed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -107,10 +109,13 @@ impl ProxyMetrics {
     pub fn service(&self, service: &str) -> ServiceMetrics {
         ServiceMetrics {
             requests: self.requests.clone(),
+            durations: self.duration.clone(),
+            retries_vec: self.retries.clone(),
             service: service.into(),
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[service]),
             retries: self.retries.with_label_values(&[service]),
+            forgotten: AtomicBool::new(false),
         }
     }
 
@@ -145,22 +150,46 @@ impl ProxyMetrics {
 /// Per-service handles; status-code counters are created on first use.
 pub struct ServiceMetrics {
     requests: IntCounterVec,
+    durations: HistogramVec,
+    retries_vec: IntCounterVec,
     service: Box<str>,
     by_code: Box<[OnceLock<IntCounter>]>,
     pub duration: Histogram,
     pub retries: IntCounter,
+    /// The service left the configuration: its series are gone, and requests
+    /// still finishing on an old snapshot must not bring them back.
+    forgotten: AtomicBool,
 }
 
 impl ServiceMetrics {
     /// Counts one answered request.
     pub fn count(&self, code: u16) {
-        let idx = usize::from(code.clamp(100, 599) - 100);
+        let code = code.clamp(100, 599);
+        let idx = usize::from(code - 100);
         self.by_code[idx]
             .get_or_init(|| {
+                if self.forgotten.load(Ordering::Relaxed) {
+                    // A valid constant name: creating it cannot fail.
+                    return IntCounter::new("dynia_detached", "not exported")
+                        .expect("valid metric name");
+                }
                 self.requests
                     .with_label_values(&[&*self.service, itoa_code(code).as_str()])
             })
             .inc();
+    }
+
+    /// Removes this service's series (it left the configuration).
+    pub fn forget(&self) {
+        self.forgotten.store(true, Ordering::Relaxed);
+        for (i, c) in self.by_code.iter().enumerate() {
+            if c.get().is_some() {
+                let code = itoa_code(100 + i as u16);
+                let _ = self.requests.remove_label_values(&[&*self.service, &code]);
+            }
+        }
+        let _ = self.durations.remove_label_values(&[&*self.service]);
+        let _ = self.retries_vec.remove_label_values(&[&*self.service]);
     }
 }
 

@@ -5,10 +5,14 @@
 //! load it once through `ArcSwap` and finish on it, whatever is stored later.
 //! The [`Registry`] of backends lives across snapshots: a (service, member,
 //! address) that remains keeps its backend, hence its health and pool; one that
-//! disappears has its checker cancelled and its idle connections closed, while
-//! requests already holding it finish.
+//! disappears has its checker cancelled, its idle connections closed and its
+//! metric series dropped, while requests already holding it finish. A service
+//! keeps its round-robin position across snapshots (a reload does not send
+//! the next requests to the first member again); a service that disappears
+//! has its metric series dropped, so label cardinality stays bounded by what
+//! is configured.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,7 +42,8 @@ pub struct ServiceRt {
     /// Seconds announced in `Retry-After` when no member can take a request.
     pub retry_after: u64,
     pub members: Vec<MemberRt>,
-    rr: AtomicUsize,
+    /// Round-robin position, shared by every snapshot of this service.
+    rr: Arc<AtomicUsize>,
     pub metrics: Arc<ServiceMetrics>,
 }
 
@@ -102,7 +107,8 @@ struct Entry {
 pub struct Registry {
     entries: HashMap<Key, Entry>,
     metrics: ProxyMetrics,
-    service_metrics: HashMap<Arc<str>, Arc<ServiceMetrics>>,
+    /// Per service: its metric handles and its round-robin position.
+    services: HashMap<Arc<str>, (Arc<ServiceMetrics>, Arc<AtomicUsize>)>,
     unrouted: Arc<ServiceMetrics>,
 }
 
@@ -112,7 +118,7 @@ impl Registry {
         Registry {
             entries: HashMap::new(),
             metrics,
-            service_metrics: HashMap::new(),
+            services: HashMap::new(),
             unrouted,
         }
     }
@@ -123,10 +129,13 @@ impl Registry {
         let mut keep: HashMap<Key, ()> = HashMap::new();
         let mut services = Vec::with_capacity(config.services.len());
         for svc in &config.services {
-            let metrics = self
-                .service_metrics
+            let (metrics, rr) = self
+                .services
                 .entry(svc.name.clone())
-                .or_insert_with(|| Arc::new(self.metrics.service(&svc.name)))
+                .or_insert_with(|| {
+                    let m = Arc::new(self.metrics.service(&svc.name));
+                    (m, Arc::new(AtomicUsize::new(0)))
+                })
                 .clone();
             let mut members = Vec::with_capacity(svc.members.len());
             for m in &svc.members {
@@ -168,10 +177,13 @@ impl Registry {
                 retries: svc.retries.min(crate::config::MAX_RETRIES),
                 retry_after,
                 members,
-                rr: AtomicUsize::new(0),
+                rr,
                 metrics,
             });
         }
+        // A member that only changed address keeps its series (the new
+        // backend's handles are the same series).
+        let named: HashSet<(&str, &str)> = keep.keys().map(|k| (&*k.0, &*k.1)).collect();
         let metrics = &self.metrics;
         self.entries.retain(|key, entry| {
             if keep.contains_key(key) {
@@ -181,12 +193,19 @@ impl Registry {
                 cancel.cancel();
             }
             entry.backend.pool.clear();
-            metrics.forget_member(&key.0, &key.1);
+            if !named.contains(&(&*key.0, &*key.1)) {
+                metrics.forget_member(&key.0, &key.1);
+            }
             tracing::info!(service = %key.0, member = %key.1, addr = %key.2, "member left the pool");
             false
         });
-        self.service_metrics
-            .retain(|name, _| config.services.iter().any(|s| &s.name == name));
+        self.services.retain(|name, (m, _)| {
+            let kept = config.services.iter().any(|s| &s.name == name);
+            if !kept {
+                m.forget();
+            }
+            kept
+        });
         let router = Router::new(
             config
                 .services

@@ -5,16 +5,18 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dynia_proxy::demo::DemoUpstream;
 use dynia_proxy::{
     AdminState, Health, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, Proxy,
     ProxyConfig, ServiceConfig,
 };
-use support::{get, wait_until, Client};
+use support::{get, read_request, reset, wait_until, write_ok, Client, RawMember};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const HOST: &str = "app.example.com";
 const WAIT: Duration = Duration::from_secs(10);
@@ -199,17 +201,34 @@ async fn failing_health_takes_member_out_after_fall_and_back_after_rise() {
         "the two healthy members share evenly: {counts:?}"
     );
 
+    // Rise: it comes back only after `rise` (2) good checks in a row. The
+    // success counter is bumped before the state changes, so whenever it
+    // is seen UP, at least `rise` successes have been counted since it
+    // went DOWN (were rise ignored, it would be seen UP after one).
+    let successes = |m: &str| {
+        metric_value(
+            m,
+            &format!(
+                "dynia_health_checks_total{{member=\"{id}\",result=\"success\",service=\"web\"}}"
+            ),
+        )
+    };
+    let down_at = successes(&rig.metrics());
     sick.set_health(200);
-    wait_until(WAIT, "member UP again", || {
-        let (p, id) = (p.clone(), id.clone());
-        async move {
-            p.status()[0]
-                .members
-                .iter()
-                .any(|m| m.id == id && m.health == Health::Up)
+    let start = std::time::Instant::now();
+    loop {
+        // Health first, then the counter: a success counted after the read
+        // of the health can only make `seen` larger.
+        let health = rig.health_of(&id);
+        let seen = successes(&rig.metrics()) - down_at;
+        if health == Health::Up {
+            assert!(seen >= 2.0, "UP again after {seen} good checks, rise is 2");
+            break;
         }
-    })
-    .await;
+        assert!(start.elapsed() < WAIT, "member never UP again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
     assert_eq!(
         metric_value(
             &rig.metrics(),
@@ -254,18 +273,23 @@ async fn killed_member_costs_no_failed_get() {
         }));
     }
     let victim = &rig.ups[2];
+    let series = "dynia_upstream_failures_total{member=\"member-2\",service=\"web\"}";
     wait_until(WAIT, "some traffic on the victim", || async {
         victim.hits() > 20
     })
     .await;
+    let failures_before = metric_value(&rig.metrics(), series);
     victim.kill();
     let mut failed = 0;
     for c in clients {
         failed += c.await.unwrap();
     }
     assert_eq!(failed, 0, "GET requests failed after a member died");
-    let m = rig.metrics();
-    assert!(m.contains("dynia_upstream_failures_total{member=\"member-2\",service=\"web\"}"));
+    let failures = metric_value(&rig.metrics(), series) - failures_before;
+    assert!(
+        failures >= 1.0,
+        "the dead member's failures were not counted"
+    );
 }
 
 #[tokio::test]
@@ -458,49 +482,16 @@ async fn excess_connections_are_refused_without_harm() {
 
 #[tokio::test]
 async fn websocket_echo_through_the_proxy() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-    // A real WebSocket echo server as the member.
-    let ws_listener = tokio::net::TcpListener::bind("127.0.0.5:0").await.unwrap();
-    let ws_addr = ws_listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = ws_listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_text() || m.is_binary() {
-                        let _ = ws.send(m).await;
-                    }
-                }
-            });
-        }
-    });
-    let registry = prometheus::Registry::new();
-    let health = HealthConfig {
-        interval: Duration::from_secs(30),
-        ..HealthConfig::default()
-    };
-    let proxy = Proxy::start(
-        config(
-            &[("ws-one", ws_addr, AdminState::Active)],
-            health,
-            Limits::default(),
-        ),
-        &registry,
+    let member = ws_echo_member("127.0.0.5:0").await;
+    let px = Plain::start(
+        &[("ws-one", member, AdminState::Active)],
+        slow_health(),
+        Limits::default(),
     )
-    .await
-    .unwrap();
-    let addr = proxy.listeners()[0].local;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let url = format!("ws://{HOST}/chat");
-    let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    assert_eq!(resp.status(), 101);
+    .await;
+    let mut ws = ws_connect(px.addr).await.unwrap();
     for i in 0..5 {
-        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let back = ws.next().await.unwrap().unwrap();
-        assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
+        assert!(ws_echo(&mut ws, &format!("hello {i}")).await);
     }
 }
 
@@ -604,7 +595,8 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
     assert!(
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "idle connection was not closed"
+        "idle connection was not closed: {closed:?} {:?}",
+        String::from_utf8_lossy(&buf[..n])
     );
     let p = rig.proxy.clone();
     wait_until(WAIT, "the connection to be released", || {
@@ -729,4 +721,919 @@ async fn h2c_prior_knowledge_is_served() {
         let _ = resp.into_body().collect().await.unwrap();
     }
     assert_eq!(seen.len(), 2, "h2 requests are balanced too");
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the tests below: a proxy in front of any members, WebSocket
+// clients and members, hand-written members that misbehave.
+
+/// Checks that take their time: requests, not the checker, meet a member first.
+fn slow_health() -> HealthConfig {
+    HealthConfig {
+        interval: Duration::from_secs(30),
+        ..HealthConfig::default()
+    }
+}
+
+/// A proxy in front of the given members.
+struct Plain {
+    proxy: Proxy,
+    addr: SocketAddr,
+    registry: prometheus::Registry,
+}
+
+impl Plain {
+    async fn start(
+        members: &[(&str, SocketAddr, AdminState)],
+        health: HealthConfig,
+        limits: Limits,
+    ) -> Plain {
+        let registry = prometheus::Registry::new();
+        let proxy = Proxy::start(config(members, health, limits), &registry)
+            .await
+            .unwrap();
+        let addr = proxy.listeners()[0].local;
+        Plain {
+            proxy,
+            addr,
+            registry,
+        }
+    }
+
+    fn metrics(&self) -> String {
+        dynia_proxy::metrics::render(&self.registry)
+    }
+
+    fn failures(&self, member: &str) -> f64 {
+        metric_value(
+            &self.metrics(),
+            &format!("dynia_upstream_failures_total{{member=\"{member}\",service=\"web\"}}"),
+        )
+    }
+
+    async fn connections_drop_to(&self, n: usize, what: &str) {
+        let p = self.proxy.clone();
+        wait_until(WAIT, what, move || {
+            let p = p.clone();
+            async move { p.connections() == n }
+        })
+        .await;
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// A real WebSocket echo server (no timeouts of its own).
+async fn ws_echo_member(bind: &str) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn ws_connect(proxy: SocketAddr) -> Result<Ws, String> {
+    let stream = TcpStream::connect(proxy).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://{HOST}/chat");
+    let (ws, resp) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    assert_eq!(resp.status(), 101);
+    Ok(ws)
+}
+
+/// Sends `text` and tells whether it came back (within 5 s).
+async fn ws_echo(ws: &mut Ws, text: &str) -> bool {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    if ws.send(Message::text(text)).await.is_err() {
+        return false;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(m))) => m.into_text().is_ok_and(|t| t.as_str() == text),
+        _ => false,
+    }
+}
+
+/// Reads until the proxy closes the connection (or `limit`); returns what
+/// was read and whether it was closed.
+async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (out, closed)
+}
+
+/// A member that answers health checks and then runs `other` for any
+/// other request (the connection and the request it read).
+async fn raw_member<F, Fut>(bind: &str, id: &'static str, other: F) -> RawMember
+where
+    F: Fn(TcpStream, support::RawRequest) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Option<TcpStream>> + Send + 'static,
+{
+    RawMember::start(bind, move |mut s| {
+        let other = other.clone();
+        async move {
+            // Bounded: a member connection serves at most 10k requests.
+            for _ in 0..10_000 {
+                let Some(req) = read_request(&mut s).await else {
+                    return;
+                };
+                if req.path == "/dynia-health" {
+                    let _ = write_ok(&mut s, id, "ok").await;
+                    return;
+                }
+                match other(s, req).await {
+                    Some(back) => s = back,
+                    None => return,
+                }
+            }
+        }
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket tunnels: slots, idle timeout, shutdown.
+
+#[tokio::test]
+async fn websockets_hold_their_connection_slots() {
+    let member = ws_echo_member("127.0.0.5:0").await;
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let px = Plain::start(
+        &[("ws-one", member, AdminState::Active)],
+        slow_health(),
+        limits,
+    )
+    .await;
+    let mut a = ws_connect(px.addr).await.unwrap();
+    let mut b = ws_connect(px.addr).await.unwrap();
+    assert!(ws_echo(&mut a, "a").await && ws_echo(&mut b, "b").await);
+    assert_eq!(px.proxy.connections(), 2, "each open tunnel holds a slot");
+    assert_eq!(metric_value(&px.metrics(), "dynia_connections_active"), 2.0);
+    let third = tokio::time::timeout(WAIT, ws_connect(px.addr))
+        .await
+        .expect("an excess connection must be refused promptly");
+    assert!(
+        third.is_err(),
+        "a third WebSocket over max_connections=2 was served"
+    );
+    assert!(metric_value(&px.metrics(), "dynia_connections_refused_total") >= 1.0);
+    // The open tunnels are unharmed; a closed one gives its slot back.
+    assert!(ws_echo(&mut a, "still here").await);
+    a.close(None).await.unwrap();
+    drop(a);
+    let p = px.proxy.clone();
+    wait_until(WAIT, "the closed tunnel's slot to free", || {
+        let p = p.clone();
+        async move { p.connections() < 2 }
+    })
+    .await;
+    let mut c = ws_connect(px.addr).await.unwrap();
+    assert!(ws_echo(&mut c, "c").await);
+    assert!(ws_echo(&mut b, "b again").await);
+}
+
+#[tokio::test]
+async fn idle_tunnel_is_closed_after_idle_timeout_and_traffic_keeps_it() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let member = ws_echo_member("127.0.0.5:0").await;
+    let idle = Duration::from_millis(400);
+    let limits = Limits {
+        idle_timeout: idle,
+        ..Limits::default()
+    };
+    let px = Plain::start(
+        &[("ws-one", member, AdminState::Active)],
+        slow_health(),
+        limits,
+    )
+    .await;
+    let mut ws = ws_connect(px.addr).await.unwrap();
+    // Traffic every 150 ms for twice the idle timeout keeps it open.
+    let busy = Instant::now();
+    loop {
+        assert!(ws_echo(&mut ws, "tick").await, "a busy tunnel was closed");
+        if busy.elapsed() >= idle * 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Silence: the proxy ends the tunnel by itself.
+    let quiet = Instant::now();
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("an idle tunnel was never closed");
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    assert!(
+        quiet.elapsed() >= idle - Duration::from_millis(50),
+        "closed after {:?}, idle_timeout is {idle:?}",
+        quiet.elapsed()
+    );
+    px.connections_drop_to(0, "the tunnel's slot to free").await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_tunnel_within_the_grace_period_then_cuts_it() {
+    use futures_util::StreamExt;
+    let member = ws_echo_member("127.0.0.5:0").await;
+    let px = Plain::start(
+        &[("ws-one", member, AdminState::Active)],
+        slow_health(),
+        Limits::default(),
+    )
+    .await;
+    let mut ws = ws_connect(px.addr).await.unwrap();
+    let p = px.proxy.clone();
+    let grace = Duration::from_millis(2500);
+    let started = Instant::now();
+    let shutdown = tokio::spawn(async move { p.shutdown(grace).await });
+    // Within the grace period: no new connections, the tunnel still works.
+    let addr = px.addr;
+    wait_until(WAIT, "new connections refused", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        ws_echo(&mut ws, "during the grace period").await,
+        "the tunnel was cut before the grace period ended"
+    );
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the tunnel"
+    );
+    let finished_in_time = shutdown.await.unwrap();
+    assert!(!finished_in_time, "shutdown says the open tunnel finished");
+    assert!(started.elapsed() >= grace);
+    // Then it is cut.
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("the tunnel outlived the grace period");
+    assert!(!matches!(end, Some(Ok(ref m)) if m.is_text()), "{end:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Client timeouts.
+
+#[tokio::test]
+async fn silent_client_is_closed_after_header_read_timeout() {
+    let header = Duration::from_millis(300);
+    let limits = Limits {
+        header_read_timeout: header,
+        idle_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    let t = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        closed,
+        "a client that sent nothing was not closed after header_read_timeout"
+    );
+    assert!(got.is_empty());
+    assert!(
+        t.elapsed() >= header - Duration::from_millis(50),
+        "{:?}",
+        t.elapsed()
+    );
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "the slot to free", || {
+        let p = p.clone();
+        async move { p.connections() == 0 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn keep_alive_connection_lives_until_idle_timeout_not_header_timeout() {
+    let idle = Duration::from_millis(1200);
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(200),
+        idle_timeout: idle,
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+    assert!(closed, "the idle connection was never closed");
+    assert!(
+        t.elapsed() >= idle - Duration::from_millis(100),
+        "idle keep-alive connection closed after {:?}; idle_timeout is {idle:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn slow_head_on_a_kept_alive_connection_is_cut_by_header_read_timeout() {
+    let header = Duration::from_millis(300);
+    let limits = Limits {
+        header_read_timeout: header,
+        idle_timeout: Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // The next head starts and never ends.
+    s.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let t = Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "a slow second head was not cut off");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    assert!(t.elapsed() >= header - Duration::from_millis(50));
+}
+
+// ---------------------------------------------------------------------------
+// Stalls mid-body.
+
+#[tokio::test]
+async fn member_stalling_mid_body_is_cut_after_response_timeout() {
+    let member = raw_member("127.0.0.6:0", "staller", |mut s, _req| async move {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+            .await;
+        let _ = s.write_all(&[b'x'; 500]).await;
+        // Half the body, then nothing (the test ends it by dropping the member).
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        None
+    })
+    .await;
+    let limits = Limits {
+        response_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let px = Plain::start(
+        &[("staller", member.addr, AdminState::Active)],
+        slow_health(),
+        limits,
+    )
+    .await;
+    let mut s = TcpStream::connect(px.addr).await.unwrap();
+    s.write_all(format!("GET /big HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "the client still waits on a stalled member");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = got.len() - text.find("\r\n\r\n").unwrap() - 4;
+    assert!(body < 1000, "a truncated body must not look complete");
+    px.connections_drop_to(0, "the slot to free").await;
+    assert!(
+        px.failures("staller") >= 1.0,
+        "the stall is a passive failure"
+    );
+
+    // HTTP/2 (prior knowledge): the stream is cut, not the connection.
+    use http_body_util::{BodyExt, Empty};
+    let stream = TcpStream::connect(px.addr).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}/big"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(5), resp.into_body().collect())
+        .await
+        .expect("an HTTP/2 stream still waits on a stalled member");
+    assert!(body.is_err(), "a truncated stream must end in an error");
+    assert!(px.failures("staller") >= 2.0);
+    let req = http::Request::get(format!("http://{HOST}/dynia-health"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await;
+    assert!(
+        resp.is_ok_and(|r| r.status() == 200),
+        "the HTTP/2 connection was cut too"
+    );
+}
+
+#[tokio::test]
+async fn client_that_stops_reading_is_closed_after_idle_timeout() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    // A gigabyte asked for, never read.
+    s.write_all(format!("GET /bytes/1073741824 HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "the stuck connection to be closed", || {
+        let p = p.clone();
+        async move { p.connections() == 0 }
+    })
+    .await;
+    assert_eq!(
+        rig.proxy.status()[0].members[0].inflight,
+        0,
+        "the member's request is released"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Uploads and the response timeout.
+
+#[tokio::test]
+async fn slow_upload_is_not_cut_by_response_timeout() {
+    let limits = Limits {
+        response_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // 10 chunks 100 ms apart: the upload lasts three times response_timeout.
+    let chunk = vec![b'u'; 1024];
+    for _ in 0..10 {
+        s.write_all(b"400\r\n").await.unwrap();
+        s.write_all(&chunk).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.trim_end().ends_with("10240"), "{text}");
+}
+
+#[tokio::test]
+async fn client_stalling_mid_upload_gets_408_and_the_member_is_not_blamed() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(400),
+        ..Limits::default()
+    };
+    let rig = Rig::new(1, fast_health(), limits).await;
+    let mut s = TcpStream::connect(rig.addr).await.unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (got, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    let failures = metric_value(
+        &rig.metrics(),
+        "dynia_upstream_failures_total{member=\"member-0\",service=\"web\"}",
+    );
+    assert_eq!(failures, 0.0, "a slow client is not the member's failure");
+}
+
+// ---------------------------------------------------------------------------
+// Pooled connections the member closes.
+
+/// A member that closes a kept-alive connection after 100 ms without a
+/// request: `on_time` sends its FIN then; otherwise the close crosses the
+/// next request (it resets the connection as that request arrives, which
+/// is what a client sees when the member's close and its request cross).
+async fn closing_member(bind: &str, on_time: bool) -> RawMember {
+    const KEEP_ALIVE: Duration = Duration::from_millis(100);
+    RawMember::start(bind, move |mut s| async move {
+        let mut last = Instant::now();
+        for _ in 0..10_000 {
+            match tokio::time::timeout(KEEP_ALIVE, s.readable()).await {
+                Err(_) if on_time => return, // FIN at the deadline
+                Err(_) => {
+                    if s.readable().await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(_)) => return,
+                Ok(Ok(())) => {}
+            }
+            if !on_time && last.elapsed() > KEEP_ALIVE {
+                reset(s);
+                return;
+            }
+            let Some(req) = read_request(&mut s).await else {
+                return;
+            };
+            let body = format!("{} {}", req.method, req.body.len());
+            if write_ok(&mut s, "closer", &body).await.is_err() {
+                return;
+            }
+            last = Instant::now();
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn posts_on_pooled_connections_the_member_closed_all_succeed() {
+    for (bind, on_time) in [("127.0.0.7:0", true), ("127.0.0.8:0", false)] {
+        let member = closing_member(bind, on_time).await;
+        let px = Plain::start(
+            &[("closer", member.addr, AdminState::Active)],
+            slow_health(),
+            Limits::default(),
+        )
+        .await;
+        let mut c = Client::connect(px.addr).await.unwrap();
+        for i in 0..12 {
+            let body = format!("post number {i}");
+            let a = c
+                .send(http::Method::POST, HOST, "/orders", body.clone().into())
+                .await
+                .unwrap();
+            assert_eq!(
+                (a.status, a.body.as_str()),
+                (200, format!("POST {}", body.len()).as_str()),
+                "POST {i} (member closing {})",
+                if on_time {
+                    "on time"
+                } else {
+                    "as the request arrives"
+                }
+            );
+            // Just past the member's keep-alive: its connection is gone.
+            tokio::time::sleep(Duration::from_millis(130)).await;
+        }
+        assert!(
+            member.connections.load(Ordering::Relaxed) >= 12,
+            "the pooled connections were not closed by the member: the test tests nothing"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Retries and failures.
+
+/// An address whose SYNs go unanswered: a listener (backlog 0) whose accept
+/// queue is full, so Linux drops further SYNs. Keep the returned sockets.
+fn blackhole(ip: &str) -> (SocketAddr, socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&format!("{ip}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..4 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+        "SYNs to a full accept queue are answered on this kernel: no blackhole to test with"
+    );
+    (addr, sock, fill)
+}
+
+#[tokio::test]
+async fn connect_timeout_moves_on_and_a_post_after_a_connect_failure_is_retried() {
+    let (hole, _listener, _queued) = blackhole("127.0.0.9");
+    let good = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "good")
+        .await
+        .unwrap();
+    let limits = Limits {
+        connect_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    // Checks too slow to judge the silent member first.
+    let health = HealthConfig {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(20),
+        ..HealthConfig::default()
+    };
+    let px = Plain::start(
+        &[
+            ("hole", hole, AdminState::Active),
+            ("good", good.addr, AdminState::Active),
+        ],
+        health,
+        limits,
+    )
+    .await;
+    let mut c = Client::connect(px.addr).await.unwrap();
+    for i in 0..4 {
+        let t = Instant::now();
+        let a = c.get(HOST, "/").await.unwrap();
+        assert_eq!((a.status, a.member()), (200, Some("good")));
+        assert!(
+            t.elapsed() < Duration::from_millis(900),
+            "GET {i} took {:?} with connect_timeout 200 ms",
+            t.elapsed()
+        );
+        let body = format!("payload number {i}");
+        let a = c
+            .send(http::Method::POST, HOST, "/upload", body.clone().into())
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "a POST is retried after a connect failure");
+        assert!(a.body.trim_end().ends_with(&body.len().to_string()));
+    }
+    assert!(
+        px.failures("hole") >= 4.0,
+        "connect timeouts are passive failures"
+    );
+}
+
+#[tokio::test]
+async fn maint_member_gets_no_checks_and_no_requests() {
+    let a = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "member-0")
+        .await
+        .unwrap();
+    let b = DemoUpstream::start("127.0.0.3:0".parse().unwrap(), "member-1")
+        .await
+        .unwrap();
+    let px = Plain::start(
+        &[
+            ("member-0", a.addr, AdminState::Active),
+            ("member-1", b.addr, AdminState::Maint),
+        ],
+        fast_health(),
+        Limits::default(),
+    )
+    .await;
+    // The active member's checks are the clock: five rounds.
+    let checks =
+        "dynia_health_checks_total{member=\"member-0\",result=\"success\",service=\"web\"}";
+    wait_until(WAIT, "five checks of the active member", || async {
+        metric_value(&px.metrics(), checks) >= 5.0
+    })
+    .await;
+    assert_eq!(b.connections(), 0, "a MAINT member was checked");
+    let mut c = Client::connect(px.addr).await.unwrap();
+    for _ in 0..10 {
+        assert_eq!(c.get(HOST, "/").await.unwrap().member(), Some("member-0"));
+    }
+    assert_eq!(
+        (b.hits(), b.connections()),
+        (0, 0),
+        "a MAINT member got traffic"
+    );
+    let st = px.proxy.status();
+    assert_eq!(st[0].members[1].state, AdminState::Maint);
+    assert_eq!(st[0].members[1].health, Health::Unknown);
+}
+
+/// A member that reads each request whole, then resets the connection
+/// without a byte of answer. Counts the requests it read.
+async fn resetting_member(bind: &str, seen: Arc<AtomicUsize>) -> RawMember {
+    raw_member(bind, "resetter", move |s, _req| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::Relaxed);
+            reset(s);
+            None
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let bad = resetting_member("127.0.0.10:0", seen.clone()).await;
+    let good = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "good")
+        .await
+        .unwrap();
+    let px = Plain::start(
+        &[
+            ("resetter", bad.addr, AdminState::Active),
+            ("good", good.addr, AdminState::Active),
+        ],
+        slow_health(),
+        Limits::default(),
+    )
+    .await;
+    // Round robin starts at the first member: the first POST meets the reset.
+    let mut statuses = Vec::new();
+    for i in 0..2 {
+        let a = Client::connect(px.addr)
+            .await
+            .unwrap()
+            .send(
+                http::Method::POST,
+                HOST,
+                "/upload",
+                format!("order {i}").into(),
+            )
+            .await
+            .unwrap();
+        statuses.push(a.status);
+    }
+    assert_eq!(statuses, [502, 200]);
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        1,
+        "the resetting member read one POST"
+    );
+    assert_eq!(
+        good.hits(),
+        1,
+        "the POST the member reset was sent again to another member"
+    );
+    assert!(px.failures("resetter") >= 1.0);
+}
+
+#[tokio::test]
+async fn member_resetting_without_an_answer_costs_no_failed_get() {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let bad = resetting_member("127.0.0.10:0", seen.clone()).await;
+    let good = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "good")
+        .await
+        .unwrap();
+    let px = Plain::start(
+        &[
+            ("resetter", bad.addr, AdminState::Active),
+            ("good", good.addr, AdminState::Active),
+        ],
+        slow_health(),
+        Limits::default(),
+    )
+    .await;
+    let mut c = Client::connect(px.addr).await.unwrap();
+    for i in 0..10 {
+        let a = c.get(HOST, "/").await.unwrap();
+        assert_eq!((a.status, a.member()), (200, Some("good")), "GET {i}");
+    }
+    assert!(seen.load(Ordering::Relaxed) >= 1, "no GET met the reset");
+    assert!(px.failures("resetter") >= 1.0);
+}
+
+#[tokio::test]
+async fn x_request_id_sent_by_the_client_is_kept() {
+    let rig = Rig::new(1, fast_health(), Limits::default()).await;
+    let mut c = Client::connect(rig.addr).await.unwrap();
+    let a = c
+        .send_with(
+            http::Method::GET,
+            HOST,
+            "/headers",
+            &[("x-request-id", "trace-4711")],
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let body = a.body.to_ascii_lowercase();
+    assert_eq!(body.matches("x-request-id:").count(), 1, "{body}");
+    assert!(body.contains("x-request-id: trace-4711"), "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// Tracking: a stalled proxy runtime cannot serve.
+
+#[test]
+fn stalled_proxy_runtime_cannot_serve() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut cfg = config(&[], fast_health(), Limits::default());
+            cfg.services.clear();
+            let proxy = Proxy::start(cfg, &prometheus::Registry::new())
+                .await
+                .unwrap();
+            tx.send((proxy.clone(), tokio::runtime::Handle::current()))
+                .unwrap();
+            let _ = done_rx.await;
+            proxy.shutdown(Duration::from_secs(1)).await;
+        });
+    });
+    let (proxy, handle) = rx.recv().unwrap();
+    let poll = |want: bool, limit: Duration| {
+        let t = Instant::now();
+        while proxy.can_serve() != want {
+            assert!(t.elapsed() < limit, "can_serve never became {want}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        t.elapsed()
+    };
+    poll(true, WAIT);
+    // The proxy's only runtime thread is kept busy for 2.5 s.
+    handle.spawn(async { std::thread::sleep(Duration::from_millis(2500)) });
+    let took = poll(false, Duration::from_millis(2400));
+    eprintln!("stall noticed after {took:?}");
+    assert!(!proxy.listeners()[0].serving);
+    poll(true, WAIT);
+    let _ = done_tx.send(());
+    runtime.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Reloads: round robin goes on; removed services leave the metrics.
+
+#[tokio::test]
+async fn round_robin_goes_on_across_reloads() {
+    let rig = Rig::new(3, fast_health(), Limits::default()).await;
+    rig.all_up().await;
+    let members = rig.members(&[AdminState::Active; 3]);
+    let mut c = Client::connect(rig.addr).await.unwrap();
+    let mut answers = Vec::new();
+    for i in 0..30 {
+        answers.push(c.get(HOST, "/").await.unwrap());
+        let mut cfg = config(&members, fast_health(), Limits::default());
+        cfg.generation = 2 + i;
+        rig.proxy.apply(cfg).unwrap();
+    }
+    let counts = count_by_member(&answers);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(
+        counts.values().all(|&n| n == 10),
+        "a request after every reload: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn removed_service_leaves_the_metrics() {
+    let rig = Rig::new(1, fast_health(), Limits::default()).await;
+    rig.all_up().await;
+    let members = rig.members(&[AdminState::Active]);
+    let mut two = config(&members, fast_health(), Limits::default());
+    let mut api = two.services[0].clone();
+    api.name = "api".into();
+    api.hosts = vec![HostPattern::parse("api.example.com").unwrap()];
+    two.services.push(api);
+    two.generation = 2;
+    rig.proxy.apply(two).unwrap();
+    let p = rig.proxy.clone();
+    wait_until(WAIT, "api member UP", || {
+        let p = p.clone();
+        async move { p.status()[1].members[0].health == Health::Up }
+    })
+    .await;
+    assert_eq!(
+        get(rig.addr, "api.example.com", "/").await.unwrap().status,
+        200
+    );
+    assert_eq!(get(rig.addr, HOST, "/").await.unwrap().status, 200);
+    assert!(rig.metrics().contains("service=\"api\""));
+    let mut one = config(&members, fast_health(), Limits::default());
+    one.generation = 3;
+    rig.proxy.apply(one).unwrap();
+    let m = rig.metrics();
+    assert!(!m.contains("service=\"api\""), "{m}");
+    assert!(
+        m.contains("dynia_requests_total{code=\"200\",service=\"web\"} 1"),
+        "the remaining service keeps its series: {m}"
+    );
+    assert!(
+        m.contains("dynia_upstream_up{member=\"member-0\",service=\"web\"} 1"),
+        "{m}"
+    );
 }

@@ -1,4 +1,6 @@
-//! Test support: a small real HTTP client and bounded waiting for events.
+//! Test support: a small real HTTP client, hand-written members for the
+//! failures a real server library would not produce, and bounded waiting for
+//! events.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -53,13 +55,27 @@ impl Client {
         path: &str,
         body: Bytes,
     ) -> Result<Answer, String> {
+        self.send_with(method, host, path, &[], body).await
+    }
+
+    /// A request with extra header lines.
+    pub async fn send_with(
+        &mut self,
+        method: http::Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Answer, String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", host)
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = self
             .sender
             .send_request(req)
@@ -103,5 +119,122 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One request as a hand-written member reads it.
+#[derive(Debug)]
+pub struct RawRequest {
+    pub method: String,
+    pub path: String,
+    /// The head's header lines, lowercased.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (head, then a `Content-Length` body) from `s`; `None`
+/// when the peer closed first or sent more than 1 MiB.
+pub async fn read_request(s: &mut TcpStream) -> Option<RawRequest> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let mut first = head.lines().next().unwrap_or("").split(' ');
+    let method = first.next().unwrap_or("").to_ascii_uppercase();
+    let path = first.next().unwrap_or("").to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if len > 1 << 20 {
+        return None;
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Some(RawRequest {
+        method,
+        path,
+        head,
+        body,
+    })
+}
+
+/// Writes a small `200` answer with `body`, keeping the connection open.
+pub async fn write_ok(s: &mut TcpStream, id: &str, body: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let text = format!(
+        "HTTP/1.1 200 OK\r\nx-dynia-member: {id}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(text.as_bytes()).await
+}
+
+/// Closes `s` with a TCP reset (SO_LINGER 0), as a crashing member would.
+pub fn reset(s: TcpStream) {
+    // A zero linger never blocks the thread on drop (the deprecation is
+    // about non-zero ones); it turns the close into an RST.
+    #[allow(deprecated)]
+    let _ = s.set_linger(Some(std::time::Duration::ZERO));
+    drop(s);
+}
+
+/// A hand-written member on 127.0.0.x: `serve` runs for each connection.
+/// Dropping it stops the listener and every connection.
+pub struct RawMember {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawMember {
+    pub async fn start<F, Fut>(bind: &str, serve: F) -> RawMember
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = connections.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conns.spawn(serve(s));
+                while conns.try_join_next().is_some() {}
+            }
+        });
+        RawMember {
+            addr,
+            connections,
+            task,
+        }
+    }
+}
+
+impl Drop for RawMember {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
