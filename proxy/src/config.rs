@@ -53,7 +53,8 @@ pub struct Limits {
     /// A keep-alive client connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
-    /// Time from sending the request head to receiving the response head.
+    /// From the end of the request body to the response head, and between
+    /// response body frames (a member that stalls mid-body is cut).
     pub response_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
