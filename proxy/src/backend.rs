@@ -24,6 +24,13 @@ use crate::metrics::MemberMetrics;
 pub const POOL_CAPACITY: usize = 256;
 /// An idle upstream connection older than this is closed rather than reused.
 pub const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
+/// A request that must not be sent twice (see `forward`) only takes a pooled
+/// connection idle for less than this: members close idle keep-alive
+/// connections after 2 s (gunicorn) to 75 s (nginx), and a request written
+/// as that close crosses it cannot be told from one the member received and
+/// then failed on, so it is not sent again. Well under the shortest common
+/// keep-alive, such a crossing becomes rare.
+pub const UNSAFE_REUSE_IDLE: Duration = Duration::from_millis(500);
 
 /// Health of a member for one service, as the checker last judged it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,18 +124,20 @@ impl Backend {
         self.check_now.notify_one();
     }
 
-    /// A ready connection: a pooled one if any is still usable, else a new
-    /// one. The flag tells a pooled one: the member may close it just as a
-    /// request goes out, which the forwarder retries on a new connection.
+    /// A ready connection: a pooled one idle for less than `max_idle` if any
+    /// is still usable, else a new one. The flag tells a pooled one: the
+    /// member may close it just as a request goes out, which the forwarder
+    /// handles (see `forward`).
     pub(crate) async fn connection(
         &self,
         connect_timeout: Duration,
+        max_idle: Duration,
     ) -> Result<(Upstream, bool), ConnectError> {
-        // `take` skips connections already seen closed; `ready` waits for the
-        // connection task to have finished the previous exchange (it fails if
-        // the member closed the connection meanwhile). Bounded by the pool's
-        // capacity.
-        while let Some(mut up) = self.pool.take() {
+        // `take` skips connections already seen closed or idle too long;
+        // `ready` waits for the connection task to have finished the previous
+        // exchange (it fails if the member closed the connection meanwhile).
+        // Bounded by the pool's capacity.
+        while let Some(mut up) = self.pool.take(max_idle) {
             if up.sender.ready().await.is_ok() {
                 return Ok((up, true));
             }
@@ -223,9 +232,10 @@ impl ConnPool {
         let _ = self.idle.push(up);
     }
 
-    fn take(&self) -> Option<Upstream> {
+    fn take(&self, max_idle: Duration) -> Option<Upstream> {
+        let max_idle = max_idle.min(POOL_IDLE_MAX);
         while let Some(up) = self.idle.pop() {
-            if !up.sender.is_closed() && up.since.elapsed() < POOL_IDLE_MAX {
+            if !up.sender.is_closed() && up.since.elapsed() < max_idle {
                 return Some(up);
             }
         }

@@ -7,9 +7,18 @@
 //! written). On a pooled connection that is the member closing an idle
 //! keep-alive connection, so the request goes again on a new connection to
 //! the same member, uncounted. A reset or close before any response byte is
-//! retried when the request is idempotent and had no body (so it can be sent
-//! again as is). Every other failure counts as a passive failure of that
-//! member, except those of this node (out of descriptors) or of the client.
+//! retried when the request may be sent twice and had no body (so it can be
+//! sent again as is). On a pooled connection such a close is most likely the
+//! member's keep-alive close crossing the request, so a request that may be
+//! sent twice goes again on a new connection to the same member, body kept
+//! whole up to 64 KiB. "May be sent twice": an idempotent method (RFC 9110
+//! §9.2.2) or an `Idempotency-Key` header (draft-ietf-httpapi-idempotency-
+//! key-header); as nginx and HAProxy do by default, anything else (a POST)
+//! is never sent again once written, since the member may have acted on it:
+//! it gets 502 instead, and to make the crossing rare it only takes pooled
+//! connections idle for less than `backend::UNSAFE_REUSE_IDLE`. Every other
+//! failure counts as a passive failure of that member, except those of this
+//! node (out of descriptors) or of the client.
 //!
 //! Timeouts: `response_timeout` runs from the end of the request body (so a
 //! long upload is not cut), and while uploading it bounds the time the member
@@ -31,7 +40,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::backend::{Backend, Upstream};
+use crate::backend::{Backend, Upstream, POOL_IDLE_MAX, UNSAFE_REUSE_IDLE};
 use crate::body::{ReqBody, RespBody, Upload, UploadState};
 use crate::config::{Limits, ServiceConfig};
 use crate::server::ConnState;
@@ -53,6 +62,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -162,7 +172,13 @@ async fn forward(
         ReqBody::stream(body)
     };
     let upload = body.upload();
-    let replayable = matches!(body, ReqBody::Empty) && is_idempotent(&parts.method);
+    let twice_ok = may_send_twice(&parts);
+    let replayable = matches!(body, ReqBody::Empty) && twice_ok;
+    let max_idle = if twice_ok {
+        POOL_IDLE_MAX
+    } else {
+        UNSAFE_REUSE_IDLE
+    };
     let attempts = 1 + svc.retries;
     let limits = snap.limits;
     let mut tried = Tried::default();
@@ -182,7 +198,7 @@ async fn forward(
                 .await
                 .map(|c| (c, false))
         } else {
-            backend.connection(limits.connect_timeout).await
+            backend.connection(limits.connect_timeout, max_idle).await
         };
         let (mut up, reused) = match conn {
             Ok(c) => c,
@@ -198,12 +214,14 @@ async fn forward(
         let keep_parts = replayable && !last_try;
         let inflight = backend.start_request();
         // The member may close a pooled connection just as the request goes
-        // out. Hyper gives a request back unsent when it noticed in time;
-        // otherwise it was written but nothing came back. Either way it is
-        // sent once more, on a new connection to the same member, if it can
-        // be: parts kept, body empty or kept whole (up to REPLAY_MAX).
+        // out. Hyper gives a request back unsent when it noticed in time:
+        // then it goes once more, on a new connection to the same member.
+        // Otherwise it was written but nothing came back: it goes again the
+        // same way if it may be sent twice (parts kept, body empty or kept
+        // whole up to REPLAY_MAX).
         let mut fresh_left = reused;
-        if fresh_left {
+        let resend_written = reused && twice_ok;
+        if resend_written {
             if let Some(u) = &upload {
                 u.keep_for_replay();
             }
@@ -211,7 +229,7 @@ async fn forward(
         let outcome = loop {
             let this_body = std::mem::replace(&mut body, ReqBody::Empty);
             let sent_upload = this_body.upload();
-            let keep = keep_parts || fresh_left;
+            let keep = keep_parts || (fresh_left && resend_written);
             let request = if keep {
                 Request::from_parts(clone_parts(&parts), this_body)
             } else {
@@ -230,7 +248,9 @@ async fn forward(
                     }
                     "pooled connection closed before the request went out"
                 }
-                Outcome::Failed(e) if fresh_left && closed_before_response(&e) => {
+                Outcome::Failed(e)
+                    if fresh_left && resend_written && closed_before_response(&e) =>
+                {
                     match sent_upload {
                         None => {} // no body: `body` is still empty
                         Some(u) => match u.take_replay() {
@@ -453,6 +473,12 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<RespBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// Whether the member may get this request twice: an idempotent method, or
+/// an `Idempotency-Key` header the member promises to honour.
+fn may_send_twice(p: &Parts) -> bool {
+    is_idempotent(&p.method) || p.headers.contains_key(&IDEMPOTENCY_KEY)
 }
 
 fn is_idempotent(m: &Method) -> bool {

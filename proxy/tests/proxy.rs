@@ -1276,9 +1276,36 @@ async fn closing_member(bind: &str, on_time: bool) -> RawMember {
     .await
 }
 
+/// Requests that meet a member's keep-alive close. A close that the proxy
+/// sees in time (`on_time`) costs nothing, whatever the method. A close that
+/// crosses a request already written: requests that may be sent twice (GET,
+/// or a POST with `Idempotency-Key`) go again on a new connection; a plain
+/// POST only takes pooled connections idle for less than 500 ms, so one
+/// spaced further apart gets a new connection and never meets the close.
 #[tokio::test]
-async fn posts_on_pooled_connections_the_member_closed_all_succeed() {
-    for (bind, on_time) in [("127.0.0.7:0", true), ("127.0.0.8:0", false)] {
+async fn requests_on_pooled_connections_the_member_closed_all_succeed() {
+    type Case = (
+        &'static str,
+        bool,
+        http::Method,
+        &'static [(&'static str, &'static str)],
+        u64,
+        usize,
+    );
+    let cases: [Case; 4] = [
+        ("127.0.0.7:0", true, http::Method::POST, &[], 130, 12),
+        ("127.0.0.8:0", false, http::Method::GET, &[], 130, 12),
+        (
+            "127.0.0.10:0",
+            false,
+            http::Method::POST,
+            &[("idempotency-key", "k-1")],
+            130,
+            12,
+        ),
+        ("127.0.0.11:0", false, http::Method::POST, &[], 600, 6),
+    ];
+    for (bind, on_time, method, headers, gap_ms, n) in cases {
         let member = closing_member(bind, on_time).await;
         let px = Plain::start(
             &[("closer", member.addr, AdminState::Active)],
@@ -1286,31 +1313,93 @@ async fn posts_on_pooled_connections_the_member_closed_all_succeed() {
             Limits::default(),
         )
         .await;
+        let what = format!(
+            "{method} {headers:?} every {gap_ms} ms, member closing {}",
+            if on_time {
+                "on time"
+            } else {
+                "as the request arrives"
+            }
+        );
         let mut c = Client::connect(px.addr).await.unwrap();
-        for i in 0..12 {
-            let body = format!("post number {i}");
+        for i in 0..n {
+            let body = format!("request number {i}");
             let a = c
-                .send(http::Method::POST, HOST, "/orders", body.clone().into())
+                .send_with(
+                    method.clone(),
+                    HOST,
+                    "/orders",
+                    headers,
+                    body.clone().into(),
+                )
                 .await
                 .unwrap();
             assert_eq!(
                 (a.status, a.body.as_str()),
-                (200, format!("POST {}", body.len()).as_str()),
-                "POST {i} (member closing {})",
-                if on_time {
-                    "on time"
-                } else {
-                    "as the request arrives"
-                }
+                (200, format!("{method} {}", body.len()).as_str()),
+                "request {i}: {what}"
             );
-            // Just past the member's keep-alive: its connection is gone.
-            tokio::time::sleep(Duration::from_millis(130)).await;
+            // Past the member's keep-alive (100 ms): its connection is gone.
+            tokio::time::sleep(Duration::from_millis(gap_ms)).await;
         }
         assert!(
-            member.connections.load(Ordering::Relaxed) >= 12,
-            "the pooled connections were not closed by the member: the test tests nothing"
+            member.connections.load(Ordering::Relaxed) >= n,
+            "the pooled connections were not closed by the member: the test tests nothing ({what})"
         );
     }
+}
+
+/// A POST on a pooled connection that the member reads and then drops
+/// without an answer (it may have acted on it) is not sent again: 502, and
+/// the member got it once. A GET in the same spot is sent again.
+#[tokio::test]
+async fn a_written_post_is_never_sent_twice() {
+    let posts = Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    // Answers the first request of each connection; reads the second, counts
+    // it, and resets the connection without answering.
+    let member = RawMember::start("127.0.0.12:0", move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let Some(first) = read_request(&mut s).await else {
+                return;
+            };
+            let _ = write_ok(&mut s, "dropper", &format!("{} first", first.method)).await;
+            let Some(second) = read_request(&mut s).await else {
+                return;
+            };
+            if second.method == "POST" {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            reset(s);
+        }
+    })
+    .await;
+    let px = Plain::start(
+        &[("dropper", member.addr, AdminState::Active)],
+        slow_health(),
+        Limits::default(),
+    )
+    .await;
+    let mut c = Client::connect(px.addr).await.unwrap();
+    let a = c.get(HOST, "/warm").await.unwrap();
+    assert_eq!(a.status, 200);
+    // The pooled connection (idle a few ms) takes the POST; the member drops it.
+    let a = c
+        .send(http::Method::POST, HOST, "/orders", "pay 10 EUR".into())
+        .await
+        .unwrap();
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "the POST reached the member twice"
+    );
+    // A GET in the same spot goes again on a new connection.
+    let a = c.get(HOST, "/warm").await.unwrap();
+    assert_eq!(a.status, 200);
+    let a = c.get(HOST, "/again").await.unwrap();
+    assert_eq!((a.status, a.body.as_str()), (200, "GET first"));
 }
 
 // ---------------------------------------------------------------------------
