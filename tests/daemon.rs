@@ -386,25 +386,6 @@ fn open_fds(pid: i32) -> u64 {
         .count() as u64
 }
 
-/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit unchanged); returns the old one.
-fn set_nofile(pid: i32, soft: u64) -> libc::rlimit {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall on valid pointers.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old
-}
-
 #[tokio::test]
 async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_until_they_return()
 {
@@ -473,7 +454,7 @@ async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_
     }
     // Descriptors back: serving again, and master again (highest priority).
     drop(clients);
-    set_nofile(d.pid(), old.rlim_cur);
+    set_nofile(d.pid(), old);
     let t = std::time::Instant::now();
     loop {
         let s = status_on(&mut watch).await;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::netns::{in_netns, root_or_skip, wait_until, NetnsCluster};
-use support::{write_secret, TempDir, BIN};
+use support::{set_nofile, write_secret, TempDir, BIN};
 
 const PROXY_PORT: u16 = 8000;
 const APP_PORT: u16 = 8080;
@@ -488,25 +488,6 @@ fn master_whose_proxy_cannot_serve_gives_up_mastership() {
         "holders: {:?}",
         rig.holders()
     );
-}
-
-/// Sets the soft RLIMIT_NOFILE of `pid` (hard limit unchanged); returns the old soft one.
-fn set_nofile(pid: i32, soft: u64) -> u64 {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscall on valid pointers.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: old.rlim_max,
-    };
-    // SAFETY: as above.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    old.rlim_cur
 }
 
 #[test]

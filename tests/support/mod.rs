@@ -445,3 +445,23 @@ pub async fn dynia_async(node_file: &Path, args: &[&str]) -> Output {
     .await
     .unwrap()
 }
+
+/// Sets the soft RLIMIT_NOFILE of process `pid` (hard limit unchanged) and
+/// returns the old soft limit: a daemon out of file descriptors, on demand.
+pub fn set_nofile(pid: i32, soft: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscall on valid pointers.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
