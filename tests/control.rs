@@ -60,6 +60,38 @@ fn doc(generation: u64, members: &[(usize, &str)], app_port: u16) -> String {
 }
 
 impl Rig {
+    /// Puts on node `i` its own document edited by `edit`, at the same
+    /// generation (compare-and-set on `base`): the drift a stopped roll
+    /// leaves. Returns the document put there.
+    async fn same_generation_change(
+        &self,
+        i: usize,
+        base: (u64, &str),
+        edit: impl FnOnce(&mut dynia_control::config::ClusterDoc),
+    ) -> dynia_control::config::ClusterDoc {
+        let text = admin_call(self.admin(i), "GET", "/v1/cluster", Some(TOKEN), b"")
+            .await
+            .1;
+        let mut doc = dynia_control::config::parse_cluster_doc(&text, format!("node {i}")).unwrap();
+        edit(&mut doc);
+        let body = serde_json::json!({
+            "base_generation": base.0,
+            "base_hash": base.1,
+            "document": doc.to_toml()
+        })
+        .to_string();
+        let (code, text) = admin_call(
+            self.admin(i),
+            "PUT",
+            "/v1/cluster",
+            Some(TOKEN),
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 200, "{text}");
+        doc
+    }
+
     /// `total` nodes on `net.2..`; the first `in_cluster` share one document,
     /// the others each run a one-member cluster of their own (a fresh node).
     async fn new(tag: &str, net: &str, in_cluster: usize, total: usize) -> Rig {
@@ -610,26 +642,8 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     // Drift catch-up cannot fix (same generation, another document, as a
     // stopped roll leaves): status names it, sync converges it.
     let (g, h) = rig.version(1).await;
-    let mut other = dynia_control::config::parse_cluster_doc(
-        &admin_call(rig.admin(1), "GET", "/v1/cluster", Some(TOKEN), b"")
-            .await
-            .1,
-        "node 1",
-    )
-    .unwrap();
-    other.services[0].health.rise = 2;
-    let body =
-        serde_json::json!({"base_generation": g, "base_hash": h, "document": other.to_toml()})
-            .to_string();
-    let (code, text) = admin_call(
-        rig.admin(1),
-        "PUT",
-        "/v1/cluster",
-        Some(TOKEN),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(code, 200, "{text}");
+    rig.same_generation_change(1, (g, &h), |d| d.services[0].health.rise = 2)
+        .await;
     let (_, out, _) = rig.cli(0, &["status"]).await;
     let row = line_starting(&out, IDS[1]).unwrap_or_else(|| panic!("{out}"));
     assert!(
@@ -954,26 +968,9 @@ async fn rollback_does_not_overwrite_a_change_it_did_not_read() {
         .await
         .expect("the rollback reads node 0's status");
     // The rollback has read node 0 (generation 2, hash h); now a roll step lands there.
-    let mut other = dynia_control::config::parse_cluster_doc(
-        &admin_call(rig.admin(0), "GET", "/v1/cluster", Some(TOKEN), b"")
-            .await
-            .1,
-        "node 0",
-    )
-    .unwrap();
-    other.services[0].retries = 1;
-    let body =
-        serde_json::json!({"base_generation": g, "base_hash": h, "document": other.to_toml()})
-            .to_string();
-    let (code, text) = admin_call(
-        rig.admin(0),
-        "PUT",
-        "/v1/cluster",
-        Some(TOKEN),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(code, 200, "{text}");
+    let other = rig
+        .same_generation_change(0, (g, &h), |d| d.services[0].retries = 1)
+        .await;
     gate.release.notify_one();
     let o = rollback.await.unwrap();
     let (out, err) = (

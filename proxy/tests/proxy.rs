@@ -1530,8 +1530,9 @@ async fn resetting_member(bind: &str, seen: Arc<AtomicUsize>) -> RawMember {
     .await
 }
 
-#[tokio::test]
-async fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
+/// A proxy over a member that resets every request it reads (counted in
+/// the first value) and a good demo member, in that round-robin order.
+async fn resetter_and_good() -> (Arc<AtomicUsize>, RawMember, DemoUpstream, Plain) {
     let seen = Arc::new(AtomicUsize::new(0));
     let bad = resetting_member("127.0.0.10:0", seen.clone()).await;
     let good = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "good")
@@ -1546,6 +1547,12 @@ async fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
         Limits::default(),
     )
     .await;
+    (seen, bad, good, px)
+}
+
+#[tokio::test]
+async fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
+    let (seen, _bad, good, px) = resetter_and_good().await;
     // Round robin starts at the first member: the first POST meets the reset.
     let mut statuses = Vec::new();
     for i in 0..2 {
@@ -1578,20 +1585,7 @@ async fn post_whose_body_was_sent_is_not_retried_after_a_reset() {
 
 #[tokio::test]
 async fn member_resetting_without_an_answer_costs_no_failed_get() {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let bad = resetting_member("127.0.0.10:0", seen.clone()).await;
-    let good = DemoUpstream::start("127.0.0.2:0".parse().unwrap(), "good")
-        .await
-        .unwrap();
-    let px = Plain::start(
-        &[
-            ("resetter", bad.addr, AdminState::Active),
-            ("good", good.addr, AdminState::Active),
-        ],
-        slow_health(),
-        Limits::default(),
-    )
-    .await;
+    let (seen, _bad, _good, px) = resetter_and_good().await;
     let mut c = Client::connect(px.addr).await.unwrap();
     for i in 0..10 {
         let a = c.get(HOST, "/").await.unwrap();

@@ -709,25 +709,7 @@ async fn redirect_https_spares_the_health_path_and_hsts_is_https_only() {
     );
     // curl follows the 308 from plain HTTP to HTTPS.
     let plain = format!("http://{HOST}:{}/", rig.http.port());
-    let args: Vec<String> = [
-        "-sS",
-        "-L",
-        "--max-time",
-        "10",
-        "--cacert",
-        &rig.ca_file.display().to_string(),
-        "--resolve",
-        &format!("{HOST}:{}:127.0.0.1", rig.http.port()),
-        "--resolve",
-        &format!("{HOST}:{https_port}:127.0.0.1"),
-        "-w",
-        "\n%{url_effective}",
-        &plain,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let r = run("curl", &args, b"").await;
+    let r = curl_follow(&rig.ca_file, HOST, &[rig.http.port(), https_port], &plain).await;
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(
         r.stdout,
@@ -1119,28 +1101,30 @@ async fn redirect_https_goes_to_the_tls_listener_holding_the_certificate() {
     }
     // curl follows to the second listener and its certificate checks out.
     let url = format!("http://b.example.com:{}/", http.port());
-    let args: Vec<String> = [
-        "-sS",
-        "-L",
-        "--max-time",
-        "10",
-        "--cacert",
-        &ca_file.display().to_string(),
-        "--resolve",
-        &format!("b.example.com:{}:127.0.0.1", http.port()),
-        "--resolve",
-        &format!("b.example.com:{port_b}:127.0.0.1"),
-        "-w",
-        "\n%{url_effective}",
-        &url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let r = run("curl", &args, b"").await;
+    let r = curl_follow(&ca_file, "b.example.com", &[http.port(), port_b], &url).await;
     assert!(r.ok, "{}", r.stderr);
     assert_eq!(
         r.stdout,
         format!("member-0\n\nhttps://b.example.com:{port_b}/")
     );
+}
+
+/// `curl -L URL` trusting `ca`, with `host` resolved to 127.0.0.1 on each of
+/// `ports`: the body, then the URL it ended at.
+async fn curl_follow(ca: &std::path::Path, host: &str, ports: &[u16], url: &str) -> Ran {
+    let mut args: Vec<String> = ["-sS", "-L", "--max-time", "10", "--cacert"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(ca.display().to_string());
+    for p in ports {
+        args.push("--resolve".into());
+        args.push(format!("{host}:{p}:127.0.0.1"));
+    }
+    args.extend([
+        "-w".to_string(),
+        "\n%{url_effective}".to_string(),
+        url.to_string(),
+    ]);
+    run("curl", &args, b"").await
 }

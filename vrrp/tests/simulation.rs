@@ -29,33 +29,14 @@ use dynia_vrrp::election::{
     Role,
 };
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const MAX_NODES: usize = 5;
 
 /// An advert in flight: (arrival ms, tie-break seq, to, from, priority, interval ms).
 type Delivery = (u64, u64, usize, usize, u8, u32);
-
-/// splitmix64: tiny, good enough, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Inclusive range.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn chance(&mut self, permille: u64) -> bool {
-        self.below(1000) < permille
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Ctrl {

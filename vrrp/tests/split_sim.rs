@@ -32,30 +32,16 @@ use dynia_vrrp::election::{
 };
 use dynia_vrrp::reconcile::{self, Observation, Seen, Verdict};
 
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
+
 const TICK: u64 = 5;
 /// The shell's constants (`control/src/election.rs`).
 const RECONCILE: u64 = 5_000;
 const HEARTBEAT: u64 = 1_000;
 const REASSERT_GAP: u64 = 1_000;
 const HEARD_WINDOW: u64 = 3_000;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 /// A claim in progress: its POST goes out at `post_at`, the assign lands at `done_at`.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +102,7 @@ impl Sim {
         let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5eed);
         let n = rng.range(3, 5) as usize;
         let interval_ms = [100u32, 100, 200, 1000][rng.range(0, 3) as usize];
-        let preempt = !rng.chance(25);
+        let preempt = !rng.chance(250);
         let mut prios: Vec<u8> = Vec::new();
         while prios.len() < n {
             let p = rng.range(1, 254) as u8;
@@ -182,7 +168,7 @@ impl Sim {
     fn start_claim(&mut self, i: usize) {
         let total = self.rng.range(self.claim_ms.0, self.claim_ms.1);
         let post = self.rng.range(1, total.min(300));
-        let fails = self.rng.chance(self.fail_percent);
+        let fails = self.rng.chance(10 * self.fail_percent);
         let n = &mut self.nodes[i];
         n.claim = Some(Claim {
             post_at: self.now + post,
@@ -430,7 +416,7 @@ fn run_seed(seed: u64) -> usize {
 
     // 1b. Sometimes the master's process dies (its droplet runs on): the
     // next one takes the IP, failed claims or not; then it comes back.
-    if s.rng.chance(50) {
+    if s.rng.chance(500) {
         let dead = m[0];
         s.crash(dead);
         let bound = s.now + settle;
@@ -462,7 +448,7 @@ fn run_seed(seed: u64) -> usize {
     s.side = Some(side.clone());
     let split_at = s.now;
     let split_for = s.rng.range(60_000, 240_000);
-    let dies = s.rng.chance(40);
+    let dies = s.rng.chance(400);
     let die_at = split_at + split_for / 2;
     let end_of_split = split_at + split_for;
     s.run_until(split_at + settle, |_| {});

@@ -317,18 +317,11 @@ impl H2Conn {
         if resp.version() != http::Version::HTTP_2 {
             return Err(format!("answered over {:?}", resp.version()));
         }
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, headers, body) = read_response(resp).await?;
         Ok(Reply {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
             cert: Vec::new(),
             alpn: self.alpn.clone(),
             resumed: false,
@@ -374,18 +367,11 @@ impl HttpsConn {
             .send_request(req)
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, headers, body) = read_response(resp).await?;
         Ok(Reply {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
             cert: self.cert.clone(),
             alpn: self.alpn.clone(),
             resumed: self.resumed,
@@ -502,4 +488,19 @@ impl Drop for TlsDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Status, headers and the whole body (as text) of an answer.
+async fn read_response(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
