@@ -70,12 +70,7 @@ pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
     let me = &loaded.node.node.id;
     let mine = loaded.cluster.generation;
     let port = loaded.node.admin.listen.port();
-    let peers: Vec<&Member> = loaded
-        .cluster
-        .members
-        .iter()
-        .filter(|m| m.id != *me)
-        .collect();
+    let peers = others(loaded);
     if peers.is_empty() {
         return false;
     }
@@ -123,6 +118,12 @@ pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
     true
 }
 
+/// Every member of the loaded document but this node.
+fn others(loaded: &crate::daemon::Loaded) -> Vec<&Member> {
+    let me = &loaded.node.node.id;
+    loaded.cluster.members.iter().filter(|m| m.id != *me).collect()
+}
+
 /// Runs until the daemon stops.
 pub async fn run(d: Arc<Daemon>) {
     let mut backoff = BACKOFF_MIN;
@@ -157,12 +158,7 @@ async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
     let loaded = d.loaded();
     let mine = loaded.cluster.generation;
     let port = loaded.node.admin.listen.port();
-    let peers: Vec<&Member> = loaded
-        .cluster
-        .members
-        .iter()
-        .filter(|m| m.id != loaded.node.node.id)
-        .collect();
+    let peers = others(&loaded);
     let mut newer: Vec<(u64, Member)> = Vec::new();
     let mut unheard: Vec<Member> = Vec::new();
     for m in peers {
