@@ -121,7 +121,12 @@ pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
 /// Every member of the loaded document but this node.
 fn others(loaded: &crate::daemon::Loaded) -> Vec<&Member> {
     let me = &loaded.node.node.id;
-    loaded.cluster.members.iter().filter(|m| m.id != *me).collect()
+    loaded
+        .cluster
+        .members
+        .iter()
+        .filter(|m| m.id != *me)
+        .collect()
 }
 
 /// Runs until the daemon stops.
