@@ -25,31 +25,7 @@ use crate::config::{self, ConfigErrors};
 use crate::daemon::Daemon;
 use crate::store::Store;
 
-/// Body of `PUT /v1/cluster`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyRequest {
-    pub base_generation: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_hash: Option<String>,
-    /// The cluster document as TOML text.
-    pub document: String,
-    /// This node is being removed: accept a document without it, then stop.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub leave: bool,
-}
-
-/// Answer of a successful `PUT /v1/cluster`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Applied {
-    pub generation: u64,
-    pub config_hash: String,
-    /// False when this node already had exactly this document.
-    pub changed: bool,
-    /// True when this node left the cluster and is stopping.
-    #[serde(default)]
-    pub leaving: bool,
-}
+pub use crate::wire::{Applied, ApplyRequest};
 
 /// Why a document was not applied; nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +44,15 @@ pub enum ApplyError {
     Write(std::io::Error),
 }
 
-pub(crate) async fn apply(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
+/// Applies a cluster document sent by a `dynia` command or fetched by
+/// catch-up, one change at a time on this node: the rules above, then
+/// hot-swap through [`Daemon::reload`].
+pub async fn apply_document(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
+    let _one_change_at_a_time = d.apply_lock().lock().await;
+    apply(d, req).await
+}
+
+async fn apply(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
     let loaded = d.loaded();
     let doc = config::parse_cluster_doc(&req.document, "document").map_err(ApplyError::Invalid)?;
     let hash = doc.hash();

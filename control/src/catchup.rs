@@ -1,7 +1,7 @@
 //! Catch-up: a node that learns that a peer has a higher cluster-document
 //! generation fetches that document from the peer's admin API
 //! (`GET /v1/cluster`, with the shared admin token) and applies it through
-//! [`crate::daemon::Daemon::apply_document`] (validated, atomic, snapshot).
+//! [`crate::apply::apply_document`] (validated, atomic, snapshot).
 //!
 //! It learns it from the peers' adverts, which carry their generation. A
 //! member not heard from lately (or whose adverts carry no generation, as
@@ -66,7 +66,7 @@ const REMOVED_MSG: &str = "this node is not a member of the cluster's newer docu
 /// the election runs. Members that do not answer (a cluster starting
 /// together, a lonely node) cost at most the timeout; any failure means
 /// `false`, and the running catch-up takes over.
-pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
+pub async fn removed_while_away(loaded: &crate::loaded::Loaded) -> bool {
     let me = &loaded.node.node.id;
     let mine = loaded.cluster.generation;
     let port = loaded.node.admin.listen.port();
@@ -119,7 +119,7 @@ pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
 }
 
 /// Every member of the loaded document but this node.
-fn others(loaded: &crate::daemon::Loaded) -> Vec<&Member> {
+fn others(loaded: &crate::loaded::Loaded) -> Vec<&Member> {
     let me = &loaded.node.node.id;
     loaded
         .cluster
@@ -219,26 +219,31 @@ async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
             node = %me,
             "{REMOVED_MSG}; storing that document, resigning and stopping (to bring it back, `dynia node add` it on a member, then start it again)"
         );
-        let applied = d
-            .apply_document(ApplyRequest {
+        let applied = crate::apply::apply_document(
+            d,
+            ApplyRequest {
                 base_generation: mine,
                 base_hash: None,
                 document: text,
                 leave: true,
-            })
-            .await;
+            },
+        )
+        .await;
         if let Err(e) = applied {
             tracing::error!(error = %e, "could not store the document that removed this node; stopping anyway");
             d.request_stop();
         }
         return Ok(Outcome::Removed);
     }
-    d.apply_document(ApplyRequest {
-        base_generation: mine,
-        base_hash: None,
-        document: text,
-        leave: false,
-    })
+    crate::apply::apply_document(
+        d,
+        ApplyRequest {
+            base_generation: mine,
+            base_hash: None,
+            document: text,
+            leave: false,
+        },
+    )
     .await
     .map_err(|e| {
         format!(

@@ -27,7 +27,7 @@ fn print_config_errors(errors: &ConfigErrors) {
 
 /// `dynia run`.
 pub fn run(node_path: &Path) -> u8 {
-    match crate::daemon::run(node_path) {
+    match crate::process::run(node_path) {
         Ok(()) => OK,
         Err(crate::daemon::DaemonError::Config(errors)) => {
             print_config_errors(&errors);
@@ -46,7 +46,7 @@ pub fn run(node_path: &Path) -> u8 {
 
 /// `dynia check`.
 pub fn check(node_path: &Path) -> u8 {
-    match crate::daemon::load(node_path) {
+    match crate::loaded::load(node_path) {
         Ok(l) => {
             println!(
                 "ok: node {} in cluster {} (generation {}, {} members, {} services, config hash {})",

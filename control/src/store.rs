@@ -15,14 +15,7 @@ use std::path::{Path, PathBuf};
 /// Snapshots kept in `state_dir/snapshots/`.
 pub const KEEP: usize = 10;
 
-/// One kept previous document.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Snapshot {
-    pub generation: u64,
-    pub config_hash: String,
-    /// Milliseconds since the Unix epoch when it was replaced.
-    pub replaced_at_ms: u64,
-}
+pub use crate::wire::Snapshot;
 
 /// The cluster document file and its snapshots directory.
 pub struct Store {
