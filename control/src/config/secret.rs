@@ -7,9 +7,9 @@
 //! metric, an error or `/status` by accident.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::error::ConfigError;
@@ -107,51 +107,12 @@ pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
 }
 
 /// Writes a secret file with mode 0600, replacing any file at `path`
-/// atomically: the bytes go to a new temporary file of mode 0600 beside it,
-/// which is synced and renamed over `path`. Writes `bytes` exactly (no
-/// newline added).
+/// atomically ([`crate::store::atomic_write_mode`]: a temporary file of mode
+/// 0600 beside it, synced, renamed over `path`, the directory synced).
+/// Writes `bytes` exactly (no newline added).
 pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let write_err = |error| ConfigError::Write {
+    crate::store::atomic_write_mode(path, bytes, 0o600).map_err(|error| ConfigError::Write {
         path: path.to_path_buf(),
         error,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        write_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path has no file name",
-        ))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-
-    let result = (|| {
-        // A leftover from a crashed run of this same process id.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask cannot widen 0600, but make the mode exact regardless.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename durable; a directory that cannot be opened is not an error.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    })
 }
