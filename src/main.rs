@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dynia_control::config::MemberState;
-use dynia_control::{commands, ops};
+use dynia_control::ops;
 
+mod commands;
 mod exit;
 mod print;
 
