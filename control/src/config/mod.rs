@@ -143,4 +143,25 @@ mod admin_key_tests {
         assert!(e.contains("c.toml:8:"), "{e}");
         assert!(e.contains("admin 0.0.0.0:9180"), "{e}");
     }
+
+    #[test]
+    fn at_most_32_members_the_33rd_located() {
+        let words = ["misty", "brave", "calm", "bold", "keen", "warm"];
+        let animals = ["owl", "fox", "elk", "yak", "emu", "cat"];
+        let mut text = String::from("generation = 1\ncluster = \"c\"\n");
+        for i in 0..33 {
+            text.push_str(&format!(
+                "\n[[member]]\nid = \"{}-{}\"\nprivate_ip = \"10.0.0.{}\"\npriority = 100\n",
+                words[i / 6],
+                animals[i % 6],
+                i + 1
+            ));
+        }
+        let e = parse_cluster_doc(&text, "c.toml").unwrap_err().to_string();
+        // The 33rd [[member]] starts at line 3 + 32 * 5 + 1; its id is the next line.
+        assert!(e.starts_with("c.toml:165:"), "{e}");
+        assert!(e.contains("33 members; at most 32"), "{e}");
+        let cut = text.rfind("\n[[member]]").unwrap();
+        assert!(parse_cluster_doc(&text[..cut], "c.toml").is_ok());
+    }
 }
