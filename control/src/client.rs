@@ -13,7 +13,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::Secret;
+use crate::config::SecretBytes;
 use crate::wire::{Applied, ApplyRequest, ConflictBody, ErrorBody, Reloaded, Snapshot, Status};
 
 /// Largest answer read from a daemon.
@@ -46,13 +46,13 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
-    token: Option<Secret>,
+    token: Option<SecretBytes>,
     timeout: Duration,
 }
 
 impl AdminClient {
     /// A client of `addr`; an unspecified address (0.0.0.0) means this host.
-    pub fn new(addr: SocketAddr, token: Option<Secret>) -> AdminClient {
+    pub fn new(addr: SocketAddr, token: Option<SecretBytes>) -> AdminClient {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() {

@@ -164,7 +164,7 @@ impl Daemon {
             self.proxy
                 .apply(proxy_config(&new.node, &new.cluster))
                 .map_err(|e| {
-                    ConfigErrors::from(config::ConfigError::InDocument {
+                    ConfigErrors::from(config::ConfigProblem::InDocument {
                         key: self.node_path.display().to_string(),
                         message: e.to_string(),
                     })

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::config::{self, ClusterDoc, ConfigErrors, NodeFile, Secret};
+use crate::config::{self, ClusterDoc, ConfigErrors, NodeFile, SecretBytes};
 
 /// Both files as last loaded successfully, plus the secrets they name.
 #[derive(Debug, Clone)]
@@ -12,8 +12,8 @@ pub struct Loaded {
     pub node: NodeFile,
     pub cluster: ClusterDoc,
     pub hash: String,
-    pub admin_token: Option<Secret>,
-    pub cluster_key: Option<Secret>,
+    pub admin_token: Option<SecretBytes>,
+    pub cluster_key: Option<SecretBytes>,
 }
 
 /// Reads and validates the node file, the cluster document it points at and
@@ -44,7 +44,7 @@ pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
 /// Reads every listener certificate and key (chain, key fit, expiry) so
 /// `dynia check` and a reload report them like any other configuration error.
 fn check_certificates(node_path: &Path, node: &NodeFile) -> Result<(), ConfigErrors> {
-    let errors: Vec<config::ConfigError> = node
+    let errors: Vec<config::ConfigProblem> = node
         .listeners
         .iter()
         .flat_map(|l| l.certificates.iter().map(move |c| (l, c)))
@@ -54,7 +54,7 @@ fn check_certificates(node_path: &Path, node: &NodeFile) -> Result<(), ConfigErr
                 key: c.key.clone(),
             };
             dynia_proxy::tls::check_certificate(&files).err().map(|e| {
-                config::ConfigError::InDocument {
+                config::ConfigProblem::InDocument {
                     key: format!("{}: listener `{}`", node_path.display(), l.name),
                     message: e.to_string(),
                 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::plan::{Differs, PlanError};
 use crate::client::ClientError;
-use crate::config::{ConfigError, ConfigErrors};
+use crate::config::{ConfigErrors, ConfigProblem};
 
 /// What is still in flight when `node remove` gives up waiting.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub enum OpsError {
     Load(ConfigErrors),
     /// The admin token file.
     #[error("{0}")]
-    Secret(ConfigError),
+    Secret(ConfigProblem),
     /// A call to the local daemon.
     #[error("{0}")]
     Local(ClientError),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::client::AdminClient;
-use crate::config::{self, ClusterDoc, Member, NodeFile, Secret};
+use crate::config::{self, ClusterDoc, Member, NodeFile, SecretBytes};
 
 pub use converge::{rollback, sync, Synced};
 pub use deploy::{deploy, DeployArgs, Deployed};
@@ -71,7 +71,7 @@ pub type Progress<'p> = &'p mut dyn FnMut(Event<'_>);
 pub struct Ctx {
     pub node_path: PathBuf,
     pub node: NodeFile,
-    pub token: Option<Secret>,
+    pub token: Option<SecretBytes>,
     pub local: AdminClient,
 }
 
