@@ -1,25 +1,10 @@
-//! Applying a new cluster document on one node (`PUT /v1/cluster`, catch-up).
-//!
-//! Rules, in order:
-//! 1. The document parses and validates alone (errors are `line:column` in
-//!    the document text).
-//! 2. Compare-and-set: `base_generation` equals this node's generation, and
-//!    `base_hash`, when given, equals this node's config hash; otherwise
-//!    nothing changes and the answer is a conflict carrying this node's
-//!    generation and hash.
-//! 3. The new generation is higher than the base — or equal to it when
-//!    `base_hash` is given: a *same-generation replace*, which rolling
-//!    deploys use so that catch-up (which only ever moves to a strictly
-//!    higher generation) does not spread a half-rolled document.
-//! 4. The document pairs with this node's file (`node.id` is a member, …),
-//!    unless `leave` is set and this node is no longer a member: then the
-//!    document is stored and the daemon resigns and stops (`node remove`).
-//! 5. Written atomically with a snapshot of the previous document
-//!    ([`crate::store`]), then hot-swapped by the daemon's reload path; if the
-//!    reload refuses it, the previous document is written back.
-//!
-//! Sending the document this node already has (same generation and hash) is
-//! a success that changes nothing, so a command can be repeated.
+//! Applying a new cluster document on one node (`PUT /v1/cluster`, catch-up):
+//! parse and validate alone, compare-and-set on `base_generation` (and
+//! `base_hash`, which also allows a same-generation replace), pair with this
+//! node's file (or leave, with `leave`), write atomically with a snapshot,
+//! hot-swap, and write the previous document back if the reload refuses.
+//! The same document again is a success that changes nothing. The rules in
+//! order: `docs/control.md`, "The admin API".
 
 use crate::config::{self, ConfigErrors};
 use crate::daemon::Daemon;

@@ -1,29 +1,11 @@
-//! Catch-up: a node that learns that a peer has a higher cluster-document
-//! generation fetches that document from the peer's admin API
-//! (`GET /v1/cluster`, with the shared admin token) and applies it through
-//! [`crate::apply::apply_document`] (validated, atomic, snapshot).
-//!
-//! It learns it from the peers' adverts, which carry their generation. A
-//! member not heard from lately (or whose adverts carry no generation, as
-//! with `vrrp3`) is asked for its public `/status.json` instead, every
-//! [`POLL_EVERY`]: members send adverts only to the members of their own
-//! document, so a node removed while it was down hears nothing at all.
-//!
-//! If the newer document does not list this node, the node was removed from
-//! the cluster while it could not be reached: that is logged once, the
-//! document is stored and the daemon resigns and stops, as `node remove`
-//! does to a node it reaches (catch-up does not retry a document this node
-//! cannot serve).
-//!
-//! The same check runs once before the daemon starts its election
-//! ([`removed_while_away`]): a removed node that comes back must not run an
-//! election at all, or it becomes master of a cluster of one within a
-//! Master_Down_Interval and claims the Reserved IP.
-//!
-//! Never moves to a lower or equal generation: documents of the same
-//! generation but another hash (a stopped rolling deploy) are drift for
-//! `dynia status` and `dynia sync`, not for catch-up. Failures back off
-//! (1 s doubling to 30 s); every call has a timeout.
+//! Catch-up: a node that learns of a higher generation (a peer's advert, or
+//! the `/status.json` of a peer not heard lately, every [`POLL_EVERY`])
+//! fetches that document (`GET /v1/cluster`) and applies it through
+//! [`crate::apply::apply_document`]; never to a lower or equal generation.
+//! A document without this node means it was removed while away: stored,
+//! logged once, the daemon stops ([`removed_while_away`] checks this before
+//! the election starts). Failures back off 1 s to 30 s. Why:
+//! `docs/control.md`, "Catch-up".
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
-//! The daemon: loads the two files, runs the proxy and the admin listener,
-//! reloads on SIGHUP or `/v1/reload`, and shuts down gracefully on SIGTERM.
+//! The daemon's state: the proxy, the election, the loaded files and the
+//! control metrics, reloaded on SIGHUP, `/v1/reload` or an applied document;
+//! the process around it (signals, sd_notify) is [`crate::process`].
 //!
-//! Reload discipline (SPEC §4): parse and validate everything first; only a
+//! Reload discipline (`docs/control.md`): parse and validate everything first; only a
 //! configuration that passed every check reaches the proxy, in one store. An
 //! invalid one changes nothing; it is logged, counted in
 //! `dynia_config_reloads_total{result="failure"}` and returned to the caller

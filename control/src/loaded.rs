@@ -1,6 +1,6 @@
 //! The configuration pair as loaded: the node file, the cluster document it
 //! points at and the secrets it names, every problem reported with its
-//! location (`dynia check`, start, reload). Formats: `docs/configuration.md`.
+//! location (`dynia check`, start, reload). Formats: `docs/control.md`, "Files".
 
 use std::path::Path;
 

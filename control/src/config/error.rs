@@ -1,6 +1,6 @@
 //! The errors of the configuration layer.
 //!
-//! Every error here is of the *config* kind (SPEC §8): something in a file the
+//! Every error here is of the *config* kind (`docs/control.md`, "Files"): something in a file the
 //! operator owns is wrong, and the message says where (`file:line:column` when
 //! the problem has a place in a file) and what to do. [`ConfigErrors`] carries
 //! all the problems found in one pass, so an operator fixes a file once, not
@@ -90,7 +90,7 @@ pub enum ConfigProblem {
 }
 
 impl ConfigProblem {
-    /// The error kind of SPEC §8; always `"config"` for this module.
+    /// The error kind (`ErrorBody::error`); always `"config"` for this module.
     pub fn kind(&self) -> &'static str {
         "config"
     }
@@ -162,7 +162,7 @@ impl ConfigErrors {
         self.errors
     }
 
-    /// The error kind of SPEC §8; always `"config"`.
+    /// The error kind (`ErrorBody::error`); always `"config"`.
     pub fn kind(&self) -> &'static str {
         "config"
     }

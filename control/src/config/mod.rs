@@ -1,11 +1,11 @@
-//! dynia's two configuration files (SPEC §3) and its secret files.
+//! dynia's two configuration files and its secret files (`docs/control.md`).
 //!
 //! This module owns reading, checking and writing configuration: the node
 //! file ([`NodeFile`], `/etc/dynia/dynia.toml`, this node only), the cluster
 //! document ([`ClusterDoc`], `state_dir/cluster.toml`, identical on every
 //! member) and secrets ([`SecretBytes`], mode 0600 files). Everything an operator
 //! wrote wrong comes back as [`ConfigErrors`]: every problem at once, each as
-//! `file:line:column: what is wrong; what to do` (SPEC §8).
+//! `file:line:column: what is wrong; what to do`.
 //!
 //! ```no_run
 //! # use std::path::Path;

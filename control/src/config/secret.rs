@@ -1,6 +1,6 @@
 //! Secret files: the admin token, the cluster key, the DigitalOcean token.
 //!
-//! This module owns how a secret is read and written (SPEC §3): a file of
+//! This module owns how a secret is read and written: a file of
 //! mode 0600 whose content is the secret, a trailing newline ignored. A file
 //! that group or others may access is refused, not silently used, and a
 //! [`SecretBytes`] never prints its bytes, so it cannot leak into a log line, a
