@@ -10,13 +10,7 @@ use dynia_control::client::{AdminClient, ClientError};
 use dynia_control::config::{self, ConfigErrors};
 
 pub use crate::exit::{FAILED, OK};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime always builds")
-}
+use crate::runtime;
 
 fn print_config_errors(errors: &ConfigErrors) {
     for e in errors.errors() {
