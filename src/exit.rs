@@ -56,3 +56,44 @@ pub fn of_error(e: &OpsError, reported: u8) -> u8 {
         _ => FAILED,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dynia_control::ops::{MemberOutcome, MemberReport};
+
+    fn report(outcomes: Vec<MemberOutcome>, aborted: bool) -> Report {
+        let members = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| MemberReport {
+                id: format!("m{i}"),
+                addr: ([127, 0, 0, 1], 9180).into(),
+                outcome,
+            })
+            .collect();
+        Report { members, aborted }
+    }
+
+    #[test]
+    fn a_report_maps_to_ok_conflict_or_partial() {
+        let applied = || MemberOutcome::Applied { generation: 2 };
+        let down = || MemberOutcome::Unreachable {
+            error: "down".into(),
+        };
+        assert_eq!(of_report(&report(vec![applied(), applied()], false)), OK);
+        assert_eq!(of_report(&report(vec![applied(), down()], false)), PARTIAL);
+        let lost = vec![
+            MemberOutcome::Conflict {
+                generation: 3,
+                config_hash: "ab".into(),
+                based_on: 2,
+            },
+            MemberOutcome::NotSent,
+        ];
+        assert_eq!(of_report(&report(lost, true)), CONFLICT);
+        let stopped = OpsError::Stopped { aborted: false };
+        assert_eq!(of_error(&stopped, PARTIAL), PARTIAL, "as the report said");
+        assert_eq!(of_error(&OpsError::NoEarlier, OK), FAILED);
+    }
+}
