@@ -14,6 +14,7 @@ mod node;
 pub mod outcome;
 pub mod plan;
 pub mod push;
+mod remove;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,10 +26,10 @@ pub use converge::{rollback, sync, Synced};
 pub use deploy::{deploy, DeployArgs, Deployed};
 pub use error::{Busy, OpsError};
 pub use node::{
-    make_active, node_add, node_list, node_remove, node_state, undeploy, AddArgs, Added,
-    ListedMember,
+    make_active, node_add, node_list, node_state, undeploy, AddArgs, Added, ListedMember,
 };
 pub use outcome::{MemberOutcome, MemberReport, Report, Roll};
+pub use remove::node_remove;
 
 /// Time for one call to a member.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
