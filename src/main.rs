@@ -3,17 +3,21 @@
 //! its result into an exit status.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use dynia_control::config::MemberState;
-use dynia_control::{commands, ops};
+use dynia_control::ops;
+
+mod commands;
+mod exit;
+mod print;
 
 /// One daemon per node replacing HAProxy + keepalived, and the command that steers the cluster.
 #[derive(Parser)]
-#[command(name = "dynia", version, about)]
+#[command(name = "dynia", version, about, after_help = exit::HELP)]
 struct Cli {
     /// The node file.
     #[arg(short, long, global = true, default_value = "/etc/dynia/dynia.toml")]
@@ -180,31 +184,7 @@ fn main() -> ExitCode {
                 force,
             },
         ),
-        Command::Node { command } => match command {
-            NodeCommand::List => ops::node_list(&cli.config),
-            NodeCommand::Add {
-                ip,
-                id,
-                priority,
-                admin,
-                droplet_id,
-            } => ops::node_add(
-                &cli.config,
-                ops::AddArgs {
-                    id,
-                    private_ip: ip,
-                    priority,
-                    admin,
-                    droplet_id,
-                },
-            ),
-            NodeCommand::Remove { id, drain_timeout } => {
-                ops::node_remove(&cli.config, &id, drain_timeout)
-            }
-            NodeCommand::Drain { id } => ops::node_state(&cli.config, &id, MemberState::Drain),
-            NodeCommand::Undrain { id } => ops::node_state(&cli.config, &id, MemberState::Active),
-            NodeCommand::MakeActive { id } => ops::make_active(&cli.config, &id),
-        },
+        Command::Node { command } => node(&cli.config, command),
         Command::Deploy {
             name,
             hosts,
@@ -212,7 +192,7 @@ fn main() -> ExitCode {
             health,
             plan,
             timeout,
-        } => ops::deploy(
+        } => deploy(
             &cli.config,
             ops::DeployArgs {
                 name,
@@ -223,11 +203,115 @@ fn main() -> ExitCode {
                 timeout,
             },
         ),
-        Command::Undeploy { name } => ops::undeploy(&cli.config, &name),
-        Command::Sync => ops::sync(&cli.config),
-        Command::Rollback { to } => ops::rollback(&cli.config, to),
+        Command::Undeploy { name } => op(&cli.config, |ctx, p| {
+            block(ops::undeploy(ctx, &name, p)).map(|()| exit::OK)
+        }),
+        Command::Sync => op(&cli.config, |ctx, p| {
+            match block(ops::sync(ctx, p))? {
+                ops::Synced::Already { generation, hash } => {
+                    println!(
+                        "in sync: every member has generation {generation} (hash {})",
+                        &hash[..12.min(hash.len())]
+                    );
+                }
+                ops::Synced::Pushed => {}
+            }
+            Ok(exit::OK)
+        }),
+        Command::Rollback { to } => op(&cli.config, |ctx, p| {
+            block(ops::rollback(ctx, to, p)).map(|()| exit::OK)
+        }),
         Command::Demo { keep } => commands::demo(keep),
         Command::Upstream { listen, id } => commands::upstream(listen, &id),
     };
     ExitCode::from(code)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime always builds")
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+/// Runs one cluster-wide workflow: loads the node file, prints its events
+/// and its error; the exit status is the worse of the last change's and
+/// the one `f` returns.
+fn op(
+    node_path: &Path,
+    f: impl FnOnce(&ops::Ctx, ops::Progress<'_>) -> Result<u8, ops::OpsError>,
+) -> u8 {
+    let mut printer = print::Printer {
+        node_path,
+        code: exit::OK,
+    };
+    let ctx = match ops::Ctx::load(node_path) {
+        Ok(c) => c,
+        Err(e) => return printer.error(&e),
+    };
+    let result = f(&ctx, &mut |e| printer.event(e));
+    match result {
+        Ok(code) => printer.code.max(code),
+        Err(e) => printer.error(&e),
+    }
+}
+
+fn node(node_path: &Path, command: NodeCommand) -> u8 {
+    match command {
+        NodeCommand::List => op(node_path, |ctx, _| {
+            print::members(&block(ops::node_list(ctx))?);
+            Ok(exit::OK)
+        }),
+        NodeCommand::Add {
+            ip,
+            id,
+            priority,
+            admin,
+            droplet_id,
+        } => {
+            let a = ops::AddArgs {
+                id,
+                private_ip: ip,
+                priority,
+                admin,
+                droplet_id,
+            };
+            op(node_path, |ctx, p| {
+                if let Some(added) = block(ops::node_add(ctx, a, p))? {
+                    print::added(ctx, &added);
+                }
+                Ok(exit::OK)
+            })
+        }
+        NodeCommand::Remove { id, drain_timeout } => op(node_path, |ctx, p| {
+            block(ops::node_remove(ctx, &id, drain_timeout, p)).map(|()| exit::OK)
+        }),
+        NodeCommand::Drain { id } => op(node_path, |ctx, p| {
+            block(ops::node_state(ctx, &id, MemberState::Drain, p)).map(|()| exit::OK)
+        }),
+        NodeCommand::Undrain { id } => op(node_path, |ctx, p| {
+            block(ops::node_state(ctx, &id, MemberState::Active, p)).map(|()| exit::OK)
+        }),
+        NodeCommand::MakeActive { id } => op(node_path, |ctx, p| {
+            block(ops::make_active(ctx, &id, p))?;
+            println!("{id} is master and holds the Reserved IP");
+            Ok(exit::OK)
+        }),
+    }
+}
+
+fn deploy(node_path: &Path, a: ops::DeployArgs) -> u8 {
+    op(node_path, |ctx, p| {
+        Ok(match block(ops::deploy(ctx, &a, p))? {
+            ops::Deployed::Plan { diff } => {
+                print::plan(&a.name, &diff);
+                exit::OK
+            }
+            ops::Deployed::Rolled(r) => print::roll(node_path, &a, &r),
+        })
+    })
 }

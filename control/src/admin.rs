@@ -77,8 +77,15 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
 
 /// A JSON error answer.
 pub fn error(status: StatusCode, kind: &str, message: &str) -> Resp {
-    let body = serde_json::json!({ "error": kind, "message": message }).to_string();
-    respond(status, "application/json", body)
+    let body = crate::wire::ErrorBody {
+        error: kind.into(),
+        message: message.into(),
+    };
+    respond(
+        status,
+        "application/json",
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
 }
 
 fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Resp {
@@ -189,7 +196,7 @@ async fn put_cluster(d: &Daemon, body: &[u8]) -> Resp {
         }
     };
     use crate::apply::ApplyError;
-    match d.apply_document(req).await {
+    match crate::apply::apply_document(d, req).await {
         Ok(done) => json(StatusCode::OK, &done),
         Err(e @ ApplyError::Conflict { .. }) => {
             let ApplyError::Conflict {
@@ -202,12 +209,12 @@ async fn put_cluster(d: &Daemon, body: &[u8]) -> Resp {
             };
             json(
                 StatusCode::CONFLICT,
-                &serde_json::json!({
-                    "error": "conflict",
-                    "message": e.to_string(),
-                    "generation": generation,
-                    "config_hash": config_hash,
-                }),
+                &crate::wire::ConflictBody {
+                    error: "conflict".into(),
+                    message: e.to_string(),
+                    generation,
+                    config_hash: config_hash.clone(),
+                },
             )
         }
         Err(e @ (ApplyError::Invalid(_) | ApplyError::Generation(_))) => {

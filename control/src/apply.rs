@@ -1,55 +1,16 @@
-//! Applying a new cluster document on one node (`PUT /v1/cluster`, catch-up).
-//!
-//! Rules, in order:
-//! 1. The document parses and validates alone (errors are `line:column` in
-//!    the document text).
-//! 2. Compare-and-set: `base_generation` equals this node's generation, and
-//!    `base_hash`, when given, equals this node's config hash; otherwise
-//!    nothing changes and the answer is a conflict carrying this node's
-//!    generation and hash.
-//! 3. The new generation is higher than the base — or equal to it when
-//!    `base_hash` is given: a *same-generation replace*, which rolling
-//!    deploys use so that catch-up (which only ever moves to a strictly
-//!    higher generation) does not spread a half-rolled document.
-//! 4. The document pairs with this node's file (`node.id` is a member, …),
-//!    unless `leave` is set and this node is no longer a member: then the
-//!    document is stored and the daemon resigns and stops (`node remove`).
-//! 5. Written atomically with a snapshot of the previous document
-//!    ([`crate::store`]), then hot-swapped by the daemon's reload path; if the
-//!    reload refuses it, the previous document is written back.
-//!
-//! Sending the document this node already has (same generation and hash) is
-//! a success that changes nothing, so a command can be repeated.
+//! Applying a new cluster document on one node (`PUT /v1/cluster`, catch-up):
+//! parse and validate alone, compare-and-set on `base_generation` (and
+//! `base_hash`, which also allows a same-generation replace), pair with this
+//! node's file (or leave, with `leave`), write atomically with a snapshot,
+//! hot-swap, and write the previous document back if the reload refuses.
+//! The same document again is a success that changes nothing. The rules in
+//! order: `docs/control.md`, "The admin API".
 
 use crate::config::{self, ConfigErrors};
 use crate::daemon::Daemon;
 use crate::store::Store;
 
-/// Body of `PUT /v1/cluster`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyRequest {
-    pub base_generation: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_hash: Option<String>,
-    /// The cluster document as TOML text.
-    pub document: String,
-    /// This node is being removed: accept a document without it, then stop.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub leave: bool,
-}
-
-/// Answer of a successful `PUT /v1/cluster`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Applied {
-    pub generation: u64,
-    pub config_hash: String,
-    /// False when this node already had exactly this document.
-    pub changed: bool,
-    /// True when this node left the cluster and is stopping.
-    #[serde(default)]
-    pub leaving: bool,
-}
+pub use crate::wire::{Applied, ApplyRequest};
 
 /// Why a document was not applied; nothing changed.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +29,15 @@ pub enum ApplyError {
     Write(std::io::Error),
 }
 
-pub(crate) async fn apply(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
+/// Applies a cluster document sent by a `dynia` command or fetched by
+/// catch-up, one change at a time on this node: the rules above, then
+/// hot-swap through [`Daemon::reload`].
+pub async fn apply_document(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
+    let _one_change_at_a_time = d.apply_lock().lock().await;
+    apply(d, req).await
+}
+
+async fn apply(d: &Daemon, req: ApplyRequest) -> Result<Applied, ApplyError> {
     let loaded = d.loaded();
     let doc = config::parse_cluster_doc(&req.document, "document").map_err(ApplyError::Invalid)?;
     let hash = doc.hash();

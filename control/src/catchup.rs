@@ -1,29 +1,11 @@
-//! Catch-up: a node that learns that a peer has a higher cluster-document
-//! generation fetches that document from the peer's admin API
-//! (`GET /v1/cluster`, with the shared admin token) and applies it through
-//! [`crate::daemon::Daemon::apply_document`] (validated, atomic, snapshot).
-//!
-//! It learns it from the peers' adverts, which carry their generation. A
-//! member not heard from lately (or whose adverts carry no generation, as
-//! with `vrrp3`) is asked for its public `/status.json` instead, every
-//! [`POLL_EVERY`]: members send adverts only to the members of their own
-//! document, so a node removed while it was down hears nothing at all.
-//!
-//! If the newer document does not list this node, the node was removed from
-//! the cluster while it could not be reached: that is logged once, the
-//! document is stored and the daemon resigns and stops, as `node remove`
-//! does to a node it reaches (catch-up does not retry a document this node
-//! cannot serve).
-//!
-//! The same check runs once before the daemon starts its election
-//! ([`removed_while_away`]): a removed node that comes back must not run an
-//! election at all, or it becomes master of a cluster of one within a
-//! Master_Down_Interval and claims the Reserved IP.
-//!
-//! Never moves to a lower or equal generation: documents of the same
-//! generation but another hash (a stopped rolling deploy) are drift for
-//! `dynia status` and `dynia sync`, not for catch-up. Failures back off
-//! (1 s doubling to 30 s); every call has a timeout.
+//! Catch-up: a node that learns of a higher generation (a peer's advert, or
+//! the `/status.json` of a peer not heard lately, every [`POLL_EVERY`])
+//! fetches that document (`GET /v1/cluster`) and applies it through
+//! [`crate::apply::apply_document`]; never to a lower or equal generation.
+//! A document without this node means it was removed while away: stored,
+//! logged once, the daemon stops ([`removed_while_away`] checks this before
+//! the election starts). Failures back off 1 s to 30 s. Why:
+//! `docs/control.md`, "Catch-up".
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,7 +48,7 @@ const REMOVED_MSG: &str = "this node is not a member of the cluster's newer docu
 /// the election runs. Members that do not answer (a cluster starting
 /// together, a lonely node) cost at most the timeout; any failure means
 /// `false`, and the running catch-up takes over.
-pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
+pub async fn removed_while_away(loaded: &crate::loaded::Loaded) -> bool {
     let me = &loaded.node.node.id;
     let mine = loaded.cluster.generation;
     let port = loaded.node.admin.listen.port();
@@ -119,7 +101,7 @@ pub async fn removed_while_away(loaded: &crate::daemon::Loaded) -> bool {
 }
 
 /// Every member of the loaded document but this node.
-fn others(loaded: &crate::daemon::Loaded) -> Vec<&Member> {
+fn others(loaded: &crate::loaded::Loaded) -> Vec<&Member> {
     let me = &loaded.node.node.id;
     loaded
         .cluster
@@ -219,26 +201,31 @@ async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
             node = %me,
             "{REMOVED_MSG}; storing that document, resigning and stopping (to bring it back, `dynia node add` it on a member, then start it again)"
         );
-        let applied = d
-            .apply_document(ApplyRequest {
+        let applied = crate::apply::apply_document(
+            d,
+            ApplyRequest {
                 base_generation: mine,
                 base_hash: None,
                 document: text,
                 leave: true,
-            })
-            .await;
+            },
+        )
+        .await;
         if let Err(e) = applied {
             tracing::error!(error = %e, "could not store the document that removed this node; stopping anyway");
             d.request_stop();
         }
         return Ok(Outcome::Removed);
     }
-    d.apply_document(ApplyRequest {
-        base_generation: mine,
-        base_hash: None,
-        document: text,
-        leave: false,
-    })
+    crate::apply::apply_document(
+        d,
+        ApplyRequest {
+            base_generation: mine,
+            base_hash: None,
+            document: text,
+            leave: false,
+        },
+    )
     .await
     .map_err(|e| {
         format!(

@@ -13,7 +13,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::Secret;
+use crate::config::SecretBytes;
+use crate::wire::{Applied, ApplyRequest, ConflictBody, ErrorBody, Reloaded, Snapshot, Status};
 
 /// Largest answer read from a daemon.
 const MAX_ANSWER: usize = 8 << 20;
@@ -45,13 +46,13 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
-    token: Option<Secret>,
+    token: Option<SecretBytes>,
     timeout: Duration,
 }
 
 impl AdminClient {
     /// A client of `addr`; an unspecified address (0.0.0.0) means this host.
-    pub fn new(addr: SocketAddr, token: Option<Secret>) -> AdminClient {
+    pub fn new(addr: SocketAddr, token: Option<SecretBytes>) -> AdminClient {
         let mut addr = addr;
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() {
@@ -151,7 +152,7 @@ impl AdminClient {
     }
 
     /// `GET /status.json`.
-    pub async fn status(&self) -> Result<crate::status::Status, ClientError> {
+    pub async fn status(&self) -> Result<Status, ClientError> {
         let b = self.call(Method::GET, "/status.json", Bytes::new()).await?;
         serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
             addr: self.addr,
@@ -160,7 +161,7 @@ impl AdminClient {
     }
 
     /// `POST /v1/reload`.
-    pub async fn reload(&self) -> Result<crate::daemon::Reloaded, ClientError> {
+    pub async fn reload(&self) -> Result<Reloaded, ClientError> {
         let b = self.call(Method::POST, "/v1/reload", Bytes::new()).await?;
         serde_json::from_slice(&b).map_err(|e| ClientError::BadAnswer {
             addr: self.addr,
@@ -180,10 +181,7 @@ impl AdminClient {
     }
 
     /// `PUT /v1/cluster`.
-    pub async fn put_cluster(
-        &self,
-        req: &crate::apply::ApplyRequest,
-    ) -> Result<crate::apply::Applied, ClientError> {
+    pub async fn put_cluster(&self, req: &ApplyRequest) -> Result<Applied, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::BadAnswer {
             addr: self.addr,
             why: e.to_string(),
@@ -213,7 +211,7 @@ impl AdminClient {
     }
 
     /// `GET /v1/snapshots`: kept snapshots, newest first.
-    pub async fn snapshots(&self) -> Result<Vec<crate::store::Snapshot>, ClientError> {
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, ClientError> {
         let b = self
             .call(Method::GET, "/v1/snapshots", Bytes::new())
             .await?;
@@ -226,16 +224,13 @@ impl AdminClient {
 
 /// Every client's `GET /status.json` at once (each bounded by its client's
 /// timeout); the answers in the order of `clients`.
-pub async fn statuses(
-    clients: Vec<AdminClient>,
-) -> Vec<Result<crate::status::Status, ClientError>> {
+pub async fn statuses(clients: Vec<AdminClient>) -> Vec<Result<Status, ClientError>> {
     let mut set = tokio::task::JoinSet::new();
     let n = clients.len();
     for (i, c) in clients.into_iter().enumerate() {
         set.spawn(async move { (i, c.status().await) });
     }
-    let mut out: Vec<Option<Result<crate::status::Status, ClientError>>> =
-        (0..n).map(|_| None).collect();
+    let mut out: Vec<Option<Result<Status, ClientError>>> = (0..n).map(|_| None).collect();
     while let Some(joined) = set.join_next().await {
         if let Ok((i, r)) = joined {
             out[i] = Some(r);
@@ -254,14 +249,8 @@ pub async fn statuses(
 }
 
 fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
-    #[derive(serde::Deserialize)]
-    struct C {
-        message: String,
-        generation: u64,
-        config_hash: String,
-    }
     if status == StatusCode::CONFLICT {
-        if let Ok(c) = serde_json::from_slice::<C>(body) {
+        if let Ok(c) = serde_json::from_slice::<ConflictBody>(body) {
             return ClientError::Conflict {
                 generation: c.generation,
                 config_hash: c.config_hash,
@@ -269,12 +258,7 @@ fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
             };
         }
     }
-    #[derive(serde::Deserialize)]
-    struct E {
-        error: String,
-        message: String,
-    }
-    match serde_json::from_slice::<E>(body) {
+    match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => ClientError::Refused {
             status: status.as_u16(),
             kind: e.error,

@@ -1,7 +1,8 @@
-//! The daemon: loads the two files, runs the proxy and the admin listener,
-//! reloads on SIGHUP or `/v1/reload`, and shuts down gracefully on SIGTERM.
+//! The daemon's state: the proxy, the election, the loaded files and the
+//! control metrics, reloaded on SIGHUP, `/v1/reload` or an applied document;
+//! the process around it (signals, sd_notify) is [`crate::process`].
 //!
-//! Reload discipline (SPEC §4): parse and validate everything first; only a
+//! Reload discipline (`docs/control.md`): parse and validate everything first; only a
 //! configuration that passed every check reaches the proxy, in one store. An
 //! invalid one changes nothing; it is logged, counted in
 //! `dynia_config_reloads_total{result="failure"}` and returned to the caller
@@ -9,14 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dynia_proxy::Proxy;
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, ClusterDoc, ConfigErrors, NodeFile, Secret};
+use crate::config::{self, ConfigErrors, NodeFile};
 use crate::election::ElectionHandle;
 use crate::status::{
     ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
@@ -45,66 +45,7 @@ pub enum DaemonError {
     Driver(#[from] dynia_vrrp::driver::DriverError),
 }
 
-/// Both files as last loaded successfully, plus the secrets they name.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    pub node: NodeFile,
-    pub cluster: ClusterDoc,
-    pub hash: String,
-    pub admin_token: Option<Secret>,
-    pub cluster_key: Option<Secret>,
-}
-
-/// Reads and validates the node file, the cluster document it points at and
-/// the secrets it names. Every problem found is reported, with its location.
-pub fn load(node_path: &Path) -> Result<Loaded, ConfigErrors> {
-    let node = config::load_node_file(node_path)?;
-    let cluster = config::load_cluster_doc(config::cluster_doc_path(&node))?;
-    config::validate_pair(&node, &cluster)?;
-    let admin_token = match &node.admin.token_file {
-        Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
-        None => None,
-    };
-    let cluster_key = match &node.election.key_file {
-        Some(p) => Some(config::read_secret(p).map_err(ConfigErrors::from)?),
-        None => None,
-    };
-    check_certificates(node_path, &node)?;
-    let hash = cluster.hash();
-    Ok(Loaded {
-        node,
-        cluster,
-        hash,
-        admin_token,
-        cluster_key,
-    })
-}
-
-/// Reads every listener certificate and key (chain, key fit, expiry) so
-/// `dynia check` and a reload report them like any other configuration error.
-fn check_certificates(node_path: &Path, node: &NodeFile) -> Result<(), ConfigErrors> {
-    let errors: Vec<config::ConfigError> = node
-        .listeners
-        .iter()
-        .flat_map(|l| l.certificates.iter().map(move |c| (l, c)))
-        .filter_map(|(l, c)| {
-            let files = dynia_proxy::config::CertificateFiles {
-                cert: c.cert.clone(),
-                key: c.key.clone(),
-            };
-            dynia_proxy::tls::check_certificate(&files).err().map(|e| {
-                config::ConfigError::InDocument {
-                    key: format!("{}: listener `{}`", node_path.display(), l.name),
-                    message: e.to_string(),
-                }
-            })
-        })
-        .collect();
-    match ConfigErrors::from_vec(errors) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
+pub use crate::loaded::{load, Loaded};
 
 /// Metrics of the control layer.
 struct ControlMetrics {
@@ -154,16 +95,11 @@ pub struct Daemon {
     started: Instant,
     stop: CancellationToken,
     election: Option<ElectionHandle>,
-    /// One cluster-document change at a time (compare-and-set in `apply_document`).
+    /// One cluster-document change at a time (compare-and-set in `apply::apply_document`).
     apply_lock: tokio::sync::Mutex<()>,
 }
 
-/// Result of a successful reload.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Reloaded {
-    pub generation: u64,
-    pub config_hash: String,
-}
+pub use crate::wire::Reloaded;
 
 impl Daemon {
     /// Starts the proxy on `loaded`. Must run inside the Tokio runtime.
@@ -229,7 +165,7 @@ impl Daemon {
             self.proxy
                 .apply(proxy_config(&new.node, &new.cluster))
                 .map_err(|e| {
-                    ConfigErrors::from(config::ConfigError::InDocument {
+                    ConfigErrors::from(config::ConfigProblem::InDocument {
                         key: self.node_path.display().to_string(),
                         message: e.to_string(),
                     })
@@ -392,17 +328,15 @@ impl Daemon {
         self.stop.is_cancelled()
     }
 
-    /// Applies a cluster document sent by a `dynia` command or fetched by
-    /// catch-up: compare-and-set against this node's generation (and hash,
-    /// when given), validate (the document alone and paired with this node's
-    /// file), write atomically with a snapshot of the previous one, then
-    /// hot-swap through [`Daemon::reload`]. See [`crate::apply`].
-    pub async fn apply_document(
-        &self,
-        req: crate::apply::ApplyRequest,
-    ) -> Result<crate::apply::Applied, crate::apply::ApplyError> {
-        let _one_change_at_a_time = self.apply_lock.lock().await;
-        crate::apply::apply(self, req).await
+    /// The lock that keeps cluster-document changes one at a time
+    /// ([`crate::apply::apply_document`] holds it).
+    pub(crate) fn apply_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.apply_lock
+    }
+
+    /// Resolves once a shutdown was requested.
+    pub async fn stop_requested(&self) {
+        self.stop.cancelled().await
     }
 }
 
@@ -426,93 +360,5 @@ fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
     }
     if old.node.id != new.node.id {
         tracing::warn!(key = "node.id", "change takes effect at the next restart");
-    }
-}
-
-/// Runs the daemon until SIGTERM/SIGINT: builds the runtime with the node's
-/// worker threads, serves, reloads on SIGHUP.
-pub fn run(node_path: &Path) -> Result<(), DaemonError> {
-    let loaded = load(node_path)?;
-    // One worker: a current-thread runtime. Every task then runs on one event
-    // loop that drains all ready sockets before writing, as HAProxy's does;
-    // the multi-thread scheduler instead runs a woken upstream task at once,
-    // so each request's write went out before the next read, waking peers
-    // once per request (benches/README.md has the measurements). More
-    // workers: the multi-thread runtime.
-    let mut builder = match loaded.node.node.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            if n > 0 {
-                b.worker_threads(n as usize);
-            }
-            b
-        }
-    };
-    builder.enable_all().thread_name("dynia-worker");
-    let runtime = builder.build().map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(node_path, loaded))
-}
-
-async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
-    let admin_addr = loaded.node.admin.listen;
-    let grace = loaded.node.limits.shutdown_grace.as_std();
-    let admin = crate::admin::bind(admin_addr).map_err(|source| DaemonError::Admin {
-        addr: admin_addr,
-        source,
-    })?;
-    if crate::catchup::removed_while_away(&loaded).await {
-        return Ok(());
-    }
-    let daemon = Daemon::start(node_path, loaded).await?;
-    let admin_local = admin.local_addr().unwrap_or(admin_addr);
-    tokio::spawn(crate::admin::serve(daemon.clone(), admin));
-    tokio::spawn(crate::catchup::run(daemon.clone()));
-    let (mut hup, mut term, mut int) = (
-        signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?,
-        signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?,
-        signal(SignalKind::interrupt()).map_err(DaemonError::Runtime)?,
-    );
-    let loaded = daemon.loaded();
-    tracing::info!(
-        node = %loaded.node.node.id,
-        cluster = %loaded.cluster.cluster,
-        generation = loaded.cluster.generation,
-        admin = %admin_local,
-        listeners = ?daemon.proxy.listeners().iter().map(|l| l.local.to_string()).collect::<Vec<_>>(),
-        "dynia started"
-    );
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                notify_systemd(&[sd_notify::NotifyState::Reloading]);
-                let _ = daemon.reload().await;
-                notify_systemd(&[sd_notify::NotifyState::Ready]);
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = daemon.stop.cancelled() => break,
-        }
-    }
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    if let Some(e) = &daemon.election {
-        // Resign first (priority 0) and hand the Reserved IP over while still serving.
-        e.shutdown(Duration::from_secs(5)).await;
-    }
-    tracing::info!(grace = ?grace, "shutting down: no new connections, finishing requests in flight");
-    let clean = daemon.proxy.shutdown(grace).await;
-    if clean {
-        tracing::info!("stopped");
-    } else {
-        tracing::warn!("stopped with requests still in flight after shutdown_grace");
-    }
-    Ok(())
-}
-
-fn notify_systemd(state: &[sd_notify::NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
-    if let Err(e) = sd_notify::notify(false, state) {
-        tracing::debug!(error = %e, "sd_notify failed");
     }
 }

@@ -9,28 +9,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The whole document.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    pub node: String,
-    pub cluster: String,
-    pub generation: u64,
-    pub config_hash: String,
-    /// `master|backup|fault|init`.
-    pub role: String,
-    pub priority: u8,
-    pub reserved_ip: ReservedIpStatus,
-    pub members: Vec<MemberStatus>,
-    pub services: Vec<ServiceStatus>,
-    pub listeners: Vec<ListenerStatus>,
-    pub version: String,
-    pub uptime_seconds: u64,
-    /// Ids of members whose cluster document (generation or hash, as last
-    /// advertised) differs from this node's; empty when in sync. A member
-    /// never heard from is not counted (its `generation` is `null`).
-    #[serde(default)]
-    pub drift: Vec<String>,
-}
+pub use crate::wire::{
+    ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
+};
 
 /// Fills [`Status::drift`] from the members' advertised generations and hashes.
 pub fn with_drift(mut s: Status) -> Status {
@@ -50,60 +31,6 @@ pub fn with_drift(mut s: Status) -> Status {
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReservedIpStatus {
-    pub address: Option<String>,
-    pub held: bool,
-    /// A master in a split brain: the member it found holding the Reserved
-    /// IP, which it cannot hear, and so stopped claiming from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stepped_back_from: Option<String>,
-}
-
-/// A cluster member as this node knows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MemberStatus {
-    pub id: String,
-    pub private_ip: String,
-    pub priority: u8,
-    /// `active|drain|maint`.
-    pub state: String,
-    /// `master|backup|fault|init|unknown`.
-    pub role: String,
-    /// The member's cluster-document generation, when known.
-    pub generation: Option<u64>,
-    /// Milliseconds since this node last heard the member; `None` if never.
-    pub last_seen_ms: Option<u64>,
-    /// The member's cluster-document hash (advertised), when known.
-    #[serde(default)]
-    pub config_hash: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServiceStatus {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub port: u16,
-    pub members: Vec<ServiceMemberStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ServiceMemberStatus {
-    pub id: String,
-    pub address: String,
-    /// `up|down|unknown`.
-    pub health: String,
-    pub state: String,
-    pub inflight: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub address: String,
-    pub serving: bool,
 }
 
 /// A member whose `/status.json` could not be read.

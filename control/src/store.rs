@@ -15,14 +15,7 @@ use std::path::{Path, PathBuf};
 /// Snapshots kept in `state_dir/snapshots/`.
 pub const KEEP: usize = 10;
 
-/// One kept previous document.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Snapshot {
-    pub generation: u64,
-    pub config_hash: String,
-    /// Milliseconds since the Unix epoch when it was replaced.
-    pub replaced_at_ms: u64,
-}
+pub use crate::wire::Snapshot;
 
 /// The cluster document file and its snapshots directory.
 pub struct Store {
@@ -108,21 +101,45 @@ impl Store {
     }
 }
 
-/// Temp file beside `path`, fsync, rename, fsync the directory.
+/// Writes `bytes` to `path` atomically (mode 0644): see [`atomic_write_mode`].
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    atomic_write_mode(path, bytes, 0o644)
+}
+
+/// Writes `bytes` to `path` atomically with exactly file mode `mode`: a new
+/// temporary file beside it (created with that mode, so a secret is never
+/// readable by others), fsync, rename over `path`, fsync the directory so
+/// the rename survives a crash. On error the temporary file is removed and
+/// `path` is untouched. The one helper for every file dynia writes.
+pub fn atomic_write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path has no file name",
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
     let result = (|| {
-        let _ = fs::remove_file(&tmp);
+        // A leftover from a crashed run of this same process id.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(mode)
             .open(&tmp)?;
+        // The umask may narrow the mode: make it exact.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

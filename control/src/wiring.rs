@@ -102,7 +102,7 @@ pub fn admin_state(s: MemberState) -> AdminState {
 /// election too: it becomes master after `Master_Down_Interval` and holds the
 /// Reserved IP, so adding a second node later changes nothing here.
 pub fn election_settings(
-    loaded: &crate::daemon::Loaded,
+    loaded: &crate::loaded::Loaded,
 ) -> Result<Option<crate::election::Settings>, crate::election::ElectionError> {
     use crate::config::Transport;
     use crate::election::{ElectionError, Hooks, Peer, Settings};
@@ -175,7 +175,7 @@ pub fn election_settings(
 
 /// The Reserved-IP driver the node file asks for.
 pub async fn driver(
-    loaded: &crate::daemon::Loaded,
+    loaded: &crate::loaded::Loaded,
 ) -> Result<dynia_vrrp::driver::Driver, dynia_vrrp::driver::DriverError> {
     use crate::config::Driver as Kind;
     use dynia_vrrp::driver::{

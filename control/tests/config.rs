@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use dynia_control::config::{
     cluster_doc_path, load_cluster_doc, load_node_file, parse_cluster_doc, parse_node_file,
-    read_secret, validate_pair, write_secret, ConfigError, ConfigErrors, Driver, Duration,
+    read_secret, validate_pair, write_secret, ConfigErrors, ConfigProblem, Driver, Duration,
     MemberState, NodeFile, PrivateIp, Transport,
 };
 
@@ -730,7 +730,10 @@ fn secret_refuses_group_or_other_access() {
     for mode in [0o644, 0o640, 0o604, 0o660, 0o610, 0o601] {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         let e = read_secret(&path).unwrap_err();
-        assert!(matches!(e, ConfigError::SecretMode { .. }), "{mode:o}: {e}");
+        assert!(
+            matches!(e, ConfigProblem::SecretMode { .. }),
+            "{mode:o}: {e}"
+        );
         let shown = e.to_string();
         assert!(
             shown.contains(&format!("chmod 600 {}", path.display())),

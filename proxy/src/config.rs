@@ -167,6 +167,8 @@ impl HostPattern {
                 && name.split('.').all(|label| {
                     !label.is_empty()
                         && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
                         && label
                             .bytes()
                             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -1,5 +1,5 @@
 //! The cluster document, `/var/lib/dynia/cluster.toml`: what must be
-//! identical on every node (SPEC §3) — the generation counter, members,
+//! identical on every node (`docs/control.md`, "Files") — the generation counter, members,
 //! services and election timing.
 //!
 //! This module owns its typed shape, its defaults, its canonical TOML form

@@ -1,6 +1,6 @@
 //! The errors of the configuration layer.
 //!
-//! Every error here is of the *config* kind (SPEC §8): something in a file the
+//! Every error here is of the *config* kind (`docs/control.md`, "Files"): something in a file the
 //! operator owns is wrong, and the message says where (`file:line:column` when
 //! the problem has a place in a file) and what to do. [`ConfigErrors`] carries
 //! all the problems found in one pass, so an operator fixes a file once, not
@@ -30,7 +30,7 @@ impl fmt::Display for Location {
 /// One configuration problem. Its `Display` is the whole message an operator sees.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum ConfigProblem {
     /// A problem at a place in a file: syntax, a wrong type, a missing or
     /// unknown key, or a rule the values break.
     #[error("{location}: {message}")]
@@ -89,8 +89,8 @@ pub enum ConfigError {
     },
 }
 
-impl ConfigError {
-    /// The error kind of SPEC §8; always `"config"` for this module.
+impl ConfigProblem {
+    /// The error kind (`ErrorBody::error`); always `"config"` for this module.
     pub fn kind(&self) -> &'static str {
         "config"
     }
@@ -98,7 +98,7 @@ impl ConfigError {
     /// Where in a file the problem is, when it has a place.
     pub fn location(&self) -> Option<&Location> {
         match self {
-            ConfigError::At { location, .. } => Some(location),
+            ConfigProblem::At { location, .. } => Some(location),
             _ => None,
         }
     }
@@ -107,7 +107,7 @@ impl ConfigError {
     /// otherwise the whole message.
     pub fn message(&self) -> String {
         match self {
-            ConfigError::At { message, .. } | ConfigError::InDocument { message, .. } => {
+            ConfigProblem::At { message, .. } | ConfigProblem::InDocument { message, .. } => {
                 message.clone()
             }
             other => other.to_string(),
@@ -120,7 +120,7 @@ impl ConfigError {
         } else {
             hint
         };
-        ConfigError::Read {
+        ConfigProblem::Read {
             path: path.to_path_buf(),
             error,
             hint,
@@ -133,12 +133,12 @@ impl ConfigError {
 /// `Display` prints one problem per line, in file order.
 #[derive(Debug)]
 pub struct ConfigErrors {
-    errors: Vec<ConfigError>,
+    errors: Vec<ConfigProblem>,
 }
 
 impl ConfigErrors {
     /// `None` when there are no errors.
-    pub(crate) fn from_vec(mut errors: Vec<ConfigError>) -> Option<Self> {
+    pub(crate) fn from_vec(mut errors: Vec<ConfigProblem>) -> Option<Self> {
         if errors.is_empty() {
             return None;
         }
@@ -146,30 +146,30 @@ impl ConfigErrors {
         Some(ConfigErrors { errors })
     }
 
-    pub(crate) fn one(error: ConfigError) -> Self {
+    pub(crate) fn one(error: ConfigProblem) -> Self {
         ConfigErrors {
             errors: vec![error],
         }
     }
 
     /// The problems, in file order.
-    pub fn errors(&self) -> &[ConfigError] {
+    pub fn errors(&self) -> &[ConfigProblem] {
         &self.errors
     }
 
     /// The problems, in file order.
-    pub fn into_vec(self) -> Vec<ConfigError> {
+    pub fn into_vec(self) -> Vec<ConfigProblem> {
         self.errors
     }
 
-    /// The error kind of SPEC §8; always `"config"`.
+    /// The error kind (`ErrorBody::error`); always `"config"`.
     pub fn kind(&self) -> &'static str {
         "config"
     }
 }
 
-impl From<ConfigError> for ConfigErrors {
-    fn from(error: ConfigError) -> Self {
+impl From<ConfigProblem> for ConfigErrors {
+    fn from(error: ConfigProblem) -> Self {
         ConfigErrors::one(error)
     }
 }

@@ -1,11 +1,11 @@
-//! dynia's two configuration files (SPEC §3) and its secret files.
+//! dynia's two configuration files and its secret files (`docs/control.md`).
 //!
 //! This module owns reading, checking and writing configuration: the node
 //! file ([`NodeFile`], `/etc/dynia/dynia.toml`, this node only), the cluster
 //! document ([`ClusterDoc`], `state_dir/cluster.toml`, identical on every
-//! member) and secrets ([`Secret`], mode 0600 files). Everything an operator
+//! member) and secrets ([`SecretBytes`], mode 0600 files). Everything an operator
 //! wrote wrong comes back as [`ConfigErrors`]: every problem at once, each as
-//! `file:line:column: what is wrong; what to do` (SPEC §8).
+//! `file:line:column: what is wrong; what to do`.
 //!
 //! ```no_run
 //! # use std::path::Path;
@@ -30,12 +30,12 @@ use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterDoc, ClusterElection, Health, Member, MemberState, Service, Transport};
 pub use duration::{Duration, DurationError};
-pub use error::{ConfigError, ConfigErrors, Location};
+pub use error::{ConfigErrors, ConfigProblem, Location};
 pub use node::{
     Admin, Certificate, Driver, Hooks, Limits, Listener, Node, NodeElection, NodeFile, Origin,
     PrivateIp, ReservedIp,
 };
-pub use secret::{read_secret, write_secret, Secret};
+pub use secret::{read_secret, write_secret, SecretBytes};
 
 use source::Source;
 
@@ -62,7 +62,7 @@ pub fn parse_cluster_doc(text: &str, path: impl AsRef<Path>) -> Result<ClusterDo
 pub fn load_node_file(path: impl AsRef<Path>) -> Result<NodeFile, ConfigErrors> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::read(
+        ConfigProblem::read(
             path,
             e,
             "pass the node file with -c/--config PATH (see dynia.example.toml)",
@@ -75,7 +75,7 @@ pub fn load_node_file(path: impl AsRef<Path>) -> Result<NodeFile, ConfigErrors> 
 pub fn load_cluster_doc(path: impl AsRef<Path>) -> Result<ClusterDoc, ConfigErrors> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::read(
+        ConfigProblem::read(
             path,
             e,
             "run `dynia init` to write a first cluster document, or check [node] state_dir",
@@ -111,7 +111,7 @@ pub fn cluster_doc_path(node: &NodeFile) -> PathBuf {
     node.node.state_dir.join("cluster.toml")
 }
 
-fn errors_or(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
+fn errors_or(errors: Vec<ConfigProblem>) -> Result<(), ConfigErrors> {
     match ConfigErrors::from_vec(errors) {
         Some(e) => Err(e),
         None => Ok(()),
@@ -142,5 +142,26 @@ mod admin_key_tests {
             .to_string();
         assert!(e.contains("c.toml:8:"), "{e}");
         assert!(e.contains("admin 0.0.0.0:9180"), "{e}");
+    }
+
+    #[test]
+    fn at_most_32_members_the_33rd_located() {
+        let words = ["misty", "brave", "calm", "bold", "keen", "warm"];
+        let animals = ["owl", "fox", "elk", "yak", "emu", "cat"];
+        let mut text = String::from("generation = 1\ncluster = \"c\"\n");
+        for i in 0..33 {
+            text.push_str(&format!(
+                "\n[[member]]\nid = \"{}-{}\"\nprivate_ip = \"10.0.0.{}\"\npriority = 100\n",
+                words[i / 6],
+                animals[i % 6],
+                i + 1
+            ));
+        }
+        let e = parse_cluster_doc(&text, "c.toml").unwrap_err().to_string();
+        // The 33rd [[member]] starts at line 3 + 32 * 5 + 1; its id is the next line.
+        assert!(e.starts_with("c.toml:165:"), "{e}");
+        assert!(e.contains("33 members; at most 32"), "{e}");
+        let cut = text.rfind("\n[[member]]").unwrap();
+        assert!(parse_cluster_doc(&text[..cut], "c.toml").is_ok());
     }
 }

@@ -1,5 +1,5 @@
 //! The node file, `/etc/dynia/dynia.toml`: what belongs to this node only
-//! (SPEC §3) — identity, listeners and certificate paths, the admin address,
+//! (`docs/control.md`, "Files") — identity, listeners and certificate paths, the admin address,
 //! limits, paths of secrets, Reserved-IP driver settings and hooks.
 //!
 //! This module owns the typed shape of that file and its defaults. Every

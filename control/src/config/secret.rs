@@ -1,31 +1,31 @@
 //! Secret files: the admin token, the cluster key, the DigitalOcean token.
 //!
-//! This module owns how a secret is read and written (SPEC §3): a file of
+//! This module owns how a secret is read and written: a file of
 //! mode 0600 whose content is the secret, a trailing newline ignored. A file
 //! that group or others may access is refused, not silently used, and a
-//! [`Secret`] never prints its bytes, so it cannot leak into a log line, a
+//! [`SecretBytes`] never prints its bytes, so it cannot leak into a log line, a
 //! metric, an error or `/status` by accident.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use super::error::ConfigError;
+use super::error::ConfigProblem;
 
 /// Bytes of a secret. `Debug` and `Display` print `<redacted>`; read the bytes
-/// with [`Secret::expose_bytes`]. The bytes are overwritten with zeros on drop
+/// with [`SecretBytes::expose_bytes`]. The bytes are overwritten with zeros on drop
 /// (best effort: copies made by the caller are theirs to clear).
 #[derive(Clone)]
-pub struct Secret {
+pub struct SecretBytes {
     bytes: Vec<u8>,
 }
 
-impl Secret {
+impl SecretBytes {
     /// A secret from bytes, e.g. one just generated.
     pub fn new(bytes: Vec<u8>) -> Self {
-        Secret { bytes }
+        SecretBytes { bytes }
     }
 
     /// The secret's bytes. Call this only where the secret is used (a MAC
@@ -35,19 +35,19 @@ impl Secret {
     }
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-impl fmt::Display for Secret {
+impl fmt::Display for SecretBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
 }
 
-impl Drop for Secret {
+impl Drop for SecretBytes {
     fn drop(&mut self) {
         self.bytes.fill(0);
         std::hint::black_box(&self.bytes);
@@ -61,20 +61,20 @@ const MAX_SECRET_BYTES: u64 = 64 * 1024;
 /// access (`mode & 0o077 != 0`) with an error that says `chmod 600 PATH`, a
 /// file that is not a regular file, and an empty one. One trailing newline
 /// (`\n` or `\r\n`) is removed.
-pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
-    let read_err = |e| ConfigError::read(path, e, "check the path, and that dynia may read it");
+pub fn read_secret(path: &Path) -> Result<SecretBytes, ConfigProblem> {
+    let read_err = |e| ConfigProblem::read(path, e, "check the path, and that dynia may read it");
     let mut file = File::open(path).map_err(read_err)?;
     // The mode of the file we opened, not of whatever the path names later.
     let meta = file.metadata().map_err(read_err)?;
     if !meta.is_file() {
-        return Err(ConfigError::SecretUnusable {
+        return Err(ConfigProblem::SecretUnusable {
             path: path.to_path_buf(),
             problem: "a secret must be a regular file; point the setting at the file that holds it",
         });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(ConfigError::SecretMode {
+        return Err(ConfigProblem::SecretMode {
             path: path.to_path_buf(),
             mode,
         });
@@ -86,7 +86,7 @@ pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
         .map_err(read_err)?;
     if bytes.len() as u64 > MAX_SECRET_BYTES {
         bytes.fill(0);
-        return Err(ConfigError::SecretUnusable {
+        return Err(ConfigProblem::SecretUnusable {
             path: path.to_path_buf(),
             problem: "the secret file is larger than 64 KiB; point the setting at the file that holds only the secret",
         });
@@ -98,60 +98,21 @@ pub fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
         }
     }
     if bytes.is_empty() {
-        return Err(ConfigError::SecretUnusable {
+        return Err(ConfigProblem::SecretUnusable {
             path: path.to_path_buf(),
             problem: "the secret file is empty; write the secret into it",
         });
     }
-    Ok(Secret { bytes })
+    Ok(SecretBytes { bytes })
 }
 
 /// Writes a secret file with mode 0600, replacing any file at `path`
-/// atomically: the bytes go to a new temporary file of mode 0600 beside it,
-/// which is synced and renamed over `path`. Writes `bytes` exactly (no
-/// newline added).
-pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    let write_err = |error| ConfigError::Write {
+/// atomically ([`crate::store::atomic_write_mode`]: a temporary file of mode
+/// 0600 beside it, synced, renamed over `path`, the directory synced).
+/// Writes `bytes` exactly (no newline added).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), ConfigProblem> {
+    crate::store::atomic_write_mode(path, bytes, 0o600).map_err(|error| ConfigProblem::Write {
         path: path.to_path_buf(),
         error,
-    };
-    let name = path.file_name().ok_or_else(|| {
-        write_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path has no file name",
-        ))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-
-    let result = (|| {
-        // A leftover from a crashed run of this same process id.
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask cannot widen 0600, but make the mode exact regardless.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename durable; a directory that cannot be opened is not an error.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    })
 }

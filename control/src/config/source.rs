@@ -14,7 +14,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use toml_edit::{ImDocument, Item, Table, Value};
 
-use super::error::{ConfigError, Location};
+use super::error::{ConfigProblem, Location};
 
 /// One step of a key path: a table key or an array index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,10 +109,10 @@ impl Problems {
     }
 
     /// The problems as errors without a file: `service[1].port: message`.
-    pub(crate) fn unlocated(self) -> Vec<ConfigError> {
+    pub(crate) fn unlocated(self) -> Vec<ConfigProblem> {
         self.0
             .into_iter()
-            .map(|p| ConfigError::InDocument {
+            .map(|p| ConfigProblem::InDocument {
                 key: p.path.to_string(),
                 message: p.message,
             })
@@ -149,7 +149,7 @@ impl<'a> Source<'a> {
     }
 
     /// Deserializes the text, or one located error saying why not.
-    pub(crate) fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+    pub(crate) fn deserialize<T: DeserializeOwned>(&self) -> Result<T, ConfigProblem> {
         toml::from_str(self.text).map_err(|e| self.translate(&e))
     }
 
@@ -189,11 +189,11 @@ impl<'a> Source<'a> {
     }
 
     /// Located errors for problems found by a validator.
-    pub(crate) fn located(&self, problems: Problems) -> Vec<ConfigError> {
+    pub(crate) fn located(&self, problems: Problems) -> Vec<ConfigProblem> {
         problems
             .0
             .into_iter()
-            .map(|p| ConfigError::At {
+            .map(|p| ConfigProblem::At {
                 location: self.locate(&p.path),
                 message: p.message,
             })
@@ -201,12 +201,12 @@ impl<'a> Source<'a> {
     }
 
     /// A serde/toml error in an operator's words, at its place.
-    fn translate(&self, e: &toml::de::Error) -> ConfigError {
+    fn translate(&self, e: &toml::de::Error) -> ConfigProblem {
         let span = e.span();
         let start = span.as_ref().map_or(0, |s| s.start);
         let message = e.message().trim().replace('\n', "; ");
         let message = self.reword(&message, span.as_ref());
-        ConfigError::At {
+        ConfigProblem::At {
             location: self.location_of(start),
             message,
         }

@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use dynia_proxy::HostPattern;
+
 use super::cluster::{hsts_header, ClusterDoc, Health, Service, Transport};
 use super::duration::{divides, Duration};
 use super::node::{Driver, NodeFile, PrivateIp};
@@ -16,6 +18,9 @@ use super::source::{kp, KeyPath, Problems};
 
 /// Most worker threads accepted; more is a typo, not a machine.
 const MAX_WORKER_THREADS: u32 = 1024;
+/// Members of one cluster: one VRRP-style election, every node probing
+/// every member.
+pub const MAX_MEMBERS: usize = 32;
 /// hyper's smallest accepted header buffer.
 const MIN_HEADER_BYTES: u64 = 8192;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
@@ -294,6 +299,15 @@ pub(crate) fn cluster_doc(d: &ClusterDoc) -> Problems {
         p.push(
             kp!["member"],
             "the cluster has no [[member]]; every cluster has at least the node that runs `dynia init`",
+        );
+    }
+    if d.members.len() > MAX_MEMBERS {
+        p.push(
+            kp!["member", MAX_MEMBERS, "id"],
+            format!(
+                "the cluster has {} members; at most {MAX_MEMBERS} are supported (one election, every node checks every member): remove this one and those after it",
+                d.members.len()
+            ),
         );
     }
     let mut ids: HashMap<&str, usize> = HashMap::new();
@@ -635,42 +649,30 @@ fn is_http_url(url: &str) -> bool {
     }
 }
 
-/// A host pattern: an exact lowercase DNS name, `*.suffix`, or `*`.
-fn host_pattern(h: &str) -> Result<(), String> {
-    if h == "*" {
-        return Ok(());
+/// A host pattern: parsed by the proxy's [`HostPattern`] (the one parser),
+/// and written in its canonical form (lowercase, no spaces); the error
+/// says what is wrong with it.
+fn host_pattern(h: &str) -> Result<HostPattern, String> {
+    if let Some(parsed) = HostPattern::parse(h).filter(|p| p.to_string() == h) {
+        return Ok(parsed);
     }
     let (name, wildcard) = match h.strip_prefix("*.") {
         Some(suffix) => (suffix, true),
         None => (h, false),
     };
     let why = if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some("use lowercase")
+        "use lowercase"
     } else if name.contains('*') {
-        Some("'*' may only stand alone or start the pattern as \"*.\"")
+        "'*' may only stand alone or start the pattern as \"*.\""
     } else if name.contains(':') {
-        Some("a host pattern has no port; the listener decides the port")
-    } else if name.len() > 253 || !name.split('.').all(is_dns_label) {
-        Some("it is not a DNS name")
+        "a host pattern has no port; the listener decides the port"
     } else {
-        None
+        "it is not a DNS name"
     };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(format!(
-            "host pattern {h:?} is invalid: {why}; write an exact name (\"app.example.com\"), {} or \"*\"",
-            if wildcard { "a \"*.suffix\" with a valid suffix" } else { "\"*.suffix\"" }
-        )),
-    }
-}
-
-fn is_dns_label(label: &str) -> bool {
-    (1..=63).contains(&label.len())
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    Err(format!(
+        "host pattern {h:?} is invalid: {why}; write an exact name (\"app.example.com\"), {} or \"*\"",
+        if wildcard { "a \"*.suffix\" with a valid suffix" } else { "\"*.suffix\"" }
+    ))
 }
 
 #[cfg(test)]

@@ -1,23 +1,16 @@
-//! The `dynia` subcommands. Each returns the process exit status and prints
-//! what a person needs: the result, or what went wrong and what to do next.
+//! The `dynia` subcommands other than the cluster-wide changes (those are
+//! `dynia_control::ops`, printed by `print.rs`). Each returns the process exit
+//! status and prints what a person needs: the result, or what went wrong and
+//! what to do next.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
-use crate::client::{AdminClient, ClientError};
-use crate::config::{self, ConfigErrors};
+use dynia_control::client::{AdminClient, ClientError};
+use dynia_control::config::{self, ConfigErrors};
 
-/// Exit status for success.
-pub const OK: u8 = 0;
-/// Exit status for a refusal or failure.
-pub const FAILED: u8 = 1;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime always builds")
-}
+pub use crate::exit::{FAILED, OK};
+use crate::runtime;
 
 fn print_config_errors(errors: &ConfigErrors) {
     for e in errors.errors() {
@@ -27,9 +20,9 @@ fn print_config_errors(errors: &ConfigErrors) {
 
 /// `dynia run`.
 pub fn run(node_path: &Path) -> u8 {
-    match crate::daemon::run(node_path) {
+    match dynia_control::process::run(node_path) {
         Ok(()) => OK,
-        Err(crate::daemon::DaemonError::Config(errors)) => {
+        Err(dynia_control::daemon::DaemonError::Config(errors)) => {
             print_config_errors(&errors);
             eprintln!(
                 "dynia: not started; fix the configuration above, then `dynia check -c {}`",
@@ -46,7 +39,7 @@ pub fn run(node_path: &Path) -> u8 {
 
 /// `dynia check`.
 pub fn check(node_path: &Path) -> u8 {
-    match crate::daemon::load(node_path) {
+    match dynia_control::loaded::load(node_path) {
         Ok(l) => {
             println!(
                 "ok: node {} in cluster {} (generation {}, {} members, {} services, config hash {})",
@@ -116,7 +109,7 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// `/status.json`, read at once (bounded); unreachable members and drift
 /// are marked.
 pub fn status(node_path: &Path, json: bool) -> u8 {
-    let ctx = match crate::ops::Ctx::load(node_path) {
+    let ctx = match dynia_control::ops::Ctx::load(node_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("dynia: {e}");
@@ -148,7 +141,7 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
                 ))
             })
             .collect();
-        Ok::<_, ClientError>(crate::status::gather(local, peers).await)
+        Ok::<_, ClientError>(dynia_control::status::gather(local, peers).await)
     });
     let v = match view {
         Ok(v) => v,
@@ -230,7 +223,7 @@ fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);
-    crate::status::hex(&b)
+    dynia_control::status::hex(&b)
 }
 
 /// `dynia init`: the node file at `node_path`, its secrets beside it (admin
@@ -256,7 +249,7 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
         .to_path_buf();
     let id = match a.id {
         Some(id) => id,
-        None => crate::names::generate(&[]).unwrap_or_else(|| "misty-owl".into()),
+        None => dynia_control::names::generate(&[]).unwrap_or_else(|| "misty-owl".into()),
     };
     let token_path = dir.join("admin.token");
     let key_path = dir.join("cluster.key");
@@ -309,9 +302,9 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
             .map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
         config::write_secret(&token_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
         config::write_secret(&key_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
-        crate::store::atomic_write(node_path, node_text.as_bytes())
+        dynia_control::store::atomic_write(node_path, node_text.as_bytes())
             .map_err(|e| format!("{}: {e}", node_path.display()))?;
-        crate::store::atomic_write(&doc_path, doc.to_toml().as_bytes())
+        dynia_control::store::atomic_write(&doc_path, doc.to_toml().as_bytes())
             .map_err(|e| format!("{}: {e}", doc_path.display()))?;
         Ok(())
     })();
@@ -372,7 +365,7 @@ pub fn demo(keep: bool) -> u8 {
             return FAILED;
         }
     };
-    match rt.block_on(crate::demo::run(keep)) {
+    match rt.block_on(dynia_control::demo::run(keep)) {
         Ok(()) => OK,
         Err(e) => {
             eprintln!("{e}");
