@@ -9,7 +9,6 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod election;
 pub mod logging;
 pub mod names;

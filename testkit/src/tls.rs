@@ -3,7 +3,6 @@
 //! hand out, HTTPS clients (HTTP/1.1 and HTTP/2) that report the certificate
 //! and ALPN they got, and bounded runs of the real `curl` and `openssl`
 //! binaries. Every address is on 127.0.0.0/8.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

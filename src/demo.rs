@@ -7,20 +7,19 @@
 //! robin over every member from there, then SIGKILLs the master and shows a
 //! backup take the Reserved IP over and serve. Everything it starts is
 //! stopped at the end (and on error, by `Drop`); the temporary directory is
-//! removed. Every wait is bounded.
+//! removed. Every wait is bounded. Also `dynia upstream`, the demo app alone.
+//! The simulator and the app come from `dynia-testkit` (docs/testing.md),
+//! which only this binary, never a library crate, links.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-
-use dynia_proxy::demo::DemoUpstream;
-use dynia_vrrp::dosim::DoSim;
+use anyhow::{anyhow, Context, Result};
+use dynia_testkit::dosim::DoSim;
+use dynia_testkit::eventually_async;
+use dynia_testkit::upstream::DemoUpstream;
 
 const NODES: [(&str, &str, u64); 3] = [
     ("amber-fox", "127.0.0.2", 3164441),
@@ -30,17 +29,67 @@ const NODES: [(&str, &str, u64); 3] = [
 const RESERVED_IP: &str = "203.0.113.10";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Why the demo could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    #[error("demo: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("demo: {0}")]
-    Step(String),
+/// `dynia demo [--keep]`: the walkthrough on a runtime of its own; what went
+/// wrong goes to stderr as `demo: …`. The exit status: 0, or 1 on failure.
+pub fn demo(keep: bool) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynia demo: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(run(keep)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("demo: {e:#}");
+            1
+        }
+    }
 }
 
-fn step(s: impl Into<String>) -> DemoError {
-    DemoError::Step(s.into())
+/// `dynia upstream`: a demo application server until SIGTERM/SIGINT; exit
+/// status 0, or 1 when it cannot listen.
+pub fn upstream(listen: SocketAddr, id: &str) -> u8 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dynia upstream: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(serve_upstream(listen, id)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("dynia upstream: {e:#}");
+            1
+        }
+    }
+}
+
+async fn serve_upstream(listen: SocketAddr, id: &str) -> Result<()> {
+    let up = DemoUpstream::start(listen, id)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(id, addr = %up.addr, "demo upstream listening");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    up.kill();
+    Ok(())
+}
+
+fn step(s: impl Into<String>) -> anyhow::Error {
+    anyhow!(s.into())
 }
 
 /// Child processes and the directory, cleaned up whatever happens.
@@ -64,7 +113,7 @@ fn free_tcp(ip: &str) -> std::io::Result<u16> {
 }
 
 /// (app, proxy, admin, election) ports free on every node address.
-fn ports() -> Result<[u16; 4], DemoError> {
+fn ports() -> Result<[u16; 4]> {
     for _ in 0..50 {
         let mut p = [0u16; 4];
         for (i, slot) in p.iter_mut().enumerate() {
@@ -96,17 +145,12 @@ fn random_hex(n: usize) -> String {
         .collect()
 }
 
-fn write_secret(path: &Path, value: &str) -> Result<(), DemoError> {
-    crate::config::write_secret(path, value.as_bytes()).map_err(|e| step(e.to_string()))
+fn write_secret(path: &Path, value: &str) -> Result<()> {
+    dynia_control::config::write_secret(path, value.as_bytes()).map_err(|e| step(e.to_string()))
 }
 
 /// Writes the three nodes' files; returns each node's node-file path.
-fn write_files(
-    dir: &Path,
-    p: [u16; 4],
-    api: &str,
-    do_token: &str,
-) -> Result<Vec<PathBuf>, DemoError> {
+fn write_files(dir: &Path, p: [u16; 4], api: &str, do_token: &str) -> Result<Vec<PathBuf>> {
     let key = random_hex(64);
     let mut cluster = String::from(
         "# written by `dynia demo`\ngeneration = 1\ncluster = \"demo\"\n\n[election]\nadvert_interval = \"100ms\"\n\n",
@@ -150,46 +194,27 @@ fn write_files(
     Ok(files)
 }
 
+/// `GET path` with `Host: demo.local` on a new connection, bounded: status
+/// and trimmed body.
 async fn fetch(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (mut tx, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, "demo.local")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).trim().to_string()))
+    let a = tokio::time::timeout(
+        Duration::from_secs(7),
+        dynia_testkit::web::get(addr, "demo.local", path),
+    )
+    .await
+    .map_err(|_| "timed out".to_string())??;
+    Ok((a.status, a.body.trim().to_string()))
 }
 
-async fn wait_for<F, Fut>(what: &str, mut cond: F) -> Result<Duration, DemoError>
+/// Waits (bounded by `WAIT`) until `cond` holds; how long it took.
+async fn wait_for<F, Fut>(what: &str, cond: F) -> Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while start.elapsed() < WAIT {
-        if cond().await {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(step(format!("{what} did not happen within {WAIT:?}")))
+    eventually_async(WAIT, cond)
+        .await
+        .map_err(|_| step(format!("{what} did not happen within {WAIT:?}")))
 }
 
 async fn status_field(admin: SocketAddr, field: &str) -> Option<serde_json::Value> {
@@ -208,7 +233,7 @@ fn holder(sim: &DoSim, ip: IpAddr) -> Option<usize> {
     NODES.iter().position(|n| n.2 == d)
 }
 
-async fn requests_via(proxy: SocketAddr, n: usize) -> Result<String, DemoError> {
+async fn requests_via(proxy: SocketAddr, n: usize) -> Result<String> {
     let mut who = Vec::new();
     for _ in 0..n {
         let (status, body) = fetch(proxy, "/").await.map_err(step)?;
@@ -218,7 +243,7 @@ async fn requests_via(proxy: SocketAddr, n: usize) -> Result<String, DemoError> 
 }
 
 /// Runs the demo; with `keep`, serves until Ctrl-C after the walkthrough.
-pub async fn run(keep: bool) -> Result<(), DemoError> {
+pub async fn run(keep: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("dynia-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -1,11 +1,9 @@
-//! Test support: a small real HTTP client, hand-written members for the
-//! failures a real server library would not produce, and bounded waiting for
-//! events.
-#![allow(dead_code)]
+//! HTTP test support: a small real HTTP/1.1 client, and hand-written members
+//! for the failures a real server library would not produce (resets, raw
+//! answers). Members and clients only on 127.0.0.0/8.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -101,25 +99,6 @@ impl Client {
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
     let mut c = Client::connect(addr).await.map_err(|e| e.to_string())?;
     c.get(host, path).await
-}
-
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// One request as a hand-written member reads it.

@@ -1,11 +1,7 @@
-//! Test support for whole-daemon tests: a node as a real `dynia run`
-//! process on its own files, demo members on 127.0.0.x, a small HTTP client,
-//! and bounded waiting for events.
-#![allow(dead_code)]
-
-pub mod netns;
-#[path = "../../proxy/tests/support/mod.rs"]
-pub mod web;
+//! Whole-daemon test fixtures: a node as a real `dynia run` process on its
+//! own files (node file, cluster document, secrets), loopback clusters on
+//! 127.0.0.x, `/status.json` and `/metrics` readers and admin calls.
+//! The binary is found next to the test executable (see [`bin`]).
 
 use std::fs;
 use std::io::Write;
@@ -13,12 +9,36 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-pub use web::{get, wait_until, Client};
+use crate::web::get;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_dynia");
+/// The `dynia` binary under test: `$DYNIA_BIN` if set, else `dynia` in the
+/// cargo target directory of the running test (`target/debug/deps/t-…` →
+/// `target/debug/dynia`), which `cargo test` builds before the package's
+/// integration tests run.
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("DYNIA_BIN") {
+            return p.to_string_lossy().into_owned();
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut dir = exe.parent().expect("test executable has a directory");
+        if dir.ends_with("deps") {
+            dir = dir.parent().expect("target profile directory");
+        }
+        let p = dir.join("dynia");
+        assert!(
+            p.exists(),
+            "no dynia binary at {} (build it, or set DYNIA_BIN)",
+            p.display()
+        );
+        p.to_string_lossy().into_owned()
+    })
+}
+
 pub const HOST: &str = "app.example.com";
 pub const TOKEN: &str = "test-admin-token-5e1f";
 
@@ -185,7 +205,7 @@ impl NodeFiles {
 
     /// Runs `dynia ARGS -c node_file` to completion.
     pub fn dynia(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .args(args)
             .arg("-c")
             .arg(&self.node_file)
@@ -209,7 +229,7 @@ impl Daemon {
 
     pub async fn start_with_env(files: &NodeFiles, env: &[(&str, &str)]) -> Daemon {
         let log = files.dir.0.join("daemon.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("-c")
             .arg(&files.node_file)
@@ -434,7 +454,7 @@ pub async fn dynia_async(node_file: &Path, args: &[&str]) -> Output {
     let node_file = node_file.to_path_buf();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        Command::new(bin())
             .args(&args)
             .arg("-c")
             .arg(&node_file)
