@@ -390,13 +390,19 @@ pub async fn run(keep: bool) -> Result<()> {
     let start = Instant::now();
     for c in cleanup.children.iter_mut() {
         let Some(child) = c else { continue };
-        while start.elapsed() < WAIT {
-            if child.try_wait()?.is_some() {
-                // Exited by itself; a child still running is killed by `Cleanup`.
-                *c = None;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let left = WAIT.saturating_sub(start.elapsed());
+        let mut failed = None;
+        let exited = eventually_async(left, || {
+            let done = child.try_wait().map_err(|e| failed = Some(e));
+            async move { !matches!(done, Ok(None)) }
+        })
+        .await;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        if exited.is_ok() {
+            // Exited by itself; a child still running is killed by `Cleanup`.
+            *c = None;
         }
     }
     for a in &apps {

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::eventually_async;
 use crate::web::get;
 
 /// The `dynia` binary under test: `$DYNIA_BIN` if set, else `dynia` in the
@@ -243,21 +244,14 @@ impl Daemon {
         let child = cmd.spawn().unwrap();
         let mut d = Daemon { child, log };
         let admin = files.admin_addr;
-        let start = Instant::now();
-        loop {
+        let ready = eventually_async(Duration::from_secs(20), || {
             if let Some(status) = d.child.try_wait().unwrap() {
                 panic!("dynia run exited with {status}:\n{}", d.log_text());
             }
-            if get(admin, "localhost", "/status.json").await.is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "daemon not ready:\n{}",
-                d.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move { get(admin, "localhost", "/status.json").await.is_ok() }
+        })
+        .await;
+        assert!(ready.is_ok(), "daemon not ready:\n{}", d.log_text());
         d
     }
 
@@ -277,17 +271,15 @@ impl Daemon {
 
     /// Waits for the process to exit (bounded) and returns its exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "daemon did not exit within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut code = None;
+        let exited = eventually_async(limit, || {
+            let status = self.child.try_wait().unwrap();
+            code = status.and_then(|s| s.code());
+            async move { status.is_some() }
+        })
+        .await;
+        assert!(exited.is_ok(), "daemon did not exit within {limit:?}");
+        code
     }
 
     /// A value from /proc/PID/status, in kB (VmRSS, VmHWM).
