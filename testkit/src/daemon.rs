@@ -107,6 +107,12 @@ pub fn write_secret(path: &Path, bytes: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// `admin.token` ([`TOKEN`]) and `cluster.key` (a fixed test key) in `dir`.
+pub fn write_node_secrets(dir: &Path) {
+    write_secret(&dir.join("admin.token"), TOKEN);
+    write_secret(&dir.join("cluster.key"), "0123456789abcdef0123456789abcdef");
+}
+
 /// A member of the cluster document: id, private IP, state.
 #[derive(Clone)]
 pub struct MemberSpec {
@@ -170,11 +176,7 @@ impl NodeFiles {
         let ports = free_ports("127.0.0.1", 2);
         let proxy_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-        write_secret(&dir.0.join("admin.token"), TOKEN);
-        write_secret(
-            &dir.0.join("cluster.key"),
-            "0123456789abcdef0123456789abcdef",
-        );
+        write_node_secrets(&dir.0);
         let node_file = dir.0.join("dynia.toml");
         let text = format!(
             "[node]\nid = \"{id}\"\nprivate_ip = \"auto\"\nstate_dir = \"{dir}\"\nworker_threads = 2\n\n\
@@ -349,11 +351,7 @@ pub fn cluster_node(
     let dir = TempDir::new(tag);
     let proxy_addr: SocketAddr = format!("{ip}:{proxy_port}").parse().unwrap();
     let admin_addr: SocketAddr = format!("{ip}:{admin_port}").parse().unwrap();
-    write_secret(&dir.0.join("admin.token"), TOKEN);
-    write_secret(
-        &dir.0.join("cluster.key"),
-        "0123456789abcdef0123456789abcdef",
-    );
+    write_node_secrets(&dir.0);
     let node_file = dir.0.join("dynia.toml");
     let text = format!(
         "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\

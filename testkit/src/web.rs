@@ -79,20 +79,28 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, headers, body) = read_response(resp).await?;
         Ok(Answer {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         })
     }
+}
+
+/// Status, headers and the whole body (as text) of an answer.
+pub async fn read_response(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A GET on a new connection.
