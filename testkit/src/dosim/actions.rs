@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::api::{api_error, json_response};
 use super::clock::rfc3339;
-use super::state::{Action, ActionKind, ActionStatus};
+use super::state::{Action, ActionKind, ActionStatus, ReservedIp};
 use super::{SameDropletAssign, World, SIM_REGION};
 
 pub(super) fn route(
@@ -111,59 +111,43 @@ fn post_action(
     let Some(rip) = w.ips.get(&ip).cloned() else {
         return not_found();
     };
-    let kind = match ty.as_str() {
-        "assign" => {
-            let Some(d) = droplet else {
-                return api_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprocessable_entity",
-                    "droplet_id is required for assign.",
-                );
-            };
-            if !w.droplets.contains_key(&d) {
-                return api_error(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "unprocessable_entity",
-                    "Droplet could not be found.",
-                );
-            }
-            ActionKind::Assign(d)
+    let kind = match (ty.as_str(), droplet) {
+        ("assign", None) => return unprocessable("droplet_id is required for assign."),
+        ("assign", Some(d)) if !w.droplets.contains_key(&d) => {
+            return unprocessable("Droplet could not be found.")
         }
-        "unassign" => ActionKind::Unassign,
-        _ => {
-            return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "type must be one of: assign, unassign.",
-            );
-        }
+        ("assign", Some(d)) => ActionKind::Assign(d),
+        ("unassign", _) => ActionKind::Unassign,
+        _ => return unprocessable("type must be one of: assign, unassign."),
     };
+    if let Some(why) = refusal(w, &rip, kind) {
+        return unprocessable(why);
+    }
+    let body = start_action(w, ip, kind, force_error);
+    json_response(StatusCode::CREATED, &body)
+}
+
+/// Why the API refuses `kind` on `rip` as it is now, if it does.
+fn refusal(w: &World, rip: &ReservedIp, kind: ActionKind) -> Option<&'static str> {
     if rip.pending.is_some() {
-        return api_error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unprocessable_entity",
-            "The reserved IP already has a pending event.",
-        );
+        return Some("The reserved IP already has a pending event.");
     }
     match kind {
         ActionKind::Assign(d)
             if rip.holder == Some(d) && w.same_droplet == SameDropletAssign::Unprocessable =>
         {
-            return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "The reserved IP is already assigned to this droplet.",
-            );
+            Some("The reserved IP is already assigned to this droplet.")
         }
         ActionKind::Unassign if rip.holder.is_none() => {
-            return api_error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unprocessable_entity",
-                "The reserved IP is not assigned to a droplet.",
-            );
+            Some("The reserved IP is not assigned to a droplet.")
         }
-        _ => {}
+        _ => None,
     }
+}
+
+/// A new in-progress action on `ip`, which locks it until it completes;
+/// the action's JSON.
+fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -> Value {
     let id = w.next_action;
     w.next_action += 1;
     let a = Action {
@@ -171,7 +155,7 @@ fn post_action(
         ip,
         kind,
         status: ActionStatus::InProgress,
-        will_error: force_error,
+        will_error,
         started_at: SystemTime::now(),
         done_at: Instant::now() + w.action_delay,
         completed_at: None,
@@ -181,7 +165,15 @@ fn post_action(
     if let Some(r) = w.ips.get_mut(&ip) {
         r.pending = Some(id);
     }
-    json_response(StatusCode::CREATED, &body)
+    body
+}
+
+fn unprocessable(message: &str) -> Response<Full<Bytes>> {
+    api_error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unprocessable_entity",
+        message,
+    )
 }
 
 fn not_found() -> Response<Full<Bytes>> {
