@@ -227,6 +227,15 @@ async fn status_field(admin: SocketAddr, field: &str) -> Option<serde_json::Valu
         .map(|v| v[field].clone())
 }
 
+/// Whether `pred` holds for the members of the first service per the
+/// `/status.json` at `admin` (false when it cannot be read).
+async fn members_are(admin: SocketAddr, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+    status_field(admin, "services")
+        .await
+        .and_then(|s| s[0]["members"].as_array().map(|m| pred(m)))
+        .unwrap_or(false)
+}
+
 /// The node whose droplet holds the Reserved IP, per the (simulated) API.
 fn holder(sim: &DoSim, ip: IpAddr) -> Option<usize> {
     let d = sim.holder(ip)?;
@@ -244,172 +253,214 @@ async fn requests_via(proxy: SocketAddr, n: usize) -> Result<String> {
 
 /// Runs the demo; with `keep`, serves until Ctrl-C after the walkthrough.
 pub async fn run(keep: bool) -> Result<()> {
-    let exe = std::env::current_exe()?;
     let dir = std::env::temp_dir().join(format!("dynia-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut cleanup = Cleanup {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
-    let p = ports()?;
-    let do_token = format!("demo-{}", random_hex(24));
-    let sim = DoSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), &do_token).await?;
-    let vip: IpAddr = RESERVED_IP.parse().expect("literal");
-    for (_, ip, droplet) in NODES {
-        sim.add_droplet(droplet, ip.parse().expect("literal"));
-    }
-    sim.add_reserved_ip(vip, None);
-    sim.set_action_delay(Duration::from_millis(150));
-    let mut apps = Vec::new();
-    for (id, ip, _) in NODES {
-        apps.push(
-            DemoUpstream::start(SocketAddr::new(ip.parse().expect("literal"), p[0]), id).await?,
-        );
-    }
-    let files = write_files(&dir, p, &sim.url(), &do_token)?;
-    println!("dynia demo: a three-node cluster on loopback");
-    for (i, (id, ip, droplet)) in NODES.iter().enumerate() {
-        let child = Command::new(&exe)
-            .arg("run")
-            .arg("-c")
-            .arg(&files[i])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join(format!("{id}.log")))?)
-            .spawn()?;
-        cleanup.children.push(Some(child));
-        println!(
-            "  {id:<10} private IP {ip}  proxy :{}  admin http://{ip}:{}/status  droplet {droplet}  priority {}",
-            p[1],
-            p[2],
-            150 - 10 * i
-        );
-    }
-    let proxy = |i: usize| SocketAddr::new(NODES[i].1.parse().expect("literal"), p[1]);
-    let admin = |i: usize| SocketAddr::new(NODES[i].1.parse().expect("literal"), p[2]);
-    for i in 0..NODES.len() {
-        wait_for("every node to start", || async move {
-            status_field(admin(i), "role").await.is_some()
-        })
-        .await?;
-    }
-    println!(
-        "  Reserved IP {RESERVED_IP}: held by the simulated DigitalOcean API at {}",
-        sim.url()
-    );
-
-    let first = wait_for("a master to hold the Reserved IP", || async {
-        holder(&sim, vip).is_some()
-    })
-    .await?;
-    let m = holder(&sim, vip).ok_or_else(|| step("no holder"))?;
-    println!(
-        "\n1. the election made {} master; it assigned the Reserved IP to its droplet ({} ms after start)",
-        NODES[m].0,
-        first.as_millis()
-    );
-    for i in 0..NODES.len() {
-        let a = admin(i);
-        wait_for("every member to be healthy", || async move {
-            status_field(a, "services")
-                .await
-                .and_then(|s| {
-                    s[0]["members"]
-                        .as_array()
-                        .map(|m| m.iter().all(|x| x["health"] == "up"))
-                })
-                .unwrap_or(false)
-        })
-        .await?;
-    }
-    println!(
-        "\n2. requests to the Reserved IP reach {}, which balances over every member:",
-        NODES[m].0
-    );
-    println!("  {}", requests_via(proxy(m), 6).await?);
-
-    println!("\n3. SIGKILL {} (its app dies with it) ...", NODES[m].0);
-    let killed = Instant::now();
-    if let Some(c) = cleanup.children[m].as_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    cleanup.children[m] = None;
-    apps[m].kill();
-    wait_for("another node to take the Reserved IP", || async {
-        holder(&sim, vip).is_some_and(|h| h != m)
-    })
-    .await?;
-    let n = holder(&sim, vip).ok_or_else(|| step("no holder"))?;
-    let serving = wait_for("the new master to serve", || async {
-        fetch(proxy(n), "/").await.is_ok_and(|(s, _)| s == 200)
-    })
-    .await;
-    serving?;
-    println!(
-        "   {} became master and the Reserved IP points at it: serving {} ms after the kill",
-        NODES[n].0,
-        killed.elapsed().as_millis()
-    );
-    let down = NODES[m].0;
-    wait_for("the dead member to be marked DOWN", || async {
-        status_field(admin(n), "services")
-            .await
-            .and_then(|s| {
-                s[0]["members"]
-                    .as_array()
-                    .map(|ms| ms.iter().any(|x| x["id"] == down && x["health"] == "down"))
-            })
-            .unwrap_or(false)
-    })
-    .await?;
-    println!("   its member is DOWN in every pool; requests go to the two that remain:");
-    println!("  {}", requests_via(proxy(n), 6).await?);
-    let assigns = sim
-        .api_calls()
-        .iter()
-        .filter(|c| c.is_action_post() && c.status < 300)
-        .count();
-    println!(
-        "   assign calls to the API so far: {assigns} (one per mastership change, no ping-pong)"
-    );
-
+    let mut c = Cluster::start(&dir).await?;
+    let m = c.first_master().await?;
+    let n = c.failover(m).await?;
     if keep {
         println!(
             "\nserving until Ctrl-C: curl http://{}/ ; open http://{}/status",
-            proxy(n),
-            admin(n)
+            c.proxy(n),
+            c.admin(n)
         );
         let _ = tokio::signal::ctrl_c().await;
     }
-    println!("\nstopping the cluster (SIGTERM: resign, finish requests, exit) ...");
-    for c in cleanup.children.iter_mut().flatten() {
-        unsafe_sigterm(c);
-    }
-    let start = Instant::now();
-    for c in cleanup.children.iter_mut() {
-        let Some(child) = c else { continue };
-        let left = WAIT.saturating_sub(start.elapsed());
-        let mut failed = None;
-        let exited = eventually_async(left, || {
-            let done = child.try_wait().map_err(|e| failed = Some(e));
-            async move { !matches!(done, Ok(None)) }
-        })
-        .await;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        if exited.is_ok() {
-            // Exited by itself; a child still running is killed by `Cleanup`.
-            *c = None;
-        }
-    }
-    for a in &apps {
-        a.kill();
-    }
+    c.stop().await?;
     println!("demo done (logs were in {}; removed).", dir.display());
     Ok(())
+}
+
+/// The running demo: the node processes (and the directory), the apps and
+/// the simulated API; dropping it stops everything.
+struct Cluster {
+    apps: Vec<DemoUpstream>,
+    sim: DoSim,
+    vip: IpAddr,
+    /// (app, proxy, admin, election) ports, the same on every node.
+    ports: [u16; 4],
+    cleanup: Cleanup,
+}
+
+impl Cluster {
+    fn proxy(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(NODES[i].1.parse().expect("literal"), self.ports[1])
+    }
+
+    fn admin(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(NODES[i].1.parse().expect("literal"), self.ports[2])
+    }
+
+    /// The simulator, the three apps and the three `dynia run` processes in
+    /// `dir`, until every node answers.
+    async fn start(dir: &Path) -> Result<Cluster> {
+        let exe = std::env::current_exe()?;
+        let mut cleanup = Cleanup {
+            dir: dir.to_path_buf(),
+            children: Vec::new(),
+        };
+        let p = ports()?;
+        let do_token = format!("demo-{}", random_hex(24));
+        let sim = DoSim::start(SocketAddr::from(([127, 0, 0, 1], 0)), &do_token).await?;
+        let vip: IpAddr = RESERVED_IP.parse().expect("literal");
+        for (_, ip, droplet) in NODES {
+            sim.add_droplet(droplet, ip.parse().expect("literal"));
+        }
+        sim.add_reserved_ip(vip, None);
+        sim.set_action_delay(Duration::from_millis(150));
+        let mut apps = Vec::new();
+        for (id, ip, _) in NODES {
+            let app = SocketAddr::new(ip.parse().expect("literal"), p[0]);
+            apps.push(DemoUpstream::start(app, id).await?);
+        }
+        let files = write_files(dir, p, &sim.url(), &do_token)?;
+        println!("dynia demo: a three-node cluster on loopback");
+        for (i, (id, ip, droplet)) in NODES.iter().enumerate() {
+            let child = Command::new(&exe)
+                .arg("run")
+                .arg("-c")
+                .arg(&files[i])
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{id}.log")))?)
+                .spawn()?;
+            cleanup.children.push(Some(child));
+            println!(
+                "  {id:<10} private IP {ip}  proxy :{}  admin http://{ip}:{}/status  droplet {droplet}  priority {}",
+                p[1],
+                p[2],
+                150 - 10 * i
+            );
+        }
+        let c = Cluster {
+            apps,
+            sim,
+            vip,
+            ports: p,
+            cleanup,
+        };
+        for i in 0..NODES.len() {
+            let a = c.admin(i);
+            wait_for("every node to start", || async move {
+                status_field(a, "role").await.is_some()
+            })
+            .await?;
+        }
+        println!(
+            "  Reserved IP {RESERVED_IP}: held by the simulated DigitalOcean API at {}",
+            c.sim.url()
+        );
+        Ok(c)
+    }
+
+    /// Steps 1 and 2: the first master takes the Reserved IP and balances
+    /// over every member. Returns the master.
+    async fn first_master(&self) -> Result<usize> {
+        let (sim, vip) = (&self.sim, self.vip);
+        let first = wait_for("a master to hold the Reserved IP", || async move {
+            holder(sim, vip).is_some()
+        })
+        .await?;
+        let m = holder(sim, vip).ok_or_else(|| step("no holder"))?;
+        println!(
+            "\n1. the election made {} master; it assigned the Reserved IP to its droplet ({} ms after start)",
+            NODES[m].0,
+            first.as_millis()
+        );
+        for i in 0..NODES.len() {
+            let a = self.admin(i);
+            wait_for("every member to be healthy", || async move {
+                members_are(a, |ms| ms.iter().all(|x| x["health"] == "up")).await
+            })
+            .await?;
+        }
+        println!(
+            "\n2. requests to the Reserved IP reach {}, which balances over every member:",
+            NODES[m].0
+        );
+        println!("  {}", requests_via(self.proxy(m), 6).await?);
+        Ok(m)
+    }
+
+    /// Step 3: SIGKILL of master `m`; a backup takes the Reserved IP over
+    /// and serves, and `m`'s member goes DOWN. Returns the new master.
+    async fn failover(&mut self, m: usize) -> Result<usize> {
+        println!("\n3. SIGKILL {} (its app dies with it) ...", NODES[m].0);
+        let killed = Instant::now();
+        if let Some(c) = self.cleanup.children[m].as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.cleanup.children[m] = None;
+        self.apps[m].kill();
+        let (sim, vip) = (&self.sim, self.vip);
+        wait_for("another node to take the Reserved IP", || async move {
+            holder(sim, vip).is_some_and(|h| h != m)
+        })
+        .await?;
+        let n = holder(sim, vip).ok_or_else(|| step("no holder"))?;
+        let proxy = self.proxy(n);
+        wait_for("the new master to serve", || async move {
+            fetch(proxy, "/").await.is_ok_and(|(s, _)| s == 200)
+        })
+        .await?;
+        println!(
+            "   {} became master and the Reserved IP points at it: serving {} ms after the kill",
+            NODES[n].0,
+            killed.elapsed().as_millis()
+        );
+        let (down, admin) = (NODES[m].0, self.admin(n));
+        wait_for("the dead member to be marked DOWN", || async move {
+            members_are(admin, |ms| {
+                ms.iter().any(|x| x["id"] == down && x["health"] == "down")
+            })
+            .await
+        })
+        .await?;
+        println!("   its member is DOWN in every pool; requests go to the two that remain:");
+        println!("  {}", requests_via(proxy, 6).await?);
+        let assigns = sim
+            .api_calls()
+            .iter()
+            .filter(|c| c.is_action_post() && c.status < 300)
+            .count();
+        println!(
+            "   assign calls to the API so far: {assigns} (one per mastership change, no ping-pong)"
+        );
+        Ok(n)
+    }
+
+    /// SIGTERM to every node, then (bounded) until each has exited; one
+    /// still running is SIGKILLed by `Cleanup`. Then the apps stop.
+    async fn stop(&mut self) -> Result<()> {
+        println!("\nstopping the cluster (SIGTERM: resign, finish requests, exit) ...");
+        for c in self.cleanup.children.iter_mut().flatten() {
+            unsafe_sigterm(c);
+        }
+        let start = Instant::now();
+        for c in self.cleanup.children.iter_mut() {
+            let Some(child) = c else { continue };
+            let left = WAIT.saturating_sub(start.elapsed());
+            let mut failed = None;
+            let exited = eventually_async(left, || {
+                let done = child.try_wait().map_err(|e| failed = Some(e));
+                async move { !matches!(done, Ok(None)) }
+            })
+            .await;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            if exited.is_ok() {
+                // Exited by itself.
+                *c = None;
+            }
+        }
+        for a in &self.apps {
+            a.kill();
+        }
+        Ok(())
+    }
 }
 
 fn unsafe_sigterm(child: &Child) {
