@@ -1,40 +1,10 @@
-//! A faithful local simulator of the DigitalOcean API and droplet metadata
-//! service, for the driver's tests, `dynia demo` and the netns harness
-//! (docs/testing.md). Never part of a production crate.
-//!
-//! It owns a small world — droplets (id + private IP), Reserved IPs (holder,
-//! lock) and actions — and serves, over real HTTP/1.1 on the address it is
-//! given (port 0 is fine):
-//! - `POST /v2/reserved_ips/{ip}/actions` `{"type":"assign","droplet_id":N}` or
-//!   `{"type":"unassign"}` → `201 {"action":{…,"status":"in-progress"}}`; the
-//!   action completes after a configurable delay, and the IP is locked
-//!   meanwhile: another action answers `422 {"id":"unprocessable_entity",
-//!   "message":"The reserved IP already has a pending event."}`.
-//! - `GET /v2/reserved_ips/{ip}/actions/{id}` and `GET /v2/actions/{id}`.
-//! - `GET /v2/reserved_ips/{ip}` → `{"reserved_ip":{"ip","droplet":{…}|null,"locked",…}}`.
-//! - 401 for a wrong token, 404 for an unknown IP/action/path, 400 for a body
-//!   that is not JSON; every answer carries `RateLimit-Limit`,
-//!   `RateLimit-Remaining`, `RateLimit-Reset`.
-//! - Assigning to the droplet that already holds the IP answers 422 "… is
-//!   already assigned to this droplet" by default (what clients in the wild
-//!   expect, see `dynia_vrrp::driver::digitalocean`); [`SameDropletAssign::NewAction`]
-//!   makes it an ordinary action instead, so both outcomes can be tested.
-//!
-//! Faults on demand ([`Fault`]): the next N answers 429 (with the rate-limit
-//! headers and `Retry-After`), 5xx, 422 pending-event, slow answers, actions
-//! that end `errored`; plus a fixed latency on every answer.
-//!
-//! The metadata service runs per droplet on its own port
-//! ([`DoSim::metadata_for`]): `/metadata/v1/id`,
-//! `/metadata/v1/interfaces/private/0/ipv4/address`, … as on a droplet.
-//!
-//! Every request (API and metadata) lands in a bounded call log
-//! ([`DoSim::calls`]) with method, path, droplet id of an assign, status and
-//! time, for tests to assert on. Dropping the simulator stops its servers.
-//!
-//! Parts: `state` (the world), `api` and `actions` (the `/v2` server),
-//! `faults` (the injection queue), `metadata` (per-droplet servers), `calls`
-//! (the call log), `clock` (the timestamps the API writes).
+//! A faithful local simulator of the DigitalOcean API (Reserved IPs and
+//! their actions) and of the droplet metadata service, over real HTTP/1.1,
+//! with faults on demand and a call log tests assert on; for the driver's
+//! tests, `dynia demo` and the netns harness. What it answers and why:
+//! docs/testing.md "The DigitalOcean simulator". Parts: `state` (the world),
+//! `api` and `actions` (the `/v2` server), `faults` (the injection queue),
+//! `metadata` (per-droplet servers), `calls` (the log), `clock` (timestamps).
 
 mod actions;
 mod api;
