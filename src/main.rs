@@ -1,6 +1,9 @@
 //! The `dynia` command: CLI parsing and wiring only. Each subcommand is
 //! implemented in `dynia-control`; this file maps arguments onto it and turns
-//! its result into an exit status.
+//! its result into an exit status. `demo` and `upstream` live in `demo.rs`
+//! (they run test fixtures from `dynia-testkit`).
+
+mod demo;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -221,8 +224,8 @@ fn main() -> ExitCode {
         Command::Rollback { to } => op(&cli.config, |ctx, p| {
             block(ops::rollback(ctx, to, p)).map(|()| exit::OK)
         }),
-        Command::Demo { keep } => commands::demo(keep),
-        Command::Upstream { listen, id } => commands::upstream(listen, &id),
+        Command::Demo { keep } => demo::demo(keep),
+        Command::Upstream { listen, id } => demo::upstream(listen, &id),
     };
     ExitCode::from(code)
 }

@@ -10,15 +10,15 @@
 //! handing over mastership first, a node removed while down stopping by
 //! itself, and `make-active` moving a (simulated) Reserved IP under load.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynia_proxy::demo::DemoUpstream;
-use support::*;
+use dynia_testkit::daemon::*;
+use dynia_testkit::eventually_async;
+use dynia_testkit::upstream::DemoUpstream;
+use dynia_testkit::web::{get, Client};
 
 const WAIT: Duration = Duration::from_secs(20);
 const IDS: [&str; 4] = ["north-fox", "east-owl", "south-elk", "west-yak"];
@@ -192,7 +192,7 @@ impl Rig {
                 continue;
             }
             let a = self.admin(i);
-            wait_until(WAIT, "every member of web up", || async move {
+            eventually_async(WAIT, || async move {
                 let s = status(a).await;
                 s["services"][0]["members"]
                     .as_array()
@@ -200,7 +200,8 @@ impl Rig {
                     .iter()
                     .all(|m| m["health"] == "up")
             })
-            .await;
+            .await
+            .expect("every member of web up");
         }
     }
 }
@@ -214,7 +215,7 @@ async fn run_line(line: &str) -> (i32, String, String) {
         .map(str::to_string)
         .collect();
     let o = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BIN)
+        std::process::Command::new(bin())
             .args(&args)
             .env("RUST_LOG", "warn")
             .output()
@@ -484,7 +485,7 @@ async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
     let members: Vec<usize> = vec![0, 1, new_node];
     for &i in &members {
         let admin = rig.admin(i);
-        wait_until(WAIT, "3 members in every pool, all up", || async move {
+        eventually_async(WAIT, || async move {
             let s = status(admin).await;
             s["members"].as_array().unwrap().len() == 3
                 && service_members(&s, "web").len() == 3
@@ -494,7 +495,8 @@ async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
                     .iter()
                     .all(|m| m["health"] == "up")
         })
-        .await;
+        .await
+        .expect("3 members in every pool, all up");
     }
     let s = status(rig.admin(lost_node)).await;
     assert_eq!(s["members"].as_array().unwrap().len(), 1);
@@ -581,10 +583,9 @@ fn ids(v: &serde_json::Value) -> Vec<String> {
 async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_converge() {
     let mut rig = Rig::new("ctl-down", "127.0.5", 3, 3).await;
     let admin0 = rig.admin(0);
-    wait_until(WAIT, "node 0 master", || async move {
-        role(admin0).await == "master"
-    })
-    .await;
+    eventually_async(WAIT, || async move { role(admin0).await == "master" })
+        .await
+        .expect("node 0 master");
     rig.daemons[2] = None; // killed
     let (code, out, err) = rig.cli(0, &["node", "drain", IDS[1]]).await;
     assert_ne!(code, 0, "{out}{err}");
@@ -627,11 +628,12 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     // It returns and catches up by itself; the drift is gone.
     rig.daemons[2] = Some(Daemon::start(&rig.nodes[2].files).await);
     let admin = rig.admin(2);
-    wait_until(WAIT, "node 2 to catch up", || async move {
+    eventually_async(WAIT, || async move {
         let s = status(admin).await;
         s["generation"] == 2 && s["members"][1]["state"] == "drain"
     })
-    .await;
+    .await
+    .expect("node 2 to catch up");
     let v = cluster_json(&rig, 1).await;
     assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(v["unreachable"], serde_json::json!([]), "{v}");
@@ -801,10 +803,11 @@ async fn deploy_rolls_health_gated_stops_on_an_unhealthy_member_and_resumes_unde
     }
     // Drift: same generation, two documents; in status, --json and the page.
     let admin = rig.admin(0);
-    wait_until(WAIT, "drift to show", || async move {
+    eventually_async(WAIT, || async move {
         status(admin).await["drift"] == serde_json::json!([IDS[2]])
     })
-    .await;
+    .await
+    .expect("drift to show");
     let (_, out, _) = rig.cli(0, &["status"]).await;
     assert!(
         out.contains("drift:") && out.contains("dynia sync"),
@@ -859,26 +862,23 @@ async fn deploy_rolls_health_gated_stops_on_an_unhealthy_member_and_resumes_unde
     // has the service), no request fails, and all three are rolled.
     api[2].set_health(200);
     let admin0 = rig.admin(0);
-    wait_until(
-        WAIT,
-        "node 0 to see api UP on every member",
-        || async move {
-            let s = status(admin0).await;
-            s["services"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["name"] == "api")
-                .is_some_and(|x| {
-                    x["members"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|m| m["health"] == "up")
-                })
-        },
-    )
-    .await;
+    eventually_async(WAIT, || async move {
+        let s = status(admin0).await;
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "api")
+            .is_some_and(|x| {
+                x["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m["health"] == "up")
+            })
+    })
+    .await
+    .expect("node 0 to see api UP on every member");
     let stop = Arc::new(AtomicBool::new(false));
     let proxy0 = rig.nodes[0].files.proxy_addr;
     let traffic = load("api.example.com", stop.clone(), move || Some(proxy0));
@@ -900,10 +900,11 @@ async fn deploy_rolls_health_gated_stops_on_an_unhealthy_member_and_resumes_unde
         assert_eq!(service_members(&s, "api").len(), 3, "node {i}");
         assert_eq!(rig.version(i).await, want, "node {i}");
     }
-    wait_until(WAIT, "drift to clear", || async move {
+    eventually_async(WAIT, || async move {
         status(admin).await["drift"] == serde_json::json!([])
     })
-    .await;
+    .await
+    .expect("drift to clear");
     // Again: every member has it; nothing changes.
     let (code, out, err) = run_line(&resume).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -1063,38 +1064,36 @@ enum Seen {
 async fn node_remove_drains_a_long_request_through_it_and_hands_over_mastership_first() {
     let mut rig = Rig::new("ctl-remove", "127.0.7", 3, 3).await;
     let admin0 = rig.admin(0);
-    wait_until(WAIT, "node 0 master", || async move {
-        role(admin0).await == "master"
-    })
-    .await;
+    eventually_async(WAIT, || async move { role(admin0).await == "master" })
+        .await
+        .expect("node 0 master");
     rig.all_up().await;
     // Node 0's own app is DOWN, so the long requests through node 0's proxy
     // go to the other members: they are in flight *through* the leaving
     // node, not to it.
     rig.apps[0].set_health(500);
-    wait_until(WAIT, "node 0 to see its own app down", || async move {
-        health(admin0, IDS[0]).await == "down"
-    })
-    .await;
+    eventually_async(
+        WAIT,
+        || async move { health(admin0, IDS[0]).await == "down" },
+    )
+    .await
+    .expect("node 0 to see its own app down");
     let proxy = rig.nodes[0].files.proxy_addr;
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(async move { get(proxy, HOST, "/slow/2500").await }))
         .collect();
-    wait_until(
-        WAIT,
-        "two requests in flight through node 0",
-        || async move {
-            let s = status(admin0).await;
-            s["services"][0]["members"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["inflight"].as_u64().unwrap())
-                .sum::<u64>()
-                == 2
-        },
-    )
-    .await;
+    eventually_async(WAIT, || async move {
+        let s = status(admin0).await;
+        s["services"][0]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["inflight"].as_u64().unwrap())
+            .sum::<u64>()
+            == 2
+    })
+    .await
+    .expect("two requests in flight through node 0");
     // Watch the remaining nodes: when does a new master appear, when does
     // the document without node 0 arrive?
     let stop = Arc::new(AtomicBool::new(false));
@@ -1205,7 +1204,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
     let node_file = dir.0.join("etc/dynia.toml");
     let state = dir.0.join("state");
     let ports = common_ports(&["127.0.8.2"]);
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .args(["init", "--cluster", "fresh", "--private-ip", "127.0.8.2"])
         .arg("--admin-listen")
         .arg(format!("127.0.8.2:{}", ports.1))
@@ -1228,7 +1227,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains(&token), "the token is never printed");
     // Again: refused, nothing overwritten.
-    let again = std::process::Command::new(BIN)
+    let again = std::process::Command::new(bin())
         .args([
             "init",
             "--cluster",
@@ -1244,7 +1243,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
         .unwrap();
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
-    let check = std::process::Command::new(BIN)
+    let check = std::process::Command::new(bin())
         .arg("check")
         .arg("-c")
         .arg(&node_file)
@@ -1267,7 +1266,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
     );
     // And `dynia run` on exactly what init wrote serves /status.json.
     let log = dir.0.join("run.log");
-    let child = std::process::Command::new(BIN)
+    let child = std::process::Command::new(bin())
         .arg("run")
         .arg("-c")
         .arg(&node_file)
@@ -1279,16 +1278,13 @@ async fn init_writes_a_node_that_checks_and_runs() {
         .unwrap();
     let daemon = Daemon { child, log };
     let admin: std::net::SocketAddr = format!("127.0.8.2:{}", ports.1).parse().unwrap();
-    wait_until(
-        WAIT,
-        "the initialised node to serve /status.json",
-        || async move {
-            get(admin, "localhost", "/status.json")
-                .await
-                .is_ok_and(|a| a.status == 200)
-        },
-    )
-    .await;
+    eventually_async(WAIT, || async move {
+        get(admin, "localhost", "/status.json")
+            .await
+            .is_ok_and(|a| a.status == 200)
+    })
+    .await
+    .expect("the initialised node to serve /status.json");
     let s = status(admin).await;
     assert_eq!(s["node"], id.as_str(), "{}", daemon.log_text());
     assert_eq!(s["cluster"], "fresh");
@@ -1302,7 +1298,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
 /// Reserved IP routes. No request fails and the IP ends on the target.
 #[tokio::test]
 async fn make_active_moves_the_reserved_ip_without_failed_requests() {
-    use dynia_vrrp::dosim::DoSim;
+    use dynia_testkit::dosim::DoSim;
     const VIP: &str = "203.0.113.10";
     let droplet = |i: usize| 7_000_001 + i as u64;
     let secrets = TempDir::new("ctl-active-do");
@@ -1338,11 +1334,12 @@ async fn make_active_moves_the_reserved_ip_without_failed_requests() {
         move || sim.holder(vip).map(|d| (d - droplet(0)) as usize)
     };
     let h = holder.clone();
-    wait_until(WAIT, "node 0 to hold the Reserved IP", || {
+    eventually_async(WAIT, || {
         let h = h.clone();
         async move { h() == Some(0) }
     })
-    .await;
+    .await
+    .expect("node 0 to hold the Reserved IP");
     rig.all_up().await;
     let proxies: Vec<std::net::SocketAddr> = rig.nodes.iter().map(|n| n.files.proxy_addr).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1356,10 +1353,9 @@ async fn make_active_moves_the_reserved_ip_without_failed_requests() {
     );
     assert_eq!(holder(), Some(2), "the API says node 2 holds it");
     let admin0 = rig.admin(0);
-    wait_until(WAIT, "old master to step back", || async move {
-        role(admin0).await == "backup"
-    })
-    .await;
+    eventually_async(WAIT, || async move { role(admin0).await == "backup" })
+        .await
+        .expect("old master to step back");
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = traffic.await.unwrap();
     assert!(ok > 0);
@@ -1400,7 +1396,7 @@ async fn node_remove_of_a_dead_member_finishes_and_it_stops_when_it_returns() {
     // (Started by hand: it may stop before a readiness check would look.)
     let files = &rig.nodes[2].files;
     let log = files.dir.0.join("back.log");
-    let child = std::process::Command::new(BIN)
+    let child = std::process::Command::new(bin())
         .arg("run")
         .arg("-c")
         .arg(&files.node_file)

@@ -1,14 +1,14 @@
 //! The `dynia` daemon as an operator runs it: real processes, real files,
 //! real signals, members on 127.0.0.x.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dynia_proxy::demo::DemoUpstream;
-use support::*;
+use dynia_testkit::daemon::*;
+use dynia_testkit::eventually_async;
+use dynia_testkit::upstream::DemoUpstream;
+use dynia_testkit::web::{get, Client};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -52,10 +52,9 @@ async fn status_json_and_metrics_follow_member_health() {
     let _d = Daemon::start(&files).await;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
-        wait_until(WAIT, "members UP", || async move {
-            health(admin, id).await == "up"
-        })
-        .await;
+        eventually_async(WAIT, || async move { health(admin, id).await == "up" })
+            .await
+            .expect("members UP");
     }
     let s = status(admin).await;
     assert_eq!(s["node"], "alpha-one");
@@ -69,10 +68,11 @@ async fn status_json_and_metrics_follow_member_health() {
     assert_eq!(s["services"][0]["members"].as_array().unwrap().len(), 3);
 
     ups[1].set_health(500);
-    wait_until(WAIT, "brave-two DOWN in /status.json", || async move {
+    eventually_async(WAIT, || async move {
         health(admin, "brave-two").await == "down"
     })
-    .await;
+    .await
+    .expect("brave-two DOWN in /status.json");
     let m = metrics(admin).await;
     assert!(
         m.contains("dynia_upstream_up{member=\"brave-two\",service=\"web\"} 0"),
@@ -86,10 +86,12 @@ async fn status_json_and_metrics_follow_member_health() {
         assert_ne!(a.member(), Some("brave-two"));
     }
     ups[1].set_health(200);
-    wait_until(WAIT, "brave-two UP again", || async move {
-        health(admin, "brave-two").await == "up"
-    })
-    .await;
+    eventually_async(
+        WAIT,
+        || async move { health(admin, "brave-two").await == "up" },
+    )
+    .await
+    .expect("brave-two UP again");
 }
 
 #[tokio::test]
@@ -204,17 +206,20 @@ async fn twenty_reloads_under_load_fail_no_request() {
             d.signal(libc::SIGHUP);
             let admin = files.admin_addr;
             let want = 2 + i;
-            wait_until(WAIT, "SIGHUP reload applied", || async move {
-                status(admin).await["generation"] == want
-            })
-            .await;
+            eventually_async(
+                WAIT,
+                || async move { status(admin).await["generation"] == want },
+            )
+            .await
+            .expect("SIGHUP reload applied");
         }
         // Let traffic flow on each configuration before the next swap.
-        wait_until(WAIT, "requests served after reload", || {
+        eventually_async(WAIT, || {
             let ok = ok.clone();
             async move { ok.load(Ordering::Relaxed) >= before + 20 }
         })
-        .await;
+        .await
+        .expect("requests served after reload");
     }
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -274,16 +279,17 @@ async fn invalid_reload_changes_nothing_and_says_where() {
     // SIGHUP with the same bad file: logged and counted, daemon unharmed.
     d.signal(libc::SIGHUP);
     let admin = files.admin_addr;
-    wait_until(WAIT, "failed reload counted", || async move {
+    eventually_async(WAIT, || async move {
         metrics(admin)
             .await
             .contains("dynia_config_reloads_total{result=\"failure\"} 2")
     })
-    .await;
+    .await
+    .expect("failed reload counted");
     assert!(d.log_text().contains("reload refused"), "{}", d.log_text());
     assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
     // A wrong token is refused and changes nothing.
-    let a = support::web::get(files.admin_addr, "localhost", "/v1/reload")
+    let a = dynia_testkit::web::get(files.admin_addr, "localhost", "/v1/reload")
         .await
         .unwrap();
     assert_eq!(a.status, 401);
@@ -336,28 +342,29 @@ async fn sigterm_refuses_new_connections_finishes_inflight_request_then_exits_ze
     let proxy = files.proxy_addr;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
-        wait_until(WAIT, "members UP", || async move {
-            health(admin, id).await == "up"
-        })
-        .await;
+        eventually_async(WAIT, || async move { health(admin, id).await == "up" })
+            .await
+            .expect("members UP");
     }
     // Long enough to outlast the election's handover wait (at most 5 s)
     // that precedes closing the listeners.
     let slow = tokio::spawn(async move { get(proxy, HOST, "/slow/9000").await });
-    wait_until(WAIT, "slow request in flight", || async move {
+    eventually_async(WAIT, || async move {
         status(admin).await["services"][0]["members"]
             .as_array()
             .unwrap()
             .iter()
             .any(|m| m["inflight"] == 1)
     })
-    .await;
+    .await
+    .expect("slow request in flight");
     d.signal(libc::SIGTERM);
     // During the grace period: new connections refused, the request runs on.
-    wait_until(WAIT, "new connections refused", || async move {
+    eventually_async(WAIT, || async move {
         tokio::net::TcpStream::connect(proxy).await.is_err()
     })
-    .await;
+    .await
+    .expect("new connections refused");
     assert!(
         !slow.is_finished(),
         "the listener closed only after the in-flight request ended"
@@ -399,17 +406,13 @@ async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_
     let d = Daemon::start(&files).await;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
-        wait_until(WAIT, "members UP", || async move {
-            health(admin, id).await == "up"
-        })
-        .await;
+        eventually_async(WAIT, || async move { health(admin, id).await == "up" })
+            .await
+            .expect("members UP");
     }
-    wait_until(
-        WAIT,
-        "master",
-        || async move { role(admin).await == "master" },
-    )
-    .await;
+    eventually_async(WAIT, || async move { role(admin).await == "master" })
+        .await
+        .expect("master");
     // Opened before the shortage: the admin listener cannot accept either.
     let mut watch = Client::connect(admin).await.unwrap();
     let s = status_on(&mut watch).await;

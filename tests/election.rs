@@ -2,14 +2,14 @@
 //! one master, failover on SIGKILL, preemption, resign on SIGTERM, status,
 //! and the DigitalOcean driver against the local API simulator.
 
-mod support;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use dynia_proxy::demo::DemoUpstream;
-use dynia_vrrp::dosim::DoSim;
-use support::*;
+use dynia_testkit::daemon::*;
+use dynia_testkit::dosim::DoSim;
+use dynia_testkit::eventually_async;
+use dynia_testkit::upstream::DemoUpstream;
+use dynia_testkit::web::get;
 
 const WAIT: Duration = Duration::from_secs(15);
 const IDS: [&str; 3] = ["north-fox", "east-owl", "south-elk"];
@@ -77,7 +77,9 @@ impl Rig {
     async fn wait_role(&self, i: usize, want: &str) {
         let admin = self.admin(i);
         let what = format!("{} to be {want}", IDS[i]);
-        wait_until(WAIT, &what, || async move { role(admin).await == want }).await;
+        eventually_async(WAIT, || async move { role(admin).await == want })
+            .await
+            .expect(&what);
     }
 
     async fn masters(&self) -> Vec<usize> {
@@ -114,7 +116,7 @@ async fn one_master_failover_preempt_and_resign() {
 
     // Every node hears every other: roles, generation and last_seen in /status.json.
     let admin = rig.admin(0);
-    wait_until(WAIT, "node 0 to hear both backups", || async move {
+    eventually_async(WAIT, || async move {
         let s = status(admin).await;
         s["members"]
             .as_array()
@@ -127,7 +129,8 @@ async fn one_master_failover_preempt_and_resign() {
                     && m["last_seen_ms"].as_u64().is_some_and(|ms| ms < 3000)
             })
     })
-    .await;
+    .await
+    .expect("node 0 to hear both backups");
     let s = status(rig.admin(1)).await;
     let north = s["members"]
         .as_array()
@@ -230,10 +233,11 @@ async fn forged_and_replayed_adverts_change_nothing() {
     let captured_bytes = dynia_vrrp::advert::encode(&captured, &real_key);
     // Node 2 has sent more than one advert since it started (heartbeats).
     let admin2 = rig.admin(2);
-    wait_until(WAIT, "node 2 to have sent a few adverts", || async move {
+    eventually_async(WAIT, || async move {
         metric_value(&metrics(admin2).await, "dynia_election_adverts_sent_total") >= 3.0
     })
-    .await;
+    .await
+    .expect("node 2 to have sent a few adverts");
     for to in ["127.0.2.3", "127.0.2.2"] {
         for _ in 0..5 {
             sock.send_to(&old_boot_bytes, (to, port)).unwrap();
@@ -242,21 +246,16 @@ async fn forged_and_replayed_adverts_change_nothing() {
     }
     for i in [0, 1] {
         let admin = rig.admin(i);
-        wait_until(
-            WAIT,
-            &format!("node {i} to count the forged and replayed adverts as dropped"),
-            || async move {
-                let m = metrics(admin).await;
-                m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
-                    && m.contains(
-                        "dynia_election_adverts_dropped_total{reason=\"replay_old_epoch\"} 5",
-                    )
-                    && m.contains(
-                        "dynia_election_adverts_dropped_total{reason=\"replay_old_seq\"} 5",
-                    )
-            },
-        )
-        .await;
+        eventually_async(WAIT, || async move {
+            let m = metrics(admin).await;
+            m.contains("dynia_election_adverts_dropped_total{reason=\"bad_mac\"} 20")
+                && m.contains("dynia_election_adverts_dropped_total{reason=\"replay_old_epoch\"} 5")
+                && m.contains("dynia_election_adverts_dropped_total{reason=\"replay_old_seq\"} 5")
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e} waiting for node {i} to count the forged and replayed adverts as dropped")
+        });
     }
     assert_eq!(
         rig.masters().await,
@@ -301,26 +300,21 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
     )
     .await;
     rig.wait_role(0, "master").await;
-    wait_until(
-        WAIT,
-        "the simulator to show the IP on droplet 101",
-        || async { sim.holder(vip) == Some(101) },
-    )
-    .await;
+    eventually_async(WAIT, || async { sim.holder(vip) == Some(101) })
+        .await
+        .expect("the simulator to show the IP on droplet 101");
     let admin = rig.admin(0);
-    wait_until(WAIT, "status to say the IP is held", || async move {
+    eventually_async(WAIT, || async move {
         status(admin).await["reserved_ip"]["held"] == true
     })
-    .await;
+    .await
+    .expect("status to say the IP is held");
 
     rig.daemons[0] = None;
     rig.wait_role(1, "master").await;
-    wait_until(
-        WAIT,
-        "the simulator to show the IP on droplet 102",
-        || async { sim.holder(vip) == Some(102) },
-    )
-    .await;
+    eventually_async(WAIT, || async { sim.holder(vip) == Some(102) })
+        .await
+        .expect("the simulator to show the IP on droplet 102");
     let assigns: Vec<_> = sim
         .api_calls()
         .into_iter()
@@ -333,10 +327,11 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
         "one assign per failover"
     );
     let d1 = rig.daemons[1].as_ref().unwrap();
-    wait_until(WAIT, "the new master to log its claim", || async {
+    eventually_async(WAIT, || async {
         d1.log_text().contains("reserved ip claimed")
     })
-    .await;
+    .await
+    .expect("the new master to log its claim");
     let m1 = metrics(rig.admin(1)).await;
     assert_eq!(
         metric_value(&m1, "dynia_reserved_ip_claims_total{result=\"success\"}"),
@@ -391,33 +386,28 @@ async fn a_failed_claim_is_retried_not_taken_for_a_split() {
     )
     .await;
     rig.wait_role(0, "master").await;
-    wait_until(WAIT, "the IP on droplet 111", || async {
-        sim.holder(vip) == Some(111)
-    })
-    .await;
+    eventually_async(WAIT, || async { sim.holder(vip) == Some(111) })
+        .await
+        .expect("the IP on droplet 111");
     // Enough 500s for the next claim's every attempt and the first
     // reconcile's reads (6 attempts each by default).
     sim.fail_next_server_error(12, 500);
     rig.daemons[0] = None;
     rig.wait_role(1, "master").await;
     let admin1 = rig.admin(1);
-    wait_until(
-        WAIT,
-        "the new master's first claim to fail",
-        || async move {
-            metric_value(
-                &metrics(admin1).await,
-                "dynia_reserved_ip_claims_total{result=\"failure\"}",
-            ) >= 1.0
-        },
-    )
-    .await;
-    wait_until(
-        Duration::from_secs(45),
-        "the IP on droplet 112 once the API answers again",
-        || async { sim.holder(vip) == Some(112) },
-    )
-    .await;
+    eventually_async(WAIT, || async move {
+        metric_value(
+            &metrics(admin1).await,
+            "dynia_reserved_ip_claims_total{result=\"failure\"}",
+        ) >= 1.0
+    })
+    .await
+    .expect("the new master's first claim to fail");
+    eventually_async(Duration::from_secs(45), || async {
+        sim.holder(vip) == Some(112)
+    })
+    .await
+    .expect("the IP on droplet 112 once the API answers again");
     let log = rig.daemons[1].as_ref().unwrap().log_text();
     assert!(
         !log.contains("stepping back"),
@@ -465,14 +455,15 @@ async fn hooks_run_with_state_address_and_priority() {
     .await;
     rig.wait_role(0, "master").await;
     let out2 = out.clone();
-    wait_until(WAIT, "the master hook to run", || {
+    eventually_async(WAIT, || {
         let out = out2.clone();
         async move {
             std::fs::read_to_string(&out)
                 .is_ok_and(|t| t.lines().any(|l| l.starts_with("master 203.0.113.77 150 ")))
         }
     })
-    .await;
+    .await
+    .expect("the master hook to run");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(
         text.lines()
@@ -548,13 +539,14 @@ async fn election_thread_is_real_time_unless_turned_off() {
     // Backups measure the gaps between the master's adverts; the master
     // hears no master and measures none.
     let backup = rig.admin(1);
-    wait_until(WAIT, "east-owl to measure advert gaps", || async move {
+    eventually_async(WAIT, || async move {
         metric_value(
             &metrics(backup).await,
             "dynia_election_advert_gap_seconds_count",
         ) >= 5.0
     })
-    .await;
+    .await
+    .expect("east-owl to measure advert gaps");
     assert_eq!(
         metric_value(
             &metrics(rig.admin(0)).await,

@@ -3,9 +3,6 @@
 //! gratuitous ARP, and a client namespace requesting the VIP continuously.
 //! Needs root (namespaces, addresses, raw sockets); elsewhere it skips.
 
-#[allow(unused_imports)]
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -13,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::netns::{in_netns, root_or_skip, wait_until, NetnsCluster};
-use support::{set_nofile, write_secret, TempDir, BIN};
+use dynia_testkit::daemon::{bin, set_nofile, write_secret, TempDir};
+use dynia_testkit::eventually;
+use dynia_testkit::netns::{in_netns, root_or_skip, NetnsCluster};
 
 const PROXY_PORT: u16 = 8000;
 const APP_PORT: u16 = 8080;
@@ -63,7 +61,7 @@ impl Rig {
         for (i, id) in IDS.iter().enumerate() {
             let d = dir.0.join(id);
             std::fs::create_dir_all(&d).unwrap();
-            write_secret(&d.join("admin.token"), support::TOKEN);
+            write_secret(&d.join("admin.token"), dynia_testkit::daemon::TOKEN);
             write_secret(&d.join("cluster.key"), "0123456789abcdef0123456789abcdef");
             let node = format!(
                 "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\
@@ -81,7 +79,7 @@ impl Rig {
             files.push(path);
             let ns = c.ns_name(i).to_string();
             let listen = format!("{}:{APP_PORT}", c.node_ip(i));
-            apps.push(c.spawn(&ns, &[BIN, "upstream", "--listen", &listen, "--id", id]));
+            apps.push(c.spawn(&ns, &[bin(), "upstream", "--listen", &listen, "--id", id]));
         }
         let mut rig = Rig {
             c,
@@ -100,7 +98,7 @@ impl Rig {
 
     fn start(&mut self, i: usize) {
         let f = self.files[i].display().to_string();
-        self.c.spawn_node(i, &[BIN, "run", "-c", &f]);
+        self.c.spawn_node(i, &[bin(), "run", "-c", &f]);
     }
 
     fn status(&self, i: usize) -> Option<serde_json::Value> {
@@ -126,7 +124,7 @@ impl Rig {
 
     fn wait_role(&self, i: usize, want: &str) {
         assert!(
-            wait_until(WAIT, || self.role(i) == want),
+            eventually(WAIT, || self.role(i) == want).is_ok(),
             "{} never became {want} (is {:?}); logs in {}",
             IDS[i],
             self.role(i),
@@ -281,7 +279,7 @@ fn start_rig(tag: &str, preempt: bool) -> Option<Rig> {
     // is RFC-correct but not the start these tests assume.
     for (i, id) in IDS.iter().enumerate().skip(1) {
         assert!(
-            wait_until(WAIT, || {
+            eventually(WAIT, || {
                 rig.role(i) == "backup"
                     && rig.status(i).is_some_and(|s| {
                         s["members"].as_array().is_some_and(|ms| {
@@ -292,19 +290,20 @@ fn start_rig(tag: &str, preempt: bool) -> Option<Rig> {
                             })
                         })
                     })
-            }),
+            })
+            .is_ok(),
             "{id} never heard {} as master; logs in {}",
             IDS[0],
             rig.c.log_dir().display()
         );
     }
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0]),
+        eventually(WAIT, || rig.holders() == vec![0]).is_ok(),
         "VIP not on node 0 alone: {:?}",
         rig.holders()
     );
     assert!(
-        wait_until(WAIT, || rig.vip_answers()),
+        eventually(WAIT, || rig.vip_answers()).is_ok(),
         "VIP does not answer"
     );
     Some(rig)
@@ -317,16 +316,13 @@ fn sigkill_of_master_moves_the_vip_to_the_next_priority() {
     };
     rig.wait_role(1, "backup");
     let load = Load::start(rig.c.client_ns(), rig.vip);
-    assert!(wait_until(WAIT, || load.count() > 20));
+    assert!(eventually(WAIT, || load.count() > 20).is_ok());
     let t0 = Instant::now();
     rig.c.kill(0);
     rig.wait_role(1, "master");
     assert_eq!(rig.role(2), "backup");
     let t1 = Instant::now();
-    assert!(wait_until(WAIT, || load
-        .samples()
-        .iter()
-        .any(|s| s.ok && s.at > t1)));
+    assert!(eventually(WAIT, || load.samples().iter().any(|s| s.ok && s.at > t1)).is_ok());
     let samples = load.finish();
     let took = recovery(&samples, t0);
     eprintln!("failover: VIP answered from the new master {took:?} after SIGKILL of the master");
@@ -342,23 +338,22 @@ fn sigterm_of_master_hands_over_without_a_failed_request() {
     };
     rig.wait_role(1, "backup");
     let load = Load::start(rig.c.client_ns(), rig.vip);
-    assert!(wait_until(WAIT, || load.count() > 20));
+    assert!(eventually(WAIT, || load.count() > 20).is_ok());
     let pid = rig.pid(0);
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
     rig.wait_role(1, "master");
     assert!(
-        wait_until(WAIT, || !rig.c.is_running(0)),
+        eventually(WAIT, || !rig.c.is_running(0)).is_ok(),
         "old master did not exit"
     );
     let t1 = Instant::now();
-    assert!(wait_until(WAIT, || load
-        .samples()
-        .iter()
-        .filter(|s| s.at > t1)
-        .count()
-        > 50));
+    assert!(
+        eventually(WAIT, || load.samples().iter().filter(|s| s.at > t1).count()
+            > 50)
+        .is_ok()
+    );
     let samples = load.finish();
     let failed = samples.iter().filter(|s| !s.ok).count();
     assert_eq!(
@@ -395,11 +390,11 @@ fn returning_master_preempts_and_one_node_holds_the_vip() {
     rig.wait_role(0, "master");
     rig.wait_role(1, "backup");
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0]),
+        eventually(WAIT, || rig.holders() == vec![0]).is_ok(),
         "holders: {:?}",
         rig.holders()
     );
-    assert!(wait_until(WAIT, || rig.vip_answers()));
+    assert!(eventually(WAIT, || rig.vip_answers()).is_ok());
 }
 
 #[test]
@@ -431,18 +426,18 @@ fn partition_and_heal_leave_exactly_one_holder() {
     // as the partitioned side is unreachable.
     rig.c.heal(0);
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0] && rig.role(1) == "backup"),
+        eventually(WAIT, || rig.holders() == vec![0] && rig.role(1) == "backup").is_ok(),
         "after heal: holders {:?}, node 1 {}",
         rig.holders(),
         rig.role(1)
     );
     // The client's ARP cache follows the re-announced VIP.
     assert!(
-        wait_until(WAIT, || rig.vip_answers()),
+        eventually(WAIT, || rig.vip_answers()).is_ok(),
         "VIP does not answer after heal"
     );
     let load = Load::start(rig.c.client_ns(), rig.vip);
-    assert!(wait_until(WAIT, || load.count() > 30));
+    assert!(eventually(WAIT, || load.count() > 30).is_ok());
     let samples = load.finish();
     assert!(samples.iter().all(|s| s.ok), "requests failed after heal");
 }
@@ -469,11 +464,11 @@ fn master_whose_proxy_cannot_serve_gives_up_mastership() {
     rig.wait_role(0, "fault");
     rig.wait_role(1, "master");
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![1]),
+        eventually(WAIT, || rig.holders() == vec![1]).is_ok(),
         "holders: {:?}",
         rig.holders()
     );
-    assert!(wait_until(WAIT, || rig.vip_answers()));
+    assert!(eventually(WAIT, || rig.vip_answers()).is_ok());
     // Repaired: it serves again and, with the highest priority, takes back over.
     let out = rig.c.exec(
         &ns0,
@@ -484,7 +479,7 @@ fn master_whose_proxy_cannot_serve_gives_up_mastership() {
     assert!(out.status.success());
     rig.wait_role(0, "master");
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0]),
+        eventually(WAIT, || rig.holders() == vec![0]).is_ok(),
         "holders: {:?}",
         rig.holders()
     );
@@ -516,11 +511,11 @@ fn master_whose_proxy_listener_breaks_gives_up_mastership() {
         broken.elapsed()
     );
     assert!(
-        wait_until(WAIT, || rig.holders().contains(&1)),
+        eventually(WAIT, || rig.holders().contains(&1)).is_ok(),
         "holders: {:?}",
         rig.holders()
     );
-    assert!(wait_until(WAIT, || rig.vip_answers()));
+    assert!(eventually(WAIT, || rig.vip_answers()).is_ok());
     let ns = rig.c.ns_name(0).to_string();
     let logs = || {
         let mut text = String::new();
@@ -543,9 +538,9 @@ fn master_whose_proxy_listener_breaks_gives_up_mastership() {
     set_nofile(pid, old);
     rig.wait_role(0, "master");
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0]),
+        eventually(WAIT, || rig.holders() == vec![0]).is_ok(),
         "holders: {:?}",
         rig.holders()
     );
-    assert!(wait_until(WAIT, || rig.vip_answers()));
+    assert!(eventually(WAIT, || rig.vip_answers()).is_ok());
 }

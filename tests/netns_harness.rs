@@ -3,16 +3,12 @@
 //! between nodes by the `l2` driver with the client's ARP cache repointed by
 //! gratuitous ARP. Needs root; skips with a printed reason otherwise.
 
-// support/mod.rs re-exports helpers (web::{wait_until, Client}) that only
-// the daemon tests use.
-#[allow(unused_imports)]
-mod support;
-
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use dynia_testkit::eventually;
+use dynia_testkit::netns::{self, NetnsCluster};
 use dynia_vrrp::driver::{ClaimOutcome, Holder, L2Config, ReleaseOutcome, L2};
-use support::netns::{self, NetnsCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dynia");
 const PORT: u16 = 8080;
@@ -23,10 +19,11 @@ fn start_upstream(c: &mut NetnsCluster, i: usize, listen: &str) {
     let id = format!("n{i}");
     c.spawn_node(i, &[BIN, "upstream", "--listen", listen, "--id", &id]);
     let ip = c.node_ip(i);
-    let ok = netns::wait_until(
+    let ok = eventually(
         Duration::from_secs(10),
         || matches!(c.client_get(ip, PORT, "/"), Ok(a) if a.status == 200 && a.body.contains(&id)),
-    );
+    )
+    .is_ok();
     assert!(
         ok,
         "node {i} never answered on {ip}:{PORT}: {:?}",
@@ -97,7 +94,7 @@ fn three_nodes_reach_partition_heal_pause_kill_cleanup() {
     }
     c.heal(1);
     assert!(
-        netns::wait_until(Duration::from_secs(5), || answers(&c, 1)),
+        eventually(Duration::from_secs(5), || answers(&c, 1)).is_ok(),
         "node 1 not back after heal"
     );
     eprintln!("partition/heal done after {:?}", t0.elapsed());
@@ -109,7 +106,7 @@ fn three_nodes_reach_partition_heal_pause_kill_cleanup() {
     assert!(c.is_running(2), "paused is still alive");
     c.resume(2);
     assert!(
-        netns::wait_until(Duration::from_secs(5), || answers(&c, 2)),
+        eventually(Duration::from_secs(5), || answers(&c, 2)).is_ok(),
         "node 2 not back after resume"
     );
 
@@ -127,10 +124,11 @@ fn three_nodes_reach_partition_heal_pause_kill_cleanup() {
     let left = netns::leftovers(&prefix);
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(
-        netns::wait_until(Duration::from_secs(5), || matches!(
+        eventually(Duration::from_secs(5), || matches!(
             stray.try_wait(),
             Ok(Some(_))
-        )),
+        ))
+        .is_ok(),
         "stray process survived the cluster"
     );
     eprintln!("whole test {:?}", t0.elapsed());
@@ -231,10 +229,11 @@ fn l2_vip_moves_between_nodes() {
     let ns1 = c.ns_name(1).to_owned();
     let t = Instant::now();
     let claimer = std::thread::spawn(move || netns::in_netns(&ns1, move || d1c.claim_blocking()));
-    let repointed = netns::wait_until(
+    let repointed = eventually(
         Duration::from_secs(1),
         || matches!(c.neigh(c.client_ns(), vip), Some((m, _)) if m == mac1),
-    );
+    )
+    .is_ok();
     let repoint = t.elapsed();
     let out1 = claimer.join().expect("claim thread");
     assert_eq!(
@@ -283,10 +282,11 @@ fn l2_vip_moves_between_nodes() {
             })
         })
     });
-    let repointed = netns::wait_until(
+    let repointed = eventually(
         Duration::from_secs(1),
         || matches!(c.neigh(c.client_ns(), vip), Some((m, _)) if m == mac0),
-    );
+    )
+    .is_ok();
     let repoint = t.elapsed();
     let answer = c.client_get(vip, PORT, "/");
     let answered = t.elapsed();

@@ -5,13 +5,11 @@
 //! keepalived leaves it gone until the next state change. Needs root
 //! (namespaces, addresses, raw sockets); elsewhere it skips.
 
-#[allow(unused_imports)]
-mod support;
-
 use std::time::Duration;
 
-use support::netns::{root_or_skip, wait_until, NetnsCluster};
-use support::{write_secret, TempDir, BIN};
+use dynia_testkit::daemon::{bin, write_secret, TempDir};
+use dynia_testkit::eventually;
+use dynia_testkit::netns::{root_or_skip, NetnsCluster};
 
 const PROXY_PORT: u16 = 8000;
 const APP_PORT: u16 = 8080;
@@ -28,7 +26,7 @@ fn a_vip_removed_behind_the_masters_back_is_put_back() {
     let ip = c.node_ip(0);
     let dir = TempDir::new("l2rec");
     let d = dir.0.display().to_string();
-    write_secret(&dir.0.join("admin.token"), support::TOKEN);
+    write_secret(&dir.0.join("admin.token"), dynia_testkit::daemon::TOKEN);
     write_secret(
         &dir.0.join("cluster.key"),
         "0123456789abcdef0123456789abcdef",
@@ -58,9 +56,9 @@ fn a_vip_removed_behind_the_masters_back_is_put_back() {
     let ns = c.ns_name(0).to_string();
     let listen = format!("{ip}:{APP_PORT}");
     // Killed with everything in the namespace when `c` drops; reaped here.
-    let mut app = c.spawn(&ns, &[BIN, "upstream", "--listen", &listen, "--id", ID]);
+    let mut app = c.spawn(&ns, &[bin(), "upstream", "--listen", &listen, "--id", ID]);
     let nf = node_file.display().to_string();
-    c.spawn_node(0, &[BIN, "run", "-c", &nf]);
+    c.spawn_node(0, &[bin(), "run", "-c", &nf]);
 
     let has_vip = |c: &NetnsCluster| {
         let out = c.exec(&ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
@@ -72,7 +70,7 @@ fn a_vip_removed_behind_the_masters_back_is_put_back() {
     };
     let limit = Duration::from_secs(20);
     assert!(
-        wait_until(limit, || has_vip(&c) && answers(&c)),
+        eventually(limit, || has_vip(&c) && answers(&c)).is_ok(),
         "the node never took the VIP; logs in {}",
         c.log_dir().display()
     );
@@ -84,12 +82,12 @@ fn a_vip_removed_behind_the_masters_back_is_put_back() {
     );
     assert!(!has_vip(&c), "ip addr del did not remove the VIP");
     assert!(
-        wait_until(Duration::from_secs(5), || !answers(&c)),
+        eventually(Duration::from_secs(5), || !answers(&c)).is_ok(),
         "the VIP still answered without its address"
     );
     // The next reconcile (every 5 s) puts it back.
     assert!(
-        wait_until(limit, || has_vip(&c) && answers(&c)),
+        eventually(limit, || has_vip(&c) && answers(&c)).is_ok(),
         "the master never put the VIP back; logs in {}",
         c.log_dir().display()
     );

@@ -12,16 +12,14 @@
 //! heals, the highest priority takes it back once. Needs root; elsewhere it
 //! skips.
 
-#[allow(unused_imports)]
-mod support;
-
 use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dynia_vrrp::dosim::DoSim;
-use support::netns::{in_netns, root_or_skip};
-use support::*;
+use dynia_testkit::daemon::*;
+use dynia_testkit::dosim::DoSim;
+use dynia_testkit::eventually_async;
+use dynia_testkit::netns::{in_netns, root_or_skip};
 
 const TOKEN_DO: &str = "dop_v1_pingpong_simulated_token";
 const IDS: [&str; 4] = ["quiet-heron", "rapid-otter", "solid-bison", "tidy-finch"];
@@ -180,15 +178,12 @@ impl Split {
             ports,
             _dir: dir,
         };
-        wait_until(
-            Duration::from_secs(20),
-            "node 0 master holding the IP",
-            || async {
-                s.roles().await == ["master", "backup", "backup", "backup"]
-                    && s.holder() == Some(DROPLETS[0])
-            },
-        )
-        .await;
+        eventually_async(Duration::from_secs(20), || async {
+            s.roles().await == ["master", "backup", "backup", "backup"]
+                && s.holder() == Some(DROPLETS[0])
+        })
+        .await
+        .expect("node 0 master holding the IP");
         assert_eq!(s.assigns(), 1);
         s
     }
@@ -233,25 +228,22 @@ impl Split {
     async fn settled_split(&self) -> usize {
         let wait = Duration::from_secs(30);
         let holder_node = std::cell::Cell::new(usize::MAX);
-        wait_until(
-            wait,
-            "one master per side, side A's holding the IP",
-            || async {
-                let r = self.roles().await;
-                let a = match (r[1].as_str(), r[2].as_str()) {
-                    ("master", "backup") => 1,
-                    ("backup", "master") => 2,
-                    _ => return false,
-                };
-                holder_node.set(a);
-                r[0] == "master"
-                    && r[3] == "backup"
-                    && self.holder() == Some(DROPLETS[a])
-                    && !self.held(0).await
-                    && self.held(a).await
-            },
-        )
-        .await;
+        eventually_async(wait, || async {
+            let r = self.roles().await;
+            let a = match (r[1].as_str(), r[2].as_str()) {
+                ("master", "backup") => 1,
+                ("backup", "master") => 2,
+                _ => return false,
+            };
+            holder_node.set(a);
+            r[0] == "master"
+                && r[3] == "backup"
+                && self.holder() == Some(DROPLETS[a])
+                && !self.held(0).await
+                && self.held(a).await
+        })
+        .await
+        .expect("one master per side, side A's holding the IP");
         assert!(
             self.log(0).contains("stepping back instead of re-claiming"),
             "{}",
@@ -320,12 +312,13 @@ async fn split_quiet_heal() {
     // Heal: node 0 hears side A's master again and, with the highest
     // priority, takes the IP back once.
     s.cut(false);
-    wait_until(Duration::from_secs(20), "one master after heal", || async {
+    eventually_async(Duration::from_secs(20), || async {
         s.roles().await == ["master", "backup", "backup", "backup"]
             && s.holder() == Some(DROPLETS[0])
             && s.held(0).await
     })
-    .await;
+    .await
+    .expect("one master after heal");
     let st = status(s.nodes[0].files.admin_addr).await;
     assert!(st["reserved_ip"].get("stepped_back_from").is_none(), "{st}");
     let settled = s.assigns();
@@ -357,12 +350,11 @@ async fn split_then_holder_stops() {
     s.daemons[1] = None;
     s.daemons[2] = None;
     s.sim.set_droplet_status(DROPLETS[a], "off");
-    wait_until(
-        Duration::from_secs(20),
-        "node 0 to take the IP back",
-        || async { s.holder() == Some(DROPLETS[0]) && s.held(0).await },
-    )
-    .await;
+    eventually_async(Duration::from_secs(20), || async {
+        s.holder() == Some(DROPLETS[0]) && s.held(0).await
+    })
+    .await
+    .expect("node 0 to take the IP back");
     assert!(s.log(0).contains("the split brain is over"), "{}", s.log(0));
     assert_eq!(s.assigns(), before + 1);
     assert_eq!(role(s.nodes[3].files.admin_addr).await, "backup");

@@ -5,16 +5,14 @@
 //! as the other member. Needs root (namespaces, raw sockets); elsewhere it
 //! skips and says why.
 
-#[allow(unused_imports)]
-mod support;
-
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::netns::{root_or_skip, run_bounded, wait_until, NetnsCluster};
-use support::{write_secret, TempDir, BIN};
+use dynia_testkit::daemon::{bin, write_secret, TempDir};
+use dynia_testkit::eventually;
+use dynia_testkit::netns::{root_or_skip, run_bounded, NetnsCluster};
 
 const PROXY_PORT: u16 = 8000;
 const APP_PORT: u16 = 8080;
@@ -61,7 +59,7 @@ fn node_files(
 ) -> PathBuf {
     let d = dir.join(id);
     std::fs::create_dir_all(&d).unwrap();
-    write_secret(&d.join("admin.token"), support::TOKEN);
+    write_secret(&d.join("admin.token"), dynia_testkit::daemon::TOKEN);
     let reserved = match driver {
         "l2" => format!(
             "[reserved_ip]\ndriver = \"l2\"\naddress = \"{vip}\"\ninterface = \"eth0\"\nprefix = 24\n"
@@ -111,7 +109,7 @@ impl Rig {
                 c.spawn(
                     &ns,
                     &[
-                        BIN,
+                        bin(),
                         "upstream",
                         "--listen",
                         &listen,
@@ -126,7 +124,7 @@ impl Rig {
 
     fn start_dynia(&mut self, i: usize, file: &Path) {
         let f = file.display().to_string();
-        self.c.spawn_node(i, &[BIN, "run", "-c", &f]);
+        self.c.spawn_node(i, &[bin(), "run", "-c", &f]);
     }
 
     fn get(&self, i: usize, path: &str) -> Option<String> {
@@ -165,7 +163,7 @@ impl Rig {
 
     fn wait_role(&self, i: usize, want: &str, limit: Duration) {
         assert!(
-            wait_until(limit, || self.role(i) == want),
+            eventually(limit, || self.role(i) == want).is_ok(),
             "node {i} never became {want} within {limit:?} (is {:?}); logs in {}",
             self.role(i),
             self.c.log_dir().display()
@@ -227,14 +225,14 @@ fn two_dynia_nodes_over_vrrp3_elect_one_and_fail_over() {
     rig.wait_role(0, "master", WAIT);
     rig.wait_role(1, "backup", WAIT);
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![0]),
+        eventually(WAIT, || rig.holders() == vec![0]).is_ok(),
         "VIP not on node 0 alone: {:?}",
         rig.holders()
     );
     // The backup hears the master's VRRP adverts (that is why it stays backup).
     let heard = "dynia_election_adverts_received_total";
     assert!(
-        wait_until(WAIT, || rig.metric(1, heard).is_some_and(|n| n >= 5.0)),
+        eventually(WAIT, || rig.metric(1, heard).is_some_and(|n| n >= 5.0)).is_ok(),
         "backup heard no vrrp3 adverts: {:?}",
         rig.metric(1, heard)
     );
@@ -265,7 +263,7 @@ fn two_dynia_nodes_over_vrrp3_elect_one_and_fail_over() {
         ],
     );
     assert!(
-        wait_until(TAKEOVER, || rig.holders() == vec![1]),
+        eventually(TAKEOVER, || rig.holders() == vec![1]).is_ok(),
         "VIP not on node 1 alone after the master died: {:?}",
         rig.holders()
     );
@@ -347,11 +345,12 @@ impl Keepalived {
             .and_then(|t| t.trim().parse::<i32>().ok())
         {
             unsafe { libc::kill(vrrp, libc::SIGKILL) };
-            let _ = wait_until(Duration::from_secs(5), || {
+            let _ = eventually(Duration::from_secs(5), || {
                 !Path::new(&format!("/proc/{vrrp}")).exists()
                     || std::fs::read_to_string(format!("/proc/{vrrp}/stat"))
                         .is_ok_and(|s| s.contains(") Z "))
-            });
+            })
+            .is_ok();
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -394,7 +393,7 @@ fn dynia_and_keepalived_elect_by_priority_in_both_directions() {
     // 1. keepalived (150) is master; dynia (100) joins and stays backup.
     let mut k = Keepalived::start(&mut rig, ka, dy_ip, 150, 1);
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![ka]),
+        eventually(WAIT, || rig.holders() == vec![ka]).is_ok(),
         "keepalived never took the VIP: {:?}; logs in {}",
         rig.holders(),
         rig.c.log_dir().display()
@@ -403,7 +402,7 @@ fn dynia_and_keepalived_elect_by_priority_in_both_directions() {
     rig.wait_role(dy, "backup", WAIT);
     let heard = "dynia_election_adverts_received_total";
     assert!(
-        wait_until(WAIT, || rig.metric(dy, heard).is_some_and(|n| n >= 5.0)),
+        eventually(WAIT, || rig.metric(dy, heard).is_some_and(|n| n >= 5.0)).is_ok(),
         "dynia heard no adverts from keepalived: {:?}",
         rig.metric(dy, heard)
     );
@@ -430,7 +429,7 @@ fn dynia_and_keepalived_elect_by_priority_in_both_directions() {
     );
     rig.wait_role(dy, "master", TAKEOVER);
     assert!(
-        wait_until(TAKEOVER, || rig.holders() == vec![dy]),
+        eventually(TAKEOVER, || rig.holders() == vec![dy]).is_ok(),
         "VIP not on dynia alone: {:?}",
         rig.holders()
     );
@@ -445,7 +444,7 @@ fn dynia_and_keepalived_elect_by_priority_in_both_directions() {
     let masters_before = rig.log_of(&ns).matches("Entering MASTER STATE").count();
     let k_low = Keepalived::start(&mut rig, ka, dy_ip, 50, 2);
     assert!(
-        wait_until(WAIT, || keepalived_up(&k_low)),
+        eventually(WAIT, || keepalived_up(&k_low)).is_ok(),
         "keepalived did not start"
     );
     rig.holds_throughout(STAYS, "a lower keepalived took the VIP from dynia", || {
@@ -464,7 +463,7 @@ fn dynia_and_keepalived_elect_by_priority_in_both_directions() {
     let _k_high = Keepalived::start(&mut rig, ka, dy_ip, 150, 3);
     rig.wait_role(dy, "backup", WAIT);
     assert!(
-        wait_until(WAIT, || rig.holders() == vec![ka]),
+        eventually(WAIT, || rig.holders() == vec![ka]).is_ok(),
         "VIP not on keepalived alone after it preempted: {:?}",
         rig.holders()
     );
@@ -516,7 +515,7 @@ fn vrrp3_without_cap_net_raw_refuses_to_start_and_says_why() {
             "setpriv",
             "--bounding-set=-net_raw",
             "--inh-caps=-net_raw",
-            BIN,
+            bin(),
             "run",
             "-c",
             &f,

@@ -2,11 +2,6 @@
 //! certificates and `redirect_https`, `hsts` in the cluster document,
 //! certificates renewed and broken under `dynia reload`. Members on 127.0.0.x.
 
-#[allow(unused_imports)]
-mod support;
-#[path = "../proxy/tests/support/tls.rs"]
-mod tls_support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,10 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynia_proxy::demo::DemoUpstream;
-use support::{free_ports, health, metrics, wait_until, write_secret, Daemon, NodeFiles, TempDir};
-use support::{BIN, HOST, TOKEN};
-use tls_support::{curl, https_get, Ca, HttpsConn, KeyKind, Leaf, Validity};
+use dynia_testkit::daemon::{bin, HOST, TOKEN};
+use dynia_testkit::daemon::{
+    free_ports, health, metrics, write_secret, Daemon, NodeFiles, TempDir,
+};
+use dynia_testkit::eventually_async;
+use dynia_testkit::tls::{curl, https_get, Ca, HttpsConn, KeyKind, Leaf, Validity};
+use dynia_testkit::upstream::DemoUpstream;
 
 const WAIT: Duration = Duration::from_secs(15);
 const HSTS: &str = "max-age=31536000; includeSubDomains";
@@ -63,7 +61,7 @@ impl TlsNode {
                 cert.display(),
                 key.display(),
                 // Its own election port: two of these may run at once.
-                udp = support::free_udp_port("127.0.0.2"),
+                udp = dynia_testkit::daemon::free_udp_port("127.0.0.2"),
             ),
         )
         .unwrap();
@@ -99,7 +97,7 @@ impl TlsNode {
     async fn reload(&self) -> std::process::Output {
         let node_file = self.files.node_file.clone();
         tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
+            Command::new(bin())
                 .args(["reload", "-c"])
                 .arg(node_file)
                 .env("RUST_LOG", "warn")
@@ -142,10 +140,12 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
     let node = TlsNode::new("tlsd", ca, &first, port);
     let d = Daemon::start(&node.files).await;
     let admin = node.files.admin_addr;
-    wait_until(WAIT, "member UP", || async move {
-        health(admin, "alpha-one").await == "up"
-    })
-    .await;
+    eventually_async(
+        WAIT,
+        || async move { health(admin, "alpha-one").await == "up" },
+    )
+    .await
+    .expect("member UP");
 
     // HTTP/2 by ALPN through the daemon, HSTS from the cluster document.
     let r = curl(
@@ -168,13 +168,15 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
         r.stdout
     );
     // Plain HTTP: 308 to https, except the health path; no HSTS there.
-    let a = support::get(node.http, HOST, "/a/b?c=d").await.unwrap();
+    let a = dynia_testkit::web::get(node.http, HOST, "/a/b?c=d")
+        .await
+        .unwrap();
     assert_eq!(a.status, 308);
     assert_eq!(
         a.headers["location"],
         format!("https://{HOST}:{}/a/b?c=d", node.https.port())
     );
-    let a = support::get(node.http, HOST, "/dynia-health")
+    let a = dynia_testkit::web::get(node.http, HOST, "/dynia-health")
         .await
         .unwrap();
     assert_eq!(a.status, 200);
@@ -198,7 +200,7 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
         .parse()
         .unwrap();
     assert!(left > 4.9 * 86_400.0 && left <= 5.0 * 86_400.0, "{left}");
-    let p = tls_support::run(
+    let p = dynia_testkit::tls::run(
         "promtool",
         &["check".into(), "metrics".into()],
         m.as_bytes(),
@@ -252,11 +254,12 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
         }));
     }
     let o = ok.clone();
-    wait_until(WAIT, "load running", move || {
+    eventually_async(WAIT, move || {
         let o = o.clone();
         async move { o.load(Ordering::Relaxed) >= 50 }
     })
-    .await;
+    .await
+    .expect("load running");
     second.write(node.cert.parent().unwrap(), "site");
     let out = node.reload().await;
     assert!(
@@ -266,17 +269,19 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
     );
     let before = ok.load(Ordering::Relaxed);
     let s = saw_second.clone();
-    wait_until(WAIT, "new connections see the new certificate", move || {
+    eventually_async(WAIT, move || {
         let s = s.clone();
         async move { s.load(Ordering::Relaxed) >= 10 }
     })
-    .await;
+    .await
+    .expect("new connections see the new certificate");
     let o = ok.clone();
-    wait_until(WAIT, "load after the reload", move || {
+    eventually_async(WAIT, move || {
         let o = o.clone();
         async move { o.load(Ordering::Relaxed) >= before + 50 }
     })
-    .await;
+    .await
+    .expect("load after the reload");
     stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for t in tasks {
@@ -336,10 +341,12 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
     let node = TlsNode::new("tlsexpiry", ca, &year, port);
     let d = Daemon::start(&node.files).await;
     let admin = node.files.admin_addr;
-    wait_until(WAIT, "member UP", || async move {
-        health(admin, "alpha-one").await == "up"
-    })
-    .await;
+    eventually_async(
+        WAIT,
+        || async move { health(admin, "alpha-one").await == "up" },
+    )
+    .await
+    .expect("member UP");
 
     // A year left: served, measured, and no warning (the check runs as the
     // certificates are loaded, before the listener serves).
@@ -367,12 +374,13 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
     );
     assert_eq!(node.served_cert().await, soon.der);
     let cert = node.cert.display().to_string();
-    wait_until(WAIT, "the expiry warning", || {
+    eventually_async(WAIT, || {
         let log = d.log_text();
         let cert = cert.clone();
         async move { log.lines().any(|l| l.contains(SOON) && l.contains(&cert)) }
     })
-    .await;
+    .await
+    .expect("the expiry warning");
     let left = expiry_seconds(admin, &node.cert).await;
     assert!((12.9 * DAY..=13.0 * DAY).contains(&left), "{left}");
 
@@ -388,7 +396,7 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_until(WAIT, "the not-yet-valid warning", || {
+    eventually_async(WAIT, || {
         let log = d.log_text();
         let cert = cert.clone();
         async move {
@@ -396,8 +404,9 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
                 .any(|l| l.contains(NOT_YET) && l.contains(&cert))
         }
     })
-    .await;
-    let r = tls_support::s_client(node.https, Some(HOST), &[]).await;
+    .await
+    .expect("the not-yet-valid warning");
+    let r = dynia_testkit::tls::s_client(node.https, Some(HOST), &[]).await;
     let compact = |s: &str| s.split_whitespace().collect::<String>();
     assert!(
         compact(&r.stdout).contains(&compact(&future.cert_pem)),
@@ -413,7 +422,7 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
 /// Runs `dynia run` expecting it to exit; returns (code, stderr).
 fn run_expecting_exit(node_file: &Path, limit: Duration) -> (Option<i32>, String) {
     let log = node_file.with_file_name("run.log");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args(["run", "-c"])
         .arg(node_file)
         .env("RUST_LOG", "warn")

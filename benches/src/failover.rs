@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Needs root (namespaces, addresses, raw sockets); otherwise it says why and
-//! exits 0. The rig is `tests/support/netns.rs`, included below as is: three
+//! exits 0. The rig is `dynia_testkit::netns`, the tests' own harness: three
 //! node namespaces and a client namespace on one bridge, 10.99.X.0/24
 //! addresses that exist nowhere else, so all traffic stays inside.
 //!
@@ -30,9 +30,6 @@
 //! namespaces and deletes them (also on error, panic and Ctrl-C, which makes
 //! the harness unwind); every wait and loop is bounded in count and time.
 
-#[path = "../../tests/support/netns.rs"]
-mod netns;
-
 mod client;
 mod rigs;
 
@@ -41,6 +38,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use dynia_testkit::netns;
 
 use crate::procs;
 use rigs::{Config, Ctx, SoakReport, Trial};

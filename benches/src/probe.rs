@@ -2,11 +2,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::procs::nap;
+use dynia_testkit::eventually_every;
+
+use crate::procs::interrupted;
 
 /// GET `path` from `addr` with `Host: host`; returns (status, body).
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
@@ -36,25 +38,42 @@ pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String)> {
 }
 
 /// Polls `check` every 100 ms until it succeeds, at most `limit`; `alive` is
-/// called first each time so a dead process fails fast.
+/// called first each time so a dead process fails fast, as does Ctrl-C.
+/// The polling is the testkit's `eventually`; this adds the failing fast and
+/// the last error in the message.
 pub fn wait_until(
     what: &str,
     limit: Duration,
     mut alive: impl FnMut() -> Result<()>,
     mut check: impl FnMut() -> Result<bool>,
 ) -> Result<Duration> {
-    let start = Instant::now();
     let mut last_err = String::from("not ready");
-    while start.elapsed() < limit {
-        alive()?;
-        match check() {
-            Ok(true) => return Ok(start.elapsed()),
-            Ok(false) => {}
-            Err(e) => last_err = format!("{e:#}"),
+    let mut fatal = None;
+    let took = eventually_every(limit, Duration::from_millis(100), || {
+        if let Err(e) = alive().and_then(|()| interrupted_err()) {
+            fatal = Some(e);
+            return true;
         }
-        nap(Duration::from_millis(100))?;
+        match check() {
+            Ok(ready) => ready,
+            Err(e) => {
+                last_err = format!("{e:#}");
+                false
+            }
+        }
+    });
+    match (fatal, took) {
+        (Some(e), _) => Err(e),
+        (None, Ok(took)) => Ok(took),
+        (None, Err(_)) => bail!("{what} not ready after {limit:?} (last: {last_err})"),
     }
-    bail!("{what} not ready after {limit:?} (last: {last_err})")
+}
+
+fn interrupted_err() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
 /// A TCP port that is free on every address of `ips` right now.

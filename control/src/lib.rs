@@ -14,7 +14,6 @@ pub mod catchup;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod election;
 pub mod loaded;
 pub mod logging;

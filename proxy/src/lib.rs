@@ -13,7 +13,6 @@
 pub mod backend;
 pub mod body;
 pub mod config;
-pub mod demo;
 pub mod forward;
 pub mod health;
 mod io;

@@ -1,20 +1,19 @@
 //! The proxy against real members on 127.0.0.x: balancing, health, retries,
 //! drain, limits, tunnels and streaming, as a user would check them.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynia_proxy::demo::DemoUpstream;
 use dynia_proxy::{
     AdminState, Health, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, Proxy,
     ProxyConfig, ServiceConfig,
 };
-use support::{get, read_request, reset, wait_until, write_ok, Client, RawMember};
+use dynia_testkit::eventually_async;
+use dynia_testkit::upstream::DemoUpstream;
+use dynia_testkit::web::{get, read_request, reset, write_ok, Client, RawMember};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -115,11 +114,12 @@ impl Rig {
 
     async fn all_up(&self) {
         let p = self.proxy.clone();
-        wait_until(WAIT, "every member UP", move || {
+        eventually_async(WAIT, move || {
             let p = p.clone();
             async move { p.status()[0].members.iter().all(|m| m.health == Health::Up) }
         })
-        .await;
+        .await
+        .expect("every member UP");
     }
 
     fn metrics(&self) -> String {
@@ -127,7 +127,7 @@ impl Rig {
     }
 }
 
-fn count_by_member(answers: &[support::Answer]) -> HashMap<String, usize> {
+fn count_by_member(answers: &[dynia_testkit::web::Answer]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for a in answers {
         *m.entry(a.member().unwrap_or("-").to_string()).or_default() += 1;
@@ -159,7 +159,7 @@ async fn failing_health_takes_member_out_after_fall_and_back_after_rise() {
     sick.set_health(500);
     let p = rig.proxy.clone();
     let id = sick.id.to_string();
-    wait_until(WAIT, "member DOWN", || {
+    eventually_async(WAIT, || {
         let (p, id) = (p.clone(), id.clone());
         async move {
             p.status()[0]
@@ -168,7 +168,8 @@ async fn failing_health_takes_member_out_after_fall_and_back_after_rise() {
                 .any(|m| m.id == id && m.health == Health::Down)
         }
     })
-    .await;
+    .await
+    .expect("member DOWN");
     let metrics = rig.metrics();
     let failures = metric_value(
         &metrics,
@@ -274,10 +275,9 @@ async fn killed_member_costs_no_failed_get() {
     }
     let victim = &rig.ups[2];
     let series = "dynia_upstream_failures_total{member=\"member-2\",service=\"web\"}";
-    wait_until(WAIT, "some traffic on the victim", || async {
-        victim.hits() > 20
-    })
-    .await;
+    eventually_async(WAIT, || async { victim.hits() > 20 })
+        .await
+        .expect("some traffic on the victim");
     let failures_before = metric_value(&rig.metrics(), series);
     victim.kill();
     let mut failed = 0;
@@ -300,7 +300,7 @@ async fn all_members_down_answers_503_with_retry_after_promptly() {
         u.set_health(503);
     }
     let p = rig.proxy.clone();
-    wait_until(WAIT, "all DOWN", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move {
             p.status()[0]
@@ -309,7 +309,8 @@ async fn all_members_down_answers_503_with_retry_after_promptly() {
                 .all(|m| m.health == Health::Down)
         }
     })
-    .await;
+    .await
+    .expect("all DOWN");
     let a = tokio::time::timeout(Duration::from_secs(5), get(rig.addr, HOST, "/"))
         .await
         .expect("a 503 must not hang")
@@ -347,11 +348,12 @@ async fn drained_member_finishes_its_request_and_gets_no_new_ones() {
     let addr = rig.addr;
     let slow = tokio::spawn(async move { get(addr, HOST, "/slow/1500").await });
     let p = rig.proxy.clone();
-    wait_until(WAIT, "slow request in flight", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.status()[0].members.iter().any(|m| m.inflight == 1) }
     })
-    .await;
+    .await
+    .expect("slow request in flight");
     let busy = rig.proxy.status()[0]
         .members
         .iter()
@@ -472,11 +474,12 @@ async fn excess_connections_are_refused_without_harm() {
     assert_eq!(a.get(HOST, "/").await.unwrap().status, 200);
     drop(b);
     let p = rig.proxy.clone();
-    wait_until(WAIT, "a connection slot to free", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.connections() < 2 }
     })
-    .await;
+    .await
+    .expect("a connection slot to free");
     assert_eq!(get(rig.addr, HOST, "/").await.unwrap().status, 200);
 }
 
@@ -548,7 +551,7 @@ async fn reload_keeps_health_of_remaining_members_and_stops_removed_ones() {
     rig.ups[0].set_health(500);
     let down = rig.ups[0].id.to_string();
     let p = rig.proxy.clone();
-    wait_until(WAIT, "member-0 DOWN", || {
+    eventually_async(WAIT, || {
         let (p, down) = (p.clone(), down.clone());
         async move {
             p.status()[0]
@@ -557,7 +560,8 @@ async fn reload_keeps_health_of_remaining_members_and_stops_removed_ones() {
                 .any(|m| m.id == down && m.health == Health::Down)
         }
     })
-    .await;
+    .await
+    .expect("member-0 DOWN");
     // Drop member-2; member-0 must still be DOWN right after the swap.
     let members = rig.members(&[AdminState::Active; 3]);
     rig.proxy
@@ -599,11 +603,12 @@ async fn idle_keep_alive_connection_is_closed_after_idle_timeout() {
         String::from_utf8_lossy(&buf[..n])
     );
     let p = rig.proxy.clone();
-    wait_until(WAIT, "the connection to be released", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.connections() == 0 }
     })
-    .await;
+    .await
+    .expect("the connection to be released");
 }
 
 #[tokio::test]
@@ -635,11 +640,12 @@ async fn removed_member_finishes_its_inflight_request() {
     let addr = rig.addr;
     let slow = tokio::spawn(async move { get(addr, HOST, "/slow/1000").await });
     let p = rig.proxy.clone();
-    wait_until(WAIT, "slow request in flight", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.status()[0].members.iter().any(|m| m.inflight == 1) }
     })
-    .await;
+    .await
+    .expect("slow request in flight");
     let busy = rig.proxy.status()[0]
         .members
         .iter()
@@ -675,11 +681,12 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     let member = &rig.ups[0];
     // Let the first health check connect, then count from here.
     let p = rig.proxy.clone();
-    wait_until(WAIT, "first check", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.status()[0].members[0].health == Health::Up }
     })
-    .await;
+    .await
+    .expect("first check");
     let before = member.connections();
     let mut c = Client::connect(rig.addr).await.unwrap();
     for _ in 0..200 {
@@ -773,11 +780,12 @@ impl Plain {
 
     async fn connections_drop_to(&self, n: usize, what: &str) {
         let p = self.proxy.clone();
-        wait_until(WAIT, what, move || {
+        eventually_async(WAIT, move || {
             let p = p.clone();
             async move { p.connections() == n }
         })
-        .await;
+        .await
+        .expect(what);
     }
 }
 
@@ -850,7 +858,7 @@ async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool
 /// other request (the connection and the request it read).
 async fn raw_member<F, Fut>(bind: &str, id: &'static str, other: F) -> RawMember
 where
-    F: Fn(TcpStream, support::RawRequest) -> Fut + Send + Sync + Clone + 'static,
+    F: Fn(TcpStream, dynia_testkit::web::RawRequest) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Option<TcpStream>> + Send + 'static,
 {
     RawMember::start(bind, move |mut s| {
@@ -909,11 +917,12 @@ async fn websockets_hold_their_connection_slots() {
     a.close(None).await.unwrap();
     drop(a);
     let p = px.proxy.clone();
-    wait_until(WAIT, "the closed tunnel's slot to free", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.connections() < 2 }
     })
-    .await;
+    .await
+    .expect("the closed tunnel's slot to free");
     let mut c = ws_connect(px.addr).await.unwrap();
     assert!(ws_echo(&mut c, "c").await);
     assert!(ws_echo(&mut b, "b again").await);
@@ -979,10 +988,12 @@ async fn shutdown_waits_for_a_tunnel_within_the_grace_period_then_cuts_it() {
     let shutdown = tokio::spawn(async move { p.shutdown(grace).await });
     // Within the grace period: no new connections, the tunnel still works.
     let addr = px.addr;
-    wait_until(WAIT, "new connections refused", || async move {
-        TcpStream::connect(addr).await.is_err()
-    })
-    .await;
+    eventually_async(
+        WAIT,
+        || async move { TcpStream::connect(addr).await.is_err() },
+    )
+    .await
+    .expect("new connections refused");
     assert!(
         ws_echo(&mut ws, "during the grace period").await,
         "the tunnel was cut before the grace period ended"
@@ -1027,11 +1038,12 @@ async fn silent_client_is_closed_after_header_read_timeout() {
         t.elapsed()
     );
     let p = rig.proxy.clone();
-    wait_until(WAIT, "the slot to free", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.connections() == 0 }
     })
-    .await;
+    .await
+    .expect("the slot to free");
 }
 
 #[tokio::test]
@@ -1169,11 +1181,12 @@ async fn client_that_stops_reading_is_closed_after_idle_timeout() {
         .await
         .unwrap();
     let p = rig.proxy.clone();
-    wait_until(WAIT, "the stuck connection to be closed", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.connections() == 0 }
     })
-    .await;
+    .await
+    .expect("the stuck connection to be closed");
     assert_eq!(
         rig.proxy.status()[0].members[0].inflight,
         0,
@@ -1497,10 +1510,11 @@ async fn maint_member_gets_no_checks_and_no_requests() {
     // The active member's checks are the clock: five rounds.
     let checks =
         "dynia_health_checks_total{member=\"member-0\",result=\"success\",service=\"web\"}";
-    wait_until(WAIT, "five checks of the active member", || async {
+    eventually_async(WAIT, || async {
         metric_value(&px.metrics(), checks) >= 5.0
     })
-    .await;
+    .await
+    .expect("five checks of the active member");
     assert_eq!(b.connections(), 0, "a MAINT member was checked");
     let mut c = Client::connect(px.addr).await.unwrap();
     for _ in 0..10 {
@@ -1695,11 +1709,12 @@ async fn removed_service_leaves_the_metrics() {
     two.generation = 2;
     rig.proxy.apply(two).unwrap();
     let p = rig.proxy.clone();
-    wait_until(WAIT, "api member UP", || {
+    eventually_async(WAIT, || {
         let p = p.clone();
         async move { p.status()[1].members[0].health == Health::Up }
     })
-    .await;
+    .await
+    .expect("api member UP");
     assert_eq!(
         get(rig.addr, "api.example.com", "/").await.unwrap().status,
         200

@@ -2,23 +2,19 @@
 //! certificates made here by rcgen (and `openssl` for RSA keys and the
 //! PKCS#1/SEC1 forms), members on 127.0.0.x.
 
-mod support;
-#[path = "support/tls.rs"]
-mod tls_support;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dynia_proxy::demo::DemoUpstream;
 use dynia_proxy::{
     AdminState, CertificateFiles, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig,
     Proxy, ProxyConfig, ServiceConfig,
 };
-use support::wait_until;
-use tls_support::*;
+use dynia_testkit::eventually_async;
+use dynia_testkit::tls::*;
+use dynia_testkit::upstream::DemoUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -133,11 +129,12 @@ impl Rig {
         };
         let (https, http) = (find("https"), find("http"));
         let p = proxy.clone();
-        wait_until(WAIT, "member UP", move || {
+        eventually_async(WAIT, move || {
             let p = p.clone();
             async move { p.status()[0].members[0].health == dynia_proxy::Health::Up }
         })
-        .await;
+        .await
+        .expect("member UP");
         Rig {
             proxy,
             registry,
@@ -325,17 +322,14 @@ async fn sni_picks_exact_then_wildcard_then_first_and_tls11_is_refused() {
     assert_eq!(subject_cn(&r.stdout), None, "{}", r.stdout);
     assert!(r.stderr.contains("SSL alert number"), "{}", r.stderr);
     // The server saw and refused it (counted right after it answered).
-    wait_until(
-        WAIT,
-        "the TLS 1.1 hello counted as a failed handshake",
-        || {
-            let n = rig
-                .metric("dynia_tls_handshakes_total{result=\"failure\"}")
-                .unwrap_or(0.0);
-            async move { n > failed_before }
-        },
-    )
-    .await;
+    eventually_async(WAIT, || {
+        let n = rig
+            .metric("dynia_tls_handshakes_total{result=\"failure\"}")
+            .unwrap_or(0.0);
+        async move { n > failed_before }
+    })
+    .await
+    .expect("the TLS 1.1 hello counted as a failed handshake");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,29 +486,32 @@ async fn certificate_swap_under_https_load_has_zero_failures() {
         }));
     }
     let o = ok.clone();
-    wait_until(WAIT, "load running", move || {
+    eventually_async(WAIT, move || {
         let o = o.clone();
         async move { o.load(Ordering::Relaxed) >= 100 }
     })
-    .await;
+    .await
+    .expect("load running");
 
     // Renewal as certbot does it: new files at the same paths, then reload.
     second.write(&rig.dir.0, "app");
     rig.proxy.apply(rig.config.clone()).unwrap();
     let before = ok.load(Ordering::Relaxed);
     let s = saw_second.clone();
-    wait_until(WAIT, "load sees the new certificate", move || {
+    eventually_async(WAIT, move || {
         let s = s.clone();
         async move { s.load(Ordering::Relaxed) >= 20 }
     })
-    .await;
+    .await
+    .expect("load sees the new certificate");
     assert_eq!(rig.served_cert(HOST).await, second.der);
     let o = ok.clone();
-    wait_until(WAIT, "more load after the swap", move || {
+    eventually_async(WAIT, move || {
         let o = o.clone();
         async move { o.load(Ordering::Relaxed) >= before + 100 }
     })
-    .await;
+    .await
+    .expect("more load after the swap");
     stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for t in tasks {
@@ -630,11 +627,12 @@ async fn garbage_and_truncated_client_hello_do_not_disturb_others() {
     // Counted (a failed handshake may be counted just after its close).
     for (result, at_least) in [("timeout", (SILENT + TRUNCATED) as f64), ("failure", 2.0)] {
         let series = format!("dynia_tls_handshakes_total{{result=\"{result}\"}}");
-        wait_until(WAIT, &series.clone(), || {
+        eventually_async(WAIT, || {
             let n = rig.metric(&series).unwrap_or(0.0);
             async move { n >= at_least }
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e} waiting for {series}"));
     }
     // And the listener still serves.
     assert_eq!(rig.served_cert(HOST).await.len(), certs[0].1.der.len());
@@ -665,7 +663,7 @@ async fn redirect_https_spares_the_health_path_and_hsts_is_https_only() {
     };
     let rig = Rig::new("redirect", ca, &certs, opts).await;
 
-    let a = support::get(rig.http, "app.example.com:8080", "/some/path?q=1&r=2")
+    let a = dynia_testkit::web::get(rig.http, "app.example.com:8080", "/some/path?q=1&r=2")
         .await
         .unwrap();
     assert_eq!(a.status, 308);
@@ -676,15 +674,19 @@ async fn redirect_https_spares_the_health_path_and_hsts_is_https_only() {
     assert!(!a.headers.contains_key("strict-transport-security"));
 
     // The health path goes through on plain HTTP.
-    let a = support::get(rig.http, HOST, "/dynia-health").await.unwrap();
+    let a = dynia_testkit::web::get(rig.http, HOST, "/dynia-health")
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(!a.headers.contains_key("strict-transport-security"));
     // A host no certificate covers stays on plain HTTP.
-    let a = support::get(rig.http, "x.example.com", "/").await.unwrap();
+    let a = dynia_testkit::web::get(rig.http, "x.example.com", "/")
+        .await
+        .unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body, "member-0\n");
     // An unknown host is not redirected anywhere.
-    let a = support::get(rig.http, "nope.example.org", "/")
+    let a = dynia_testkit::web::get(rig.http, "nope.example.org", "/")
         .await
         .unwrap();
     assert_eq!(a.status, 404);
@@ -1086,7 +1088,7 @@ async fn redirect_https_goes_to_the_tls_listener_holding_the_certificate() {
         ("shared.example.com", Some(port_a)),
         ("none.example.com", None),
     ] {
-        let r = support::get(http, host, "/p?q=1").await.unwrap();
+        let r = dynia_testkit::web::get(http, host, "/p?q=1").await.unwrap();
         match port {
             Some(p) => {
                 assert_eq!(r.status, 308, "{host}: {}", r.body);

@@ -5,11 +5,8 @@
 //! * [`advert`]: the `dynia` transport's authenticated advert, replay guard, receive filter.
 //! * [`vrrp3`]: the RFC 5798 VRRPv3 IPv4 packet codec (keepalived interop).
 //! * [`driver`]: what moves the Reserved IP (DigitalOcean API, L2 address + gratuitous ARP, none).
-//! * `dosim` (feature `simulator`): a local DigitalOcean API + metadata simulator.
 
 pub mod advert;
-#[cfg(feature = "simulator")]
-pub mod dosim;
 pub mod driver;
 pub mod election;
 pub mod reconcile;

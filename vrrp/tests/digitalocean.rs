@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dynia_vrrp::dosim::{Call, DoSim, Fault, SameDropletAssign, Service};
+use dynia_testkit::dosim::{Call, DoSim, Fault, SameDropletAssign, Service};
 use dynia_vrrp::driver::{
     ClaimOutcome, DigitalOcean, DigitalOceanConfig, Driver, ErrorKind, Holder, PollPolicy,
     ReleaseOutcome, RetryPolicy, Secret, Timeouts,

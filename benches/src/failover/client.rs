@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::netns::in_netns;
+use dynia_testkit::netns::in_netns;
 
 /// Connect timeout of one request of the loop (the brief: ~100-300 ms).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);

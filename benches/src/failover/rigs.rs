@@ -10,8 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use super::client::{self, Load};
-use super::netns::{self, in_netns, wait_until, NetnsCluster};
 use crate::procs::{self, nap};
+use dynia_testkit::eventually;
+use dynia_testkit::netns::{self, in_netns, NetnsCluster};
 
 const PROXY_PORT: u16 = 8000;
 const APP_PORT: u16 = 8080;
@@ -408,13 +409,14 @@ impl DyniaRig {
         }
         let rig = DyniaRig { c, vip, pids, apps };
         let c = &rig.c;
-        let ok = wait_until(UP_WAIT, || {
+        let ok = eventually(UP_WAIT, || {
             !procs::interrupted()
                 && role(c, 0) == "master"
                 && role(c, 1) == "backup"
                 && role(c, 2) == "backup"
                 && holders(c, vip) == vec![0]
-        });
+        })
+        .is_ok();
         if procs::interrupted() {
             bail!("interrupted");
         }
@@ -577,9 +579,10 @@ impl KeepalivedRig {
             apps,
         };
         let c = &rig.c;
-        let ok = wait_until(UP_WAIT, || {
+        let ok = eventually(UP_WAIT, || {
             !procs::interrupted() && holders(c, vip) == vec![0]
-        });
+        })
+        .is_ok();
         if procs::interrupted() {
             bail!("interrupted");
         }
@@ -624,9 +627,10 @@ pub fn failover_trial(ctx: &Ctx, cfg: Config, k: u32) -> Result<Trial> {
 }
 
 fn wait_client_stable(c: &NetnsCluster, load: &Load, id: Option<&str>) -> Result<()> {
-    let ok = wait_until(UP_WAIT, || {
+    let ok = eventually(UP_WAIT, || {
         procs::interrupted() || load.stable(STABLE_RUN, id)
-    });
+    })
+    .is_ok();
     if procs::interrupted() {
         bail!("interrupted");
     }
@@ -641,7 +645,7 @@ fn wait_client_stable(c: &NetnsCluster, load: &Load, id: Option<&str>) -> Result
 }
 
 fn wait_recovered(load: &Load, t0: Instant, not_id: Option<&str>) -> Result<client::Sample> {
-    wait_until(RECOVERY_WAIT, || {
+    let _ = eventually(RECOVERY_WAIT, || {
         procs::interrupted() || load.first_ok_after(t0, not_id).is_some()
     });
     if procs::interrupted() {

@@ -2,7 +2,7 @@
 //! this droplet through the public API, and tells who holds it now.
 //!
 //! What the real API does, and where that is written (the behaviour the
-//! simulator in `dosim` reproduces):
+//! simulator in `dynia_testkit::dosim` reproduces):
 //! - Assign: `POST /v2/reserved_ips/{ip}/actions` with
 //!   `{"type":"assign","droplet_id":N}` answers an *action* object whose
 //!   `status` is `in-progress`; it becomes `completed` or `errored` later, and

@@ -34,6 +34,18 @@ const CHUNK: usize = 64 * 1024;
 const MAX_SLOW_MS: u64 = 600_000;
 const MAX_BYTES: u64 = 4 << 30;
 
+/// A listener with `SO_REUSEADDR`, as the proxy's own, so a `dynia upstream`
+/// restarted on the same port binds at once.
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
 /// A running demo application server.
 pub struct DemoUpstream {
     pub addr: SocketAddr,
@@ -53,7 +65,7 @@ struct State {
 impl DemoUpstream {
     /// Binds `bind` (port 0 picks one) and serves until [`kill`](Self::kill).
     pub async fn start(bind: SocketAddr, id: &str) -> std::io::Result<DemoUpstream> {
-        let listener = crate::server::bind(bind)?;
+        let listener = bind_reusable(bind)?;
         let addr = listener.local_addr()?;
         let id: Arc<str> = id.into();
         let state = Arc::new(State {

@@ -1,4 +1,4 @@
-//! The netns cluster (SPEC §10): network namespaces joined by a bridge, one
+//! The netns cluster (docs/testing.md): network namespaces joined by a bridge, one
 //! namespace per node, one client namespace, with faults (kill, pause,
 //! partition, heal) and cleanup that always runs.
 //!
@@ -25,7 +25,6 @@
 //! panic too. `NetnsCluster::new` first removes what a crashed earlier run
 //! left behind: namespaces named `dynia-<pid>-…` whose `<pid>` is no longer a
 //! live process.
-#![allow(dead_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Read};
@@ -82,23 +81,6 @@ pub fn root_or_skip(test: &str) -> bool {
             false
         }
     }
-}
-
-/// Polls `cond` every 10 ms until it holds (`true`) or `limit` has passed
-/// (`false`). Bounded in time and in polls.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    let max_polls = limit.as_millis() / 10 + 2;
-    for _ in 0..max_polls {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    cond()
 }
 
 /// An HTTP answer seen by the client.
@@ -274,7 +256,7 @@ impl NetnsCluster {
     pub fn new(n_nodes: usize) -> NetnsCluster {
         assert!(
             (1..=32).contains(&n_nodes),
-            "1..=32 nodes (SPEC: 1-32 droplets)"
+            "1..=32 nodes (a cluster has 1-32 members)"
         );
         let stale = remove_stale();
         if !stale.is_empty() {
@@ -361,6 +343,11 @@ impl NetnsCluster {
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Never true: a cluster has 1..=32 nodes (see [`NetnsCluster::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
     }
 
     /// Node `i`'s address, 10.99.X.(10+i).

@@ -1,11 +1,7 @@
-//! Test support for whole-daemon tests: a node as a real `dynia run`
-//! process on its own files, demo members on 127.0.0.x, a small HTTP client,
-//! and bounded waiting for events.
-#![allow(dead_code)]
-
-pub mod netns;
-#[path = "../../proxy/tests/support/mod.rs"]
-pub mod web;
+//! Whole-daemon test fixtures: a node as a real `dynia run` process on its
+//! own files (node file, cluster document, secrets), loopback clusters on
+//! 127.0.0.x, `/status.json` and `/metrics` readers and admin calls.
+//! The binary is found next to the test executable (see [`bin`]).
 
 use std::fs;
 use std::io::Write;
@@ -13,12 +9,37 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-pub use web::{get, wait_until, Client};
+use crate::eventually_async;
+use crate::web::get;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_dynia");
+/// The `dynia` binary under test: `$DYNIA_BIN` if set, else `dynia` in the
+/// cargo target directory of the running test (`target/debug/deps/t-…` →
+/// `target/debug/dynia`), which `cargo test` builds before the package's
+/// integration tests run.
+pub fn bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("DYNIA_BIN") {
+            return p.to_string_lossy().into_owned();
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut dir = exe.parent().expect("test executable has a directory");
+        if dir.ends_with("deps") {
+            dir = dir.parent().expect("target profile directory");
+        }
+        let p = dir.join("dynia");
+        assert!(
+            p.exists(),
+            "no dynia binary at {} (build it, or set DYNIA_BIN)",
+            p.display()
+        );
+        p.to_string_lossy().into_owned()
+    })
+}
+
 pub const HOST: &str = "app.example.com";
 pub const TOKEN: &str = "test-admin-token-5e1f";
 
@@ -86,6 +107,12 @@ pub fn write_secret(path: &Path, bytes: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// `admin.token` ([`TOKEN`]) and `cluster.key` (a fixed test key) in `dir`.
+pub fn write_node_secrets(dir: &Path) {
+    write_secret(&dir.join("admin.token"), TOKEN);
+    write_secret(&dir.join("cluster.key"), "0123456789abcdef0123456789abcdef");
+}
+
 /// A member of the cluster document: id, private IP, state.
 #[derive(Clone)]
 pub struct MemberSpec {
@@ -149,11 +176,7 @@ impl NodeFiles {
         let ports = free_ports("127.0.0.1", 2);
         let proxy_addr = SocketAddr::from(([127, 0, 0, 1], ports[0]));
         let admin_addr = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-        write_secret(&dir.0.join("admin.token"), TOKEN);
-        write_secret(
-            &dir.0.join("cluster.key"),
-            "0123456789abcdef0123456789abcdef",
-        );
+        write_node_secrets(&dir.0);
         let node_file = dir.0.join("dynia.toml");
         let text = format!(
             "[node]\nid = \"{id}\"\nprivate_ip = \"auto\"\nstate_dir = \"{dir}\"\nworker_threads = 2\n\n\
@@ -185,7 +208,7 @@ impl NodeFiles {
 
     /// Runs `dynia ARGS -c node_file` to completion.
     pub fn dynia(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(bin())
             .args(args)
             .arg("-c")
             .arg(&self.node_file)
@@ -209,7 +232,7 @@ impl Daemon {
 
     pub async fn start_with_env(files: &NodeFiles, env: &[(&str, &str)]) -> Daemon {
         let log = files.dir.0.join("daemon.log");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("run")
             .arg("-c")
             .arg(&files.node_file)
@@ -223,21 +246,14 @@ impl Daemon {
         let child = cmd.spawn().unwrap();
         let mut d = Daemon { child, log };
         let admin = files.admin_addr;
-        let start = Instant::now();
-        loop {
+        let ready = eventually_async(Duration::from_secs(20), || {
             if let Some(status) = d.child.try_wait().unwrap() {
                 panic!("dynia run exited with {status}:\n{}", d.log_text());
             }
-            if get(admin, "localhost", "/status.json").await.is_ok() {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "daemon not ready:\n{}",
-                d.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            async move { get(admin, "localhost", "/status.json").await.is_ok() }
+        })
+        .await;
+        assert!(ready.is_ok(), "daemon not ready:\n{}", d.log_text());
         d
     }
 
@@ -257,17 +273,15 @@ impl Daemon {
 
     /// Waits for the process to exit (bounded) and returns its exit code.
     pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "daemon did not exit within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut code = None;
+        let exited = eventually_async(limit, || {
+            let status = self.child.try_wait().unwrap();
+            code = status.and_then(|s| s.code());
+            async move { status.is_some() }
+        })
+        .await;
+        assert!(exited.is_ok(), "daemon did not exit within {limit:?}");
+        code
     }
 
     /// A value from /proc/PID/status, in kB (VmRSS, VmHWM).
@@ -337,11 +351,7 @@ pub fn cluster_node(
     let dir = TempDir::new(tag);
     let proxy_addr: SocketAddr = format!("{ip}:{proxy_port}").parse().unwrap();
     let admin_addr: SocketAddr = format!("{ip}:{admin_port}").parse().unwrap();
-    write_secret(&dir.0.join("admin.token"), TOKEN);
-    write_secret(
-        &dir.0.join("cluster.key"),
-        "0123456789abcdef0123456789abcdef",
-    );
+    write_node_secrets(&dir.0);
     let node_file = dir.0.join("dynia.toml");
     let text = format!(
         "[node]\nid = \"{id}\"\nprivate_ip = \"{ip}\"\nstate_dir = \"{d}\"\nworker_threads = 1\n\n\
@@ -434,7 +444,7 @@ pub async fn dynia_async(node_file: &Path, args: &[&str]) -> Output {
     let node_file = node_file.to_path_buf();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
+        Command::new(bin())
             .args(&args)
             .arg("-c")
             .arg(&node_file)

@@ -1,11 +1,9 @@
-//! Test support: a small real HTTP client, hand-written members for the
-//! failures a real server library would not produce, and bounded waiting for
-//! events.
-#![allow(dead_code)]
+//! HTTP test support: a small real HTTP/1.1 client, and hand-written members
+//! for the failures a real server library would not produce (resets, raw
+//! answers). Members and clients only on 127.0.0.0/8.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -81,45 +79,34 @@ impl Client {
             .send_request(req)
             .await
             .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, headers, body) = read_response(resp).await?;
         Ok(Answer {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         })
     }
+}
+
+/// Status, headers and the whole body (as text) of an answer.
+pub async fn read_response(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<(u16, http::HeaderMap, String), String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A GET on a new connection.
 pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
     let mut c = Client::connect(addr).await.map_err(|e| e.to_string())?;
     c.get(host, path).await
-}
-
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if cond().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// One request as a hand-written member reads it.

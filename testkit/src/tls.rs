@@ -3,7 +3,6 @@
 //! hand out, HTTPS clients (HTTP/1.1 and HTTP/2) that report the certificate
 //! and ALPN they got, and bounded runs of the real `curl` and `openssl`
 //! binaries. Every address is on 127.0.0.0/8.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -21,6 +20,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio::process::Command;
+
+use crate::web::read_response;
 
 /// Bound on every external command.
 pub const CMD_LIMIT: Duration = Duration::from_secs(20);
@@ -488,19 +489,4 @@ impl Drop for TlsDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Status, headers and the whole body (as text) of an answer.
-async fn read_response(
-    resp: http::Response<hyper::body::Incoming>,
-) -> Result<(u16, http::HeaderMap, String), String> {
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
 }

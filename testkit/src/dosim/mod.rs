@@ -1,0 +1,216 @@
+//! A faithful local simulator of the DigitalOcean API (Reserved IPs and
+//! their actions) and of the droplet metadata service, over real HTTP/1.1,
+//! with faults on demand and a call log tests assert on; for the driver's
+//! tests, `dynia demo` and the netns harness. What it answers and why:
+//! docs/testing.md "The DigitalOcean simulator". Parts: `state` (the world),
+//! `api` and `actions` (the `/v2` server), `faults` (the injection queue),
+//! `metadata` (per-droplet servers), `calls` (the log), `clock` (timestamps).
+
+mod actions;
+mod api;
+mod calls;
+mod clock;
+mod faults;
+mod metadata;
+mod state;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+pub use calls::{Call, Service};
+pub use faults::Fault;
+pub use metadata::MetadataServer;
+pub use state::SameDropletAssign;
+use state::{ReservedIp, Shared, World};
+
+/// Most bytes the simulator reads from a request body.
+const MAX_BODY: usize = 64 * 1024;
+/// Most entries kept in the call log (oldest dropped first).
+const MAX_CALLS: usize = 10_000;
+/// Most concurrent connections per server; more are closed at once.
+const MAX_CONNS: usize = 256;
+/// The simulated account's rate limit per window.
+const RATE_LIMIT: u32 = 5_000;
+/// The region every simulated resource lives in.
+pub const SIM_REGION: &str = "fra1";
+
+/// The running simulator. Dropping it stops the API and metadata servers.
+pub struct DoSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl Drop for DoSim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl std::fmt::Debug for DoSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoSim")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DoSim {
+    /// Start the API server on `bind` (e.g. `127.0.0.1:0`), accepting `token`.
+    pub async fn start(bind: SocketAddr, token: &str) -> io::Result<DoSim> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            world: Mutex::new(World {
+                token: token.to_owned(),
+                droplets: BTreeMap::new(),
+                droplet_status: BTreeMap::new(),
+                ips: BTreeMap::new(),
+                actions: BTreeMap::new(),
+                next_action: 2_000_000_001,
+                action_delay: Duration::from_millis(50),
+                same_droplet: SameDropletAssign::default(),
+                faults: VecDeque::new(),
+                latency: Duration::ZERO,
+                calls: VecDeque::new(),
+                remaining: RATE_LIMIT,
+            }),
+            accepted: Arc::new(AtomicU64::new(0)),
+        });
+        let s = shared.clone();
+        let server = spawn_server(listener, shared.accepted.clone(), move |req| {
+            let s = s.clone();
+            async move { api::api(&s, req).await }
+        });
+        Ok(DoSim {
+            shared,
+            addr,
+            server,
+        })
+    }
+
+    /// Base URL to use as `api_url`, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Add (or replace) a droplet.
+    pub fn add_droplet(&self, id: u64, private_ip: Ipv4Addr) {
+        self.shared.world().droplets.insert(id, private_ip);
+    }
+
+    /// Set a droplet's `status` as the API reports it: `active` (the
+    /// default), `off` (powered off), `new`, `archive`.
+    pub fn set_droplet_status(&self, id: u64, status: &'static str) {
+        let mut w = self.shared.world();
+        if status == "active" {
+            w.droplet_status.remove(&id);
+        } else {
+            w.droplet_status.insert(id, status);
+        }
+    }
+
+    /// Add (or replace) a Reserved IP, held by `holder` or by nobody.
+    pub fn add_reserved_ip(&self, ip: IpAddr, holder: Option<u64>) {
+        self.shared.world().ips.insert(
+            ip,
+            ReservedIp {
+                holder,
+                pending: None,
+            },
+        );
+    }
+
+    /// Who holds `ip` now (`None`: nobody, or no such IP).
+    pub fn holder(&self, ip: IpAddr) -> Option<u64> {
+        self.shared.world().ips.get(&ip).and_then(|r| r.holder)
+    }
+
+    /// Move `ip` out of band (as if another node or a person had done it).
+    pub fn set_holder(&self, ip: IpAddr, holder: Option<u64>) {
+        if let Some(r) = self.shared.world().ips.get_mut(&ip) {
+            r.holder = holder;
+        }
+    }
+
+    /// True while an action on `ip` is in progress.
+    pub fn is_locked(&self, ip: IpAddr) -> bool {
+        self.shared
+            .world()
+            .ips
+            .get(&ip)
+            .is_some_and(|r| r.pending.is_some())
+    }
+
+    /// How long new actions stay `in-progress` (default 50 ms).
+    pub fn set_action_delay(&self, d: Duration) {
+        self.shared.world().action_delay = d;
+    }
+
+    /// What assigning to the current holder answers (default 422).
+    pub fn set_same_droplet_assign(&self, mode: SameDropletAssign) {
+        self.shared.world().same_droplet = mode;
+    }
+}
+
+/// Accept loop: HTTP/1.1, bounded connections; aborting the task closes all.
+fn spawn_server<F, Fut>(
+    listener: TcpListener,
+    accepted: Arc<AtomicU64>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                r = listener.accept() => {
+                    let Ok((stream, _)) = r else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    if conns.len() >= MAX_CONNS {
+                        drop(stream);
+                        continue;
+                    }
+                    let h = handler.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let h = h.clone();
+                            async move { Ok::<_, Infallible>(h(req).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    })
+}

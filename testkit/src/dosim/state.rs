@@ -1,0 +1,117 @@
+//! The simulated world: droplets (id, private IP, status), Reserved IPs
+//! (holder, pending action) and actions, behind one lock. Actions complete
+//! lazily: every access first settles those whose delay has passed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::{Call, Fault};
+
+/// What assigning a Reserved IP to the droplet that already holds it answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SameDropletAssign {
+    /// `422 {"id":"unprocessable_entity","message":"The reserved IP is already assigned to this droplet."}`.
+    #[default]
+    Unprocessable,
+    /// An ordinary `201` action that completes as usual.
+    NewAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ActionKind {
+    Assign(u64),
+    Unassign,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ActionStatus {
+    InProgress,
+    Completed,
+    Errored,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Action {
+    pub(super) id: u64,
+    pub(super) ip: IpAddr,
+    pub(super) kind: ActionKind,
+    pub(super) status: ActionStatus,
+    pub(super) will_error: bool,
+    pub(super) started_at: SystemTime,
+    pub(super) done_at: Instant,
+    pub(super) completed_at: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct ReservedIp {
+    pub(super) holder: Option<u64>,
+    pub(super) pending: Option<u64>,
+}
+
+pub(super) struct World {
+    pub(super) token: String,
+    pub(super) droplets: BTreeMap<u64, Ipv4Addr>,
+    /// Droplets whose `status` is not `active` (e.g. `off`).
+    pub(super) droplet_status: BTreeMap<u64, &'static str>,
+    pub(super) ips: BTreeMap<IpAddr, ReservedIp>,
+    pub(super) actions: BTreeMap<u64, Action>,
+    pub(super) next_action: u64,
+    pub(super) action_delay: Duration,
+    pub(super) same_droplet: SameDropletAssign,
+    pub(super) faults: VecDeque<Fault>,
+    pub(super) latency: Duration,
+    pub(super) calls: VecDeque<Call>,
+    pub(super) remaining: u32,
+}
+
+impl World {
+    pub(super) fn status_of(&self, droplet: u64) -> &'static str {
+        self.droplet_status
+            .get(&droplet)
+            .copied()
+            .unwrap_or("active")
+    }
+
+    /// Finish every action whose time has come (lazily, on each access).
+    pub(super) fn settle(&mut self, now: Instant) {
+        for a in self.actions.values_mut() {
+            if a.status != ActionStatus::InProgress || now < a.done_at {
+                continue;
+            }
+            if a.will_error {
+                a.status = ActionStatus::Errored;
+            } else {
+                a.status = ActionStatus::Completed;
+                if let Some(r) = self.ips.get_mut(&a.ip) {
+                    r.holder = match a.kind {
+                        ActionKind::Assign(d) => Some(d),
+                        ActionKind::Unassign => None,
+                    };
+                }
+            }
+            a.completed_at = Some(SystemTime::now());
+            if let Some(r) = self.ips.get_mut(&a.ip) {
+                if r.pending == Some(a.id) {
+                    r.pending = None;
+                }
+            }
+        }
+    }
+}
+
+pub(super) struct Shared {
+    pub(super) world: Mutex<World>,
+    /// TCP connections the API server accepted (keep-alive shows as few).
+    pub(super) accepted: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub(super) fn world(&self) -> MutexGuard<'_, World> {
+        let mut g = self.world.lock().unwrap_or_else(|p| p.into_inner());
+        g.settle(Instant::now());
+        g
+    }
+}
