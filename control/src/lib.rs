@@ -1,5 +1,5 @@
 //! dynia's control layer: the two configuration files, the daemon that runs
-//! the proxy (and, later, the election) on them, the admin API and its client,
+//! the proxy and the election on them, the admin API and its client,
 //! the status views, and the `dynia` subcommands.
 
 pub mod admin;
@@ -17,5 +17,4 @@ pub mod ops;
 pub mod page;
 pub mod status;
 pub mod store;
-pub mod transport;
 pub mod wiring;

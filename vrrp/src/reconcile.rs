@@ -43,7 +43,7 @@ use std::time::Duration;
 
 /// Who holds the address, resolved against the cluster's members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
+pub enum HolderSeen {
     /// It points at this node.
     Me,
     /// It points nowhere.
@@ -68,7 +68,7 @@ pub enum Seen {
 /// Everything the rules look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Observation {
-    pub seen: Seen,
+    pub seen: HolderSeen,
     /// A member heard within this window is reachable on the election
     /// channel. It must cover the slowest message a live member sends: a
     /// backup's heartbeat (1 s with the `dynia` transport), a few times over.
@@ -99,9 +99,9 @@ impl Observation {
 #[must_use]
 pub fn decide(o: &Observation) -> Verdict {
     match o.seen {
-        Seen::Me | Seen::Unknown => Verdict::Fine,
-        Seen::Nobody | Seen::Outsider => Verdict::Claim,
-        Seen::Member {
+        HolderSeen::Me | HolderSeen::Unknown => Verdict::Fine,
+        HolderSeen::Nobody | HolderSeen::Outsider => Verdict::Claim,
+        HolderSeen::Member {
             addr,
             heard_ago,
             running,
@@ -121,15 +121,15 @@ mod tests {
 
     const W: Duration = Duration::from_secs(3);
 
-    fn member(heard_ago: Option<u64>, running: Option<bool>) -> Seen {
-        Seen::Member {
+    fn member(heard_ago: Option<u64>, running: Option<bool>) -> HolderSeen {
+        HolderSeen::Member {
             addr: "10.0.0.3".parse().unwrap(),
             heard_ago: heard_ago.map(Duration::from_millis),
             running,
         }
     }
 
-    fn obs(seen: Seen, claimed: bool) -> Observation {
+    fn obs(seen: HolderSeen, claimed: bool) -> Observation {
         Observation {
             seen,
             heard_window: W,
@@ -140,10 +140,10 @@ mod tests {
     #[test]
     fn the_rules() {
         let holder = "10.0.0.3".parse().unwrap();
-        assert_eq!(decide(&obs(Seen::Me, true)), Verdict::Fine);
-        assert_eq!(decide(&obs(Seen::Unknown, false)), Verdict::Fine);
-        assert_eq!(decide(&obs(Seen::Nobody, true)), Verdict::Claim);
-        assert_eq!(decide(&obs(Seen::Outsider, true)), Verdict::Claim);
+        assert_eq!(decide(&obs(HolderSeen::Me, true)), Verdict::Fine);
+        assert_eq!(decide(&obs(HolderSeen::Unknown, false)), Verdict::Fine);
+        assert_eq!(decide(&obs(HolderSeen::Nobody, true)), Verdict::Claim);
+        assert_eq!(decide(&obs(HolderSeen::Outsider, true)), Verdict::Claim);
         // A member we hear: claim again (it knows we are master).
         assert_eq!(
             decide(&obs(member(Some(500), Some(true)), true)),

@@ -340,7 +340,7 @@ impl<'a> IntoIterator for &'a Actions {
 
 /// The last master we heard (for `/status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heard {
+pub struct MasterHeard {
     pub addr: IpAddr,
     pub priority: u8,
     pub interval_ms: u32,
@@ -365,7 +365,7 @@ pub struct Election {
     down_deadline: Option<Millis>,
     /// Backup: since when we have been seeing a lower master (preempt_delay).
     lower_since: Option<Millis>,
-    heard: Option<Heard>,
+    heard: Option<MasterHeard>,
     /// Latest `now` seen; time never goes backwards inside the machine.
     last_now: Millis,
     transitions: u64,
@@ -422,7 +422,7 @@ impl Election {
 
     /// The last master we heard: address, priority, interval, when.
     #[must_use]
-    pub fn heard(&self) -> Option<Heard> {
+    pub fn heard(&self) -> Option<MasterHeard> {
         self.heard
     }
 
@@ -644,7 +644,7 @@ impl Election {
                 self.heard = None;
             }
         } else {
-            self.heard = Some(Heard {
+            self.heard = Some(MasterHeard {
                 addr: from,
                 priority,
                 interval_ms,
@@ -726,5 +726,4 @@ pub fn addr_greater(a: IpAddr, b: IpAddr) -> bool {
 }
 
 #[cfg(test)]
-#[path = "election_tests.rs"]
 mod tests;
