@@ -97,6 +97,8 @@ struct Sim {
     fail_percent: u64,
     /// The follower's heard window (the runtime's rule for `dynia`).
     heard_window: Duration,
+    /// After the heal: when each node, as master, first heard a lower master.
+    heard_lower: Option<Vec<Option<u64>>>,
 }
 
 impl Sim {
@@ -156,6 +158,7 @@ impl Sim {
             preempt,
             fail_percent,
             heard_window,
+            heard_lower: None,
         }
     }
 
@@ -327,6 +330,9 @@ impl Sim {
                     }),
                 );
                 if follower::lower_master_heard(&self.nodes[to].e, priority) {
+                    if let Some(h) = self.heard_lower.as_mut() {
+                        h[to].get_or_insert(now);
+                    }
                     self.feed(to, FollowerInput::LowerMasterHeard);
                 }
             }
@@ -531,9 +537,25 @@ fn run_seed(seed: u64) -> usize {
 
     // 4. Heal.
     s.side = None;
+    s.heard_lower = Some(vec![None; n]);
     let heal_at = s.now;
     s.run_until(heal_at + settle, |_| {});
     let m = s.masters(|_| true);
+    // A master that hears a lower master re-announces the IP at once, not
+    // at its next reconcile (unless the API refused claims lately).
+    if let (Some(&[m0]), Some(t), 0) = (
+        Some(m.as_slice()),
+        s.heard_lower.as_ref().and_then(|h| h[m[0]]),
+        s.fail_percent,
+    ) {
+        assert!(
+            s.assigns
+                .iter()
+                .any(|&(ta, i)| i == m0 && ta >= t && ta <= t + claim_max + 2 * TICK),
+            "no re-announce after hearing a lower master at {t} ms: {}",
+            s.ctx()
+        );
+    }
     assert_eq!(m.len(), 1, "after heal: {}", s.ctx());
     assert_eq!(s.holder, Some(m[0]), "after heal: {}", s.ctx());
     let believers: Vec<usize> = (0..n)

@@ -92,3 +92,25 @@ fn yields_to_an_unheard_running_member_and_claims_once_it_stops() {
         vec![O::SteppedBack(None), O::Claim]
     );
 }
+
+#[test]
+fn a_new_mastership_starts_without_a_successful_claim() {
+    let mut f = started();
+    holding(&mut f, 0);
+    f.step(Millis(1_000), I::Want(Want::Release));
+    f.step(Millis(1_100), I::Released);
+    // Master again, and this claim fails: the address is where the last
+    // master left it, not a split brain.
+    f.step(Millis(2_000), I::Want(Want::Hold));
+    assert!(f.step(Millis(2_100), I::Claimed { ok: false }).is_empty());
+    f.step(Millis(7_100), I::Tick);
+    let seen = HolderSeen::Member {
+        addr: "10.0.0.3".parse().unwrap(),
+        heard_ago: None,
+        running: Some(true),
+    };
+    assert_eq!(
+        f.step(Millis(7_200), I::HolderRead(Some(seen))),
+        vec![O::Claim]
+    );
+}
