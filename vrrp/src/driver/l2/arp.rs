@@ -57,8 +57,6 @@ pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr, kind: GarpKind) -> [u8; GARP_FRAME
     buf
 }
 
-/// The `l2` driver. Cheap to clone: clones share the GARP cancellation state.
-
 impl L2 {
     /// Waits `garp_interval` unless a release comes first (`false` then).
     pub(super) fn pause_unless_released(&self, epoch: u64) -> bool {

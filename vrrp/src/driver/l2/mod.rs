@@ -28,6 +28,7 @@ use netlink::{Netlink, NlError};
 
 use super::{ClaimOutcome, DriverError, Holder, ReleaseOutcome};
 
+/// The `l2` driver. Cheap to clone: clones share the GARP cancellation state.
 #[derive(Clone, Debug)]
 pub struct L2 {
     inner: Arc<Inner>,
