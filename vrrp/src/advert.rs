@@ -1,7 +1,7 @@
 //! The `dynia` transport's advert: wire codec, replay guard, receive filter.
 //!
 //! This module owns the bytes that travel between members over UDP unicast
-//! (SPEC §5: authenticated with HMAC-SHA256 under the cluster key,
+//! (docs/election.md, "Transports": authenticated with HMAC-SHA256 under the cluster key,
 //! replay-protected per sender by boot epoch + sequence, non-members
 //! dropped, carrying the sender's cluster-document generation and hash).
 //! It does no I/O; the shell hands received datagrams to

@@ -7,7 +7,7 @@
 //! * [`follower`]: how the Reserved IP follows the role (claim, check, yield, release), pure.
 //! * [`runtime`]: the election thread and its [`runtime::ElectionHandle`].
 //! * [`transport`]: the `dynia` UDP and `vrrp3` raw IP wires; [`advert`] and
-//!   [`vrrp3`] their codecs. [`hooks`], [`metrics`]: beside the transitions.
+//!   [`vrrp3`] their codecs. [`hooks`] and `metrics`: beside the transitions.
 //! * [`driver`]: what moves the Reserved IP (DigitalOcean API, L2 address + gratuitous ARP, none).
 //! * `dosim` (feature `simulator`): a local DigitalOcean API + metadata simulator.
 
@@ -18,7 +18,7 @@ pub mod driver;
 pub mod election;
 pub mod follower;
 pub mod hooks;
-pub mod metrics;
+mod metrics;
 pub mod reconcile;
 pub mod runtime;
 pub mod transport;

@@ -1,8 +1,8 @@
 //! The election's wire: how adverts leave this node and how other members'
-//! adverts arrive. The shell only sees [`Wire::send`] (to every other
-//! member) and [`Wire::recv`] (one accepted advert, or why a datagram was
+//! adverts arrive. The shell only sees `Wire::send` (to every other
+//! member) and `Wire::recv` (one accepted advert, or why a datagram was
 //! dropped, as a label of `dynia_election_adverts_dropped_total{reason}`).
-//! [`dynia`] is the default, [`vrrp3`] keepalived interop; both are read on
+//! `dynia` is the default, `vrrp3` keepalived interop; both are read on
 //! the election thread's own runtime (no extra thread, `recv` cancel-safe).
 //! See `docs/election.md`, "Transports".
 

@@ -1,6 +1,6 @@
 //! The `l2` Reserved-IP driver: on one L2 network the Reserved IP is an
 //! extra address on the MASTER's interface (added over rtnetlink,
-//! [`netlink`]), announced with gratuitous ARP ([`arp`]) so neighbours
+//! `netlink`), announced with gratuitous ARP (`arp`) so neighbours
 //! repoint their caches at once. Claims never outlive a release (an epoch
 //! checked under locks). The wire format, the choice of rtnetlink and the
 //! capabilities needed: `docs/election.md`, "Drivers".
