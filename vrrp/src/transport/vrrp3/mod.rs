@@ -12,24 +12,15 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{member_set, vip_list, AdvertHeard, Received, SEND_WAIT};
-use crate::advert::{MemberSet, SenderRole};
+use super::{member_set, vip_list, Received, SEND_WAIT};
+use crate::advert::MemberSet;
 use crate::runtime::{ElectionError, ElectionSettings};
-use crate::vrrp3::{self, ChecksumDst, Vrrp3Error};
+use crate::vrrp3::{self, ChecksumDst};
 
-/// RFC 5798 §5.1.1.3: sent with TTL 255, received only with TTL 255.
-const VRRP_TTL: u8 = 255;
-/// IPv4 header without options.
-const IPV4_MIN_HEADER: usize = 20;
+pub(crate) use accept::VRRP_TTL;
+pub use accept::{accept_vrrp3, Vrrp3Accepted, VRRP3_DROP_REASONS};
 
-/// Drop reasons only the `vrrp3` path produces (pre-registered as labels).
-pub const VRRP3_DROP_REASONS: [&str; 5] = [
-    "bad_ttl",
-    "bad_checksum",
-    "bad_ip_header",
-    "not_vrrp",
-    "bad_type",
-];
+mod accept;
 
 pub(crate) struct Vrrp3 {
     fd: AsyncFd<Socket>,
@@ -212,197 +203,14 @@ fn interval_cs(d: Duration) -> u16 {
     (d.as_millis() / 10).clamp(1, u128::from(vrrp3::MAX_ADVER_INT_CS)) as u16
 }
 
-/// What [`accept_vrrp3`] found in an acceptable packet.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Vrrp3Accepted {
-    pub heard: AdvertHeard,
-    pub checksum: ChecksumDst,
-    /// Whether the packet's address list equals ours (keepalived requires it).
-    pub addrs_match: bool,
-}
-
-/// Judges one raw IPv4 datagram (header included) as a VRRPv3 advert for
-/// `vrid` sent to `local`: IPv4 header sane, TTL 255, protocol 112, source
-/// a member other than us, VRRP message valid (either unicast checksum
-/// variant), VRID ours. Never panics. `Err` carries the source if known and
-/// the drop label.
-pub fn accept_vrrp3(
-    pkt: &[u8],
-    local: Ipv4Addr,
-    members: &MemberSet,
-    vrid: u8,
-    want_addrs: &[Ipv4Addr],
-) -> Result<Vrrp3Accepted, (Option<IpAddr>, &'static str)> {
-    if pkt.len() < IPV4_MIN_HEADER {
-        return Err((None, "truncated"));
-    }
-    if pkt[0] >> 4 != 4 {
-        return Err((None, "bad_ip_header"));
-    }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    if ihl < IPV4_MIN_HEADER || ihl > pkt.len() {
-        return Err((None, "bad_ip_header"));
-    }
-    let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-    let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-    let from = Some(IpAddr::V4(src));
-    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-    if total != pkt.len() {
-        return Err((from, "bad_length"));
-    }
-    if pkt[9] != vrrp3::IPPROTO_VRRP {
-        return Err((from, "not_vrrp"));
-    }
-    if pkt[8] != VRRP_TTL {
-        return Err((from, "bad_ttl"));
-    }
-    if src == local {
-        return Err((from, "own"));
-    }
-    if !members.contains(IpAddr::V4(src)) {
-        return Err((from, "not_member"));
-    }
-    let (p, checksum) = vrrp3::decode_unicast(&pkt[ihl..], src, dst).map_err(|e| {
-        let reason = match e {
-            Vrrp3Error::Truncated { .. } => "truncated",
-            Vrrp3Error::TrailingBytes { .. } => "bad_length",
-            Vrrp3Error::BadVersion(_) => "bad_version",
-            Vrrp3Error::BadType(_) => "bad_type",
-            Vrrp3Error::BadChecksum => "bad_checksum",
-            _ => "malformed",
-        };
-        (from, reason)
-    })?;
-    if p.vrid != vrid {
-        return Err((from, "wrong_vrid"));
-    }
-    Ok(Vrrp3Accepted {
-        heard: AdvertHeard {
-            sender: IpAddr::V4(src),
-            priority: p.priority,
-            interval_ms: p.interval_ms(),
-            role: SenderRole::Master,
-            generation: None,
-            config_hash: None,
-            holds: None,
-        },
-        checksum,
-        addrs_match: p.addrs().eq(want_addrs.iter().copied()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-    const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
-
-    fn members() -> MemberSet {
-        MemberSet::new([IpAddr::V4(LOCAL), IpAddr::V4(PEER)]).unwrap()
-    }
-
-    /// An IPv4 datagram as a raw socket hands it over, with a VRRP message
-    /// encoded with `pseudo_dst` in the checksum.
-    fn packet(src: Ipv4Addr, ttl: u8, vrid: u8, pseudo_dst: Ipv4Addr) -> Vec<u8> {
-        let mut msg = [0u8; vrrp3::MAX_LEN];
-        let n = vrrp3::encode(vrid, 120, 20, &[VIP], src, pseudo_dst, &mut msg).unwrap();
-        let total = (IPV4_MIN_HEADER + n) as u16;
-        let mut p = vec![0x45, 0xc0];
-        p.extend_from_slice(&total.to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0, 0, ttl, vrrp3::IPPROTO_VRRP, 0, 0]);
-        p.extend_from_slice(&src.octets());
-        p.extend_from_slice(&LOCAL.octets());
-        p.extend_from_slice(&msg[..n]);
-        p
-    }
-
-    fn reason(pkt: &[u8]) -> &'static str {
-        accept_vrrp3(pkt, LOCAL, &members(), 51, &[VIP])
-            .unwrap_err()
-            .1
-    }
-
-    #[test]
-    fn accepts_a_member_advert_with_either_checksum() {
-        let a = accept_vrrp3(&packet(PEER, 255, 51, LOCAL), LOCAL, &members(), 51, &[VIP]).unwrap();
-        assert_eq!(a.heard.sender, IpAddr::V4(PEER));
-        assert_eq!((a.heard.priority, a.heard.interval_ms), (120, 200));
-        assert_eq!(a.heard.role, SenderRole::Master);
-        assert_eq!(a.heard.generation, None);
-        assert_eq!(a.checksum, ChecksumDst::Actual);
-        assert!(a.addrs_match);
-        let pkt = packet(PEER, 255, 51, vrrp3::MULTICAST_V4);
-        let a = accept_vrrp3(&pkt, LOCAL, &members(), 51, &[]).unwrap();
-        assert_eq!(a.checksum, ChecksumDst::Multicast);
-        assert!(!a.addrs_match);
-    }
-
-    #[test]
-    fn drops_with_a_reason() {
-        assert_eq!(reason(&packet(PEER, 64, 51, LOCAL)), "bad_ttl");
-        assert_eq!(reason(&packet(PEER, 255, 52, LOCAL)), "wrong_vrid");
-        let stranger = Ipv4Addr::new(10, 0, 0, 9);
-        assert_eq!(reason(&packet(stranger, 255, 51, LOCAL)), "not_member");
-        assert_eq!(reason(&packet(LOCAL, 255, 51, LOCAL)), "own");
-        let mut bad = packet(PEER, 255, 51, LOCAL);
-        bad[IPV4_MIN_HEADER + 2] ^= 1; // priority
-        assert_eq!(reason(&bad), "bad_checksum");
-        let mut proto = packet(PEER, 255, 51, LOCAL);
-        proto[9] = 17;
-        assert_eq!(reason(&proto), "not_vrrp");
-        let mut ihl = packet(PEER, 255, 51, LOCAL);
-        ihl[0] = 0x44;
-        assert_eq!(reason(&ihl), "bad_ip_header");
-        let full = packet(PEER, 255, 51, LOCAL);
-        assert_eq!(reason(&full[..full.len() - 1]), "bad_length");
-        assert_eq!(reason(&full[..10]), "truncated");
-    }
-
-    #[test]
-    fn random_datagrams_never_panic() {
-        let members = members();
-        let base = packet(PEER, 255, 51, LOCAL);
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut buf = [0u8; 96];
-        for i in 0..100_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let len = (x % 96) as usize;
-            if i % 2 == 0 {
-                // Mutate a valid packet: gets past the early checks.
-                let n = base.len().min(len);
-                buf[..n].copy_from_slice(&base[..n]);
-                buf[(x as usize >> 8) % 96] = (x >> 16) as u8;
-            } else {
-                for b in buf.iter_mut().take(len) {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
-            let _ = accept_vrrp3(&buf[..len], LOCAL, &members, 51, &[VIP]);
-        }
-    }
 
     #[test]
     fn interval_in_centiseconds() {
         assert_eq!(interval_cs(Duration::from_millis(100)), 10);
         assert_eq!(interval_cs(Duration::from_millis(5)), 1);
         assert_eq!(interval_cs(Duration::from_secs(100)), 4095);
-    }
-
-    #[test]
-    fn permission_error_names_the_capability() {
-        let e =
-            ElectionError::RawSocketPermission(io::Error::from(io::ErrorKind::PermissionDenied));
-        let text = e.to_string();
-        assert!(
-            text.contains("CAP_NET_RAW") && text.contains("vrrp3"),
-            "{text}"
-        );
     }
 }
