@@ -10,6 +10,7 @@ mod handover;
 mod realtime;
 mod settings;
 mod shell;
+mod transitions;
 mod view;
 
 pub use settings::{ElectionPeer, ElectionSettings, TransportKind};
