@@ -342,6 +342,17 @@ async fn digitalocean_driver_moves_the_reserved_ip_once_per_failover() {
         metric_value(&m1, "dynia_reserved_ip_claims_total{result=\"failure\"}"),
         0.0
     );
+    let admin1 = rig.admin(1);
+    eventually_async(WAIT, || async move {
+        metric_value(&metrics(admin1).await, "dynia_reserved_ip_held") == 1.0
+    })
+    .await
+    .expect("the new master's held gauge to be 1");
+    let m2 = metrics(rig.admin(2)).await;
+    assert!(m2.contains("\ndynia_reserved_ip_held 0\n"), "{m2}");
+    let m1 = metrics(admin1).await;
+    assert_eq!(metric_value(&m1, "dynia_election_priority"), 140.0, "{m1}");
+    assert_eq!(metric_value(&m2, "dynia_election_priority"), 130.0, "{m2}");
     let logs = rig.logs();
     assert!(!logs.contains(DO_TOKEN), "the API token reached a log line");
     for i in 1..3 {

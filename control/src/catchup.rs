@@ -149,7 +149,7 @@ async fn once(d: &Daemon, poll: bool) -> Result<Outcome, String> {
     let mut newer: Vec<(u64, Member)> = Vec::new();
     let mut unheard: Vec<Member> = Vec::new();
     for m in peers {
-        let seen = election.shared().seen(m.private_ip);
+        let seen = election.view().seen(m.private_ip);
         match seen.as_ref().and_then(|s| s.generation.map(|g| (g, s.at))) {
             Some((g, _)) if g > mine => newer.push((g, m.clone())),
             Some((_, at)) if at.elapsed() < HEARD_WITHIN => {}

@@ -17,11 +17,11 @@ use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigErrors, NodeFile};
-use crate::election::ElectionHandle;
 use crate::status::{
     ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
 };
 use crate::wiring::proxy_config;
+use dynia_vrrp::ElectionHandle;
 
 /// What stops the daemon from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub enum DaemonError {
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
-    Election(#[from] crate::election::ElectionError),
+    Election(#[from] dynia_vrrp::ElectionError),
     #[error("reserved ip driver: {0}")]
     Driver(#[from] dynia_vrrp::driver::DriverError),
 }
@@ -114,6 +114,7 @@ impl Daemon {
                 let p = proxy.clone();
                 Some(ElectionHandle::start(
                     settings,
+                    crate::election::boot_epoch(&loaded.node.node.state_dir),
                     driver,
                     move || p.can_serve(),
                     &registry,
@@ -208,7 +209,7 @@ impl Daemon {
         let loaded = self.loaded();
         let me = loaded.cluster.member(&loaded.node.node.id);
         let proxy = self.proxy.status();
-        let shared = self.election.as_ref().map(|e| e.shared());
+        let shared = self.election.as_ref().map(|e| e.view());
         let role = shared.map_or("init", |s| s.role().as_str()).to_string();
         crate::status::with_drift(Status {
             node: loaded.node.node.id.clone(),

@@ -23,6 +23,5 @@ pub mod page;
 pub mod process;
 pub mod status;
 pub mod store;
-pub mod transport;
 pub mod wire;
 pub mod wiring;

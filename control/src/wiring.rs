@@ -103,11 +103,12 @@ pub fn admin_state(s: MemberState) -> AdminState {
 /// Reserved IP, so adding a second node later changes nothing here.
 pub fn election_settings(
     loaded: &crate::loaded::Loaded,
-) -> Result<Option<crate::election::Settings>, crate::election::ElectionError> {
+) -> Result<Option<dynia_vrrp::ElectionSettings>, dynia_vrrp::ElectionError> {
     use crate::config::Transport;
-    use crate::election::{ElectionError, Hooks, Peer, Settings};
     use dynia_vrrp::advert::AdvertKey;
     use dynia_vrrp::election::Priority;
+    use dynia_vrrp::hooks::ElectionHooks;
+    use dynia_vrrp::{ElectionError, ElectionPeer, ElectionSettings, TransportKind};
     let (node, cluster) = (&loaded.node, &loaded.cluster);
     let Some(me) = cluster.member(&node.node.id) else {
         return Err(ElectionError::Config(format!(
@@ -139,8 +140,11 @@ pub fn election_settings(
             .and_then(|h| u8::from_str_radix(h, 16).ok())
             .unwrap_or(0);
     }
-    Ok(Some(Settings {
-        transport,
+    Ok(Some(ElectionSettings {
+        transport: match transport {
+            Transport::Dynia => TransportKind::Dynia,
+            Transport::Vrrp3 => TransportKind::Vrrp3,
+        },
         local: me.private_ip,
         port: node.election.port,
         rt_priority: node.election.rt_priority,
@@ -155,7 +159,7 @@ pub fn election_settings(
             .members
             .iter()
             .filter(|m| m.id != me.id)
-            .map(|m| Peer {
+            .map(|m| ElectionPeer {
                 id: m.id.clone(),
                 addr: m.private_ip,
                 droplet_id: m.droplet_id,
@@ -164,12 +168,11 @@ pub fn election_settings(
         generation: cluster.generation,
         config_hash,
         reserved_ip: node.reserved_ip.address,
-        hooks: Hooks {
+        hooks: ElectionHooks {
             on_master: node.hooks.on_master.clone(),
             on_backup: node.hooks.on_backup.clone(),
             on_fault: node.hooks.on_fault.clone(),
         },
-        epoch_file: Some(node.node.state_dir.join("election.epoch")),
     }))
 }
 

@@ -1,7 +1,7 @@
 //! The `dynia` transport's advert: wire codec, replay guard, receive filter.
 //!
 //! This module owns the bytes that travel between members over UDP unicast
-//! (SPEC §5: authenticated with HMAC-SHA256 under the cluster key,
+//! (docs/election.md, "Transports": authenticated with HMAC-SHA256 under the cluster key,
 //! replay-protected per sender by boot epoch + sequence, non-members
 //! dropped, carrying the sender's cluster-document generation and hash).
 //! It does no I/O; the shell hands received datagrams to
@@ -338,7 +338,7 @@ pub enum ReplayVerdict {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Seen {
+struct LastAccepted {
     sender: IpAddr,
     epoch: u64,
     seq: u64,
@@ -349,7 +349,7 @@ struct Seen {
 /// Bounded to [`MAX_TRACKED_SENDERS`]; linear scan (members ≤ 32).
 #[derive(Clone, Debug, Default)]
 pub struct ReplayGuard {
-    seen: Vec<Seen>,
+    seen: Vec<LastAccepted>,
 }
 
 impl ReplayGuard {
@@ -380,7 +380,7 @@ impl ReplayGuard {
                 s.epoch = epoch;
                 s.seq = seq;
             } else {
-                self.seen.push(Seen { sender, epoch, seq });
+                self.seen.push(LastAccepted { sender, epoch, seq });
             }
         }
         debug_assert!(self.seen.len() <= MAX_TRACKED_SENDERS);

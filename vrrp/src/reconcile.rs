@@ -1,49 +1,16 @@
-//! What to do about the Reserved IP after looking at who holds it: pure.
-//!
-//! This module owns the *reconcile* rules of SPEC §5 ("reconcile, don't fire
-//! and forget"; "split brain must not ping-pong the IP"), apart from the
-//! election proper (which node should be MASTER, [`crate::election`]) and
-//! from the drivers (how to read and move the address, [`crate::driver`]).
-//! The election shell gathers an [`Observation`] (the driver's answer, the
-//! peer table, its own claim history) and acts on the [`Verdict`]; the
-//! deterministic split-brain simulation (`tests/split_sim.rs`) drives the
-//! same function, so the rules are tested without sockets or an API.
-//!
-//! keepalived's notify scripts fire once and forget (acassen/keepalived
-//! issues 100 and 950: the address stays on the wrong node); a naive
-//! re-claim loop does the opposite harm: two masters that cannot hear each
-//! other take the address from each other forever. The rules, checked by
-//! the master every reconcile period:
-//!
-//! * the address points here, or the driver cannot tell → fine;
-//! * it points nowhere, or at a machine outside the cluster → claim again;
-//! * it points at a member we *hear* (its adverts or heartbeats arrived
-//!   within [`Observation::heard_window`]): that member knows we are master
-//!   and will not fight back (a late claim of a demoted node, or a healed
-//!   split whose other master stepped down) → claim again;
-//! * it points at a member whose machine the provider reports as not running
-//!   (its droplet is `off`, say) → claim again;
-//! * it points at a member we cannot hear, but our own claim has not
-//!   succeeded since we became master: the address is still where the
-//!   previous master left it (maybe a dead one; a failed claim is not a
-//!   split) → claim again;
-//! * it points at a running member we cannot hear after *our* claim had
-//!   succeeded → **yield**: the election channel is split and that member
-//!   is master on its side. We stop claiming but stay master, so the nodes
-//!   on our side (which hear our adverts) do not elect another master that
-//!   would claim in turn. We keep checking: once the holder is gone (nobody,
-//!   stopped, an outsider) or heard again, the rules above claim it back.
-//!
-//! An unreadable holder (API down) changes nothing. The one case these
-//! rules cannot tell: the holder's droplet runs but its dynia died while the
-//! split lasts; the other side then keeps out until the split heals.
+//! What a master does about who holds the Reserved IP, pure: claim again,
+//! leave it, or (a split brain) yield while staying master. The follower
+//! (`crate::follower`) gathers an [`Observation`] after each holder read and
+//! acts on the [`Verdict`]; `tests/split_sim.rs` drives both. The rules and
+//! why (no fire-and-forget, no ping-pong): `docs/election.md`, "Split-brain
+//! rules".
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 /// Who holds the address, resolved against the cluster's members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
+pub enum HolderSeen {
     /// It points at this node.
     Me,
     /// It points nowhere.
@@ -68,7 +35,7 @@ pub enum Seen {
 /// Everything the rules look at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Observation {
-    pub seen: Seen,
+    pub seen: HolderSeen,
     /// A member heard within this window is reachable on the election
     /// channel. It must cover the slowest message a live member sends: a
     /// backup's heartbeat (1 s with the `dynia` transport), a few times over.
@@ -95,13 +62,13 @@ impl Observation {
     }
 }
 
-/// The rules, see the module docs.
+/// The rules (`docs/election.md`, "Split-brain rules").
 #[must_use]
 pub fn decide(o: &Observation) -> Verdict {
     match o.seen {
-        Seen::Me | Seen::Unknown => Verdict::Fine,
-        Seen::Nobody | Seen::Outsider => Verdict::Claim,
-        Seen::Member {
+        HolderSeen::Me | HolderSeen::Unknown => Verdict::Fine,
+        HolderSeen::Nobody | HolderSeen::Outsider => Verdict::Claim,
+        HolderSeen::Member {
             addr,
             heard_ago,
             running,
@@ -121,15 +88,15 @@ mod tests {
 
     const W: Duration = Duration::from_secs(3);
 
-    fn member(heard_ago: Option<u64>, running: Option<bool>) -> Seen {
-        Seen::Member {
+    fn member(heard_ago: Option<u64>, running: Option<bool>) -> HolderSeen {
+        HolderSeen::Member {
             addr: "10.0.0.3".parse().unwrap(),
             heard_ago: heard_ago.map(Duration::from_millis),
             running,
         }
     }
 
-    fn obs(seen: Seen, claimed: bool) -> Observation {
+    fn obs(seen: HolderSeen, claimed: bool) -> Observation {
         Observation {
             seen,
             heard_window: W,
@@ -140,10 +107,10 @@ mod tests {
     #[test]
     fn the_rules() {
         let holder = "10.0.0.3".parse().unwrap();
-        assert_eq!(decide(&obs(Seen::Me, true)), Verdict::Fine);
-        assert_eq!(decide(&obs(Seen::Unknown, false)), Verdict::Fine);
-        assert_eq!(decide(&obs(Seen::Nobody, true)), Verdict::Claim);
-        assert_eq!(decide(&obs(Seen::Outsider, true)), Verdict::Claim);
+        assert_eq!(decide(&obs(HolderSeen::Me, true)), Verdict::Fine);
+        assert_eq!(decide(&obs(HolderSeen::Unknown, false)), Verdict::Fine);
+        assert_eq!(decide(&obs(HolderSeen::Nobody, true)), Verdict::Claim);
+        assert_eq!(decide(&obs(HolderSeen::Outsider, true)), Verdict::Claim);
         // A member we hear: claim again (it knows we are master).
         assert_eq!(
             decide(&obs(member(Some(500), Some(true)), true)),

@@ -1,7 +1,7 @@
 //! RFC 5798 VRRPv3 advertisement codec for IPv4 (the IP protocol 112 payload).
 //!
 //! This module owns the keepalived-compatible wire format so the optional
-//! `vrrp3` transport (SPEC §5) can run beside keepalived nodes during a
+//! `vrrp3` transport (`crate::transport::vrrp3`, docs/election.md) can run beside keepalived nodes during a
 //! migration. It handles only the VRRP message, not the IPv4 header: the
 //! shell's raw socket supplies/receives that, and passes the source and
 //! destination addresses that the checksum's pseudo-header covers.

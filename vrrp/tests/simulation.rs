@@ -29,9 +29,8 @@ use dynia_vrrp::election::{
     Role,
 };
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod support;
+use support::rng::Rng;
 
 const MAX_NODES: usize = 5;
 

@@ -1,12 +1,12 @@
 //! Deterministic simulation of the Reserved IP through split brains: the
-//! election state machine (`election`) and the reconcile rules
-//! (`reconcile::decide`) of 3–5 nodes, with a simulated DigitalOcean API
-//! (assigns that land after a delay, even when the claimer has moved on),
-//! backups' heartbeats, and a split of the election channel into two sides
-//! that both still reach the API. The shell's behaviour around them is
-//! modelled as the election shell (`control/src/election.rs`) does it:
-//! claim on becoming master, reconcile every 5 s, re-announce on hearing a
-//! lower master, abandon a claim whose POST is not out when the role changes.
+//! real election state machine (`election`), the real Reserved-IP follower
+//! (`follower`, which applies `reconcile::decide`) of 3–5 nodes, with a
+//! simulated DigitalOcean API (assigns that land after a delay, even when
+//! the claimer has moved on; claims that fail), backups' heartbeats, and a
+//! split of the election channel into two sides that both still reach the
+//! API. Only the I/O is simulated: what the runtime's shell does with the
+//! follower's outputs (`vrrp/src/runtime/follow.rs`) is done here on the
+//! simulated clock. See `docs/election.md`, "How it is tested".
 //!
 //! Each seed: all nodes up → one master holding the IP; a split lasting
 //! 60–240 s; sometimes the side holding the IP dies (processes gone,
@@ -19,7 +19,8 @@
 //! 2. **Witness**: when the holder's side dies, the other side's master
 //!    holds the IP within two reconcile periods plus a claim.
 //! 3. **Heal**: one master, holding the IP (the highest priority with
-//!    preempt), and no assign afterwards.
+//!    preempt) and the only node that believes it holds it, and no assign
+//!    afterwards.
 //!
 //! A failure prints the seed; rerun one with `SIM_SEED=n`.
 
@@ -27,46 +28,45 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use dynia_vrrp::driver::Holder;
 use dynia_vrrp::election::{
     Action, AdvertIn, Election, ElectionConfig, Input, Millis, Priority, Role,
 };
-use dynia_vrrp::reconcile::{self, Observation, Seen, Verdict};
+use dynia_vrrp::follower::{
+    self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want, HEARTBEAT, RECONCILE,
+};
 
-#[path = "support/rng.rs"]
-mod rng;
-use rng::Rng;
+mod support;
+use support::rng::Rng;
 
 const TICK: u64 = 5;
-/// The shell's constants (`control/src/election.rs`).
-const RECONCILE: u64 = 5_000;
-const HEARTBEAT: u64 = 1_000;
-const REASSERT_GAP: u64 = 1_000;
-const HEARD_WINDOW: u64 = 3_000;
+const RECONCILE_MS: u64 = RECONCILE.as_millis() as u64;
+const HEARTBEAT_MS: u64 = HEARTBEAT.as_millis() as u64;
+/// The simulated droplet id of node `i` is `DROPLET + i`.
+const DROPLET: u64 = 1000;
 
-/// A claim in progress: its POST goes out at `post_at`, the assign lands at `done_at`.
+/// A claim at the simulated API: its POST goes out at `post_at`, the assign
+/// lands at `done_at`.
 #[derive(Clone, Copy, Debug)]
 struct Claim {
     post_at: u64,
     done_at: u64,
     posted: bool,
     /// The API refuses it (5xx past the retries): nothing is posted, the
-    /// node learns at `done_at` and reconciles later.
+    /// node learns at `done_at`.
     fails: bool,
-    /// False once the node stopped wanting it (role change): it no longer
-    /// counts for the node, but a posted assign still lands.
+    /// False once the follower abandoned it (role change, crash): nobody
+    /// waits for it, but a posted assign still lands.
     wanted: bool,
 }
 
 struct Node {
     e: Election,
+    f: Follower,
     addr: IpAddr,
     priority: u8,
     alive: bool,
-    /// Master: claimed successfully since becoming master.
-    claimed: bool,
-    claim: Option<Claim>,
-    next_reconcile: Option<u64>,
-    last_claim: u64,
+    claims: Vec<Claim>,
     next_heartbeat: u64,
     heard: Vec<Option<u64>>,
 }
@@ -95,6 +95,10 @@ struct Sim {
     preempt: bool,
     /// Chance that a claim fails at the API (percent).
     fail_percent: u64,
+    /// The follower's heard window (the runtime's rule for `dynia`).
+    heard_window: Duration,
+    /// After the heal: when each node, as master, first heard a lower master.
+    heard_lower: Option<Vec<Option<u64>>>,
 }
 
 impl Sim {
@@ -110,21 +114,25 @@ impl Sim {
                 prios.push(p);
             }
         }
-        let nodes = (0..n)
+        let interval = Duration::from_millis(u64::from(interval_ms));
+        let mut heard_window = Duration::ZERO;
+        let nodes: Vec<Node> = (0..n)
             .map(|i| {
                 let addr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + i as u8));
                 let mut cfg = ElectionConfig::new(addr, Priority::new(prios[i]).unwrap());
-                cfg.advert_interval = Duration::from_millis(u64::from(interval_ms));
+                cfg.advert_interval = interval;
                 cfg.preempt = preempt;
+                let e = Election::new(cfg).unwrap();
+                let mdi = Duration::from_millis(e.master_down_interval_ms());
+                let hw = follower::heard_window(mdi, true, interval);
+                heard_window = heard_window.max(hw);
                 Node {
-                    e: Election::new(cfg).unwrap(),
+                    f: Follower::new(FollowerConfig::new(hw), seed ^ i as u64),
+                    e,
                     addr,
                     priority: prios[i],
                     alive: true,
-                    claimed: false,
-                    claim: None,
-                    next_reconcile: None,
-                    last_claim: 0,
+                    claims: Vec::new(),
                     next_heartbeat: 0,
                     heard: vec![None; n],
                 }
@@ -149,6 +157,8 @@ impl Sim {
             interval_ms,
             preempt,
             fail_percent,
+            heard_window,
+            heard_lower: None,
         }
     }
 
@@ -165,36 +175,98 @@ impl Sim {
         }
     }
 
+    fn send_advert(&mut self, i: usize, priority: u8) {
+        let interval_ms = self.interval_ms;
+        self.send(i, || Msg::Advert {
+            priority,
+            interval_ms,
+        });
+    }
+
     fn start_claim(&mut self, i: usize) {
         let total = self.rng.range(self.claim_ms.0, self.claim_ms.1);
         let post = self.rng.range(1, total.min(300));
         let fails = self.rng.chance(10 * self.fail_percent);
-        let n = &mut self.nodes[i];
-        n.claim = Some(Claim {
-            post_at: self.now + post,
-            done_at: self.now + total,
+        let now = self.now;
+        self.nodes[i].claims.push(Claim {
+            post_at: now + post,
+            done_at: now + total,
             posted: false,
             fails,
             wanted: true,
         });
-        n.next_reconcile = None;
+    }
+
+    /// The node stops waiting for its claim (the follower abandoned it, or
+    /// the process died): an unposted claim never goes out, a posted assign
+    /// still lands.
+    fn abandon_claim(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        n.claims.retain(|c| c.posted || !c.wanted);
+        n.claims.iter_mut().for_each(|c| c.wanted = false);
+    }
+
+    /// What the driver of node `i` reads, resolved as the runtime does.
+    fn holder_seen(&self, i: usize) -> dynia_vrrp::reconcile::HolderSeen {
+        let holder = match self.holder {
+            Some(h) if h == i => Holder::Me,
+            None => Holder::Nobody,
+            Some(h) => Holder::Other {
+                droplet_id: DROPLET + h as u64,
+                running: Some(self.running[h]),
+            },
+        };
+        let now = self.now;
+        let node = &self.nodes[i];
+        follower::resolve(
+            holder,
+            |id| {
+                let j = id.checked_sub(DROPLET)? as usize;
+                (j != i).then(|| self.nodes.get(j).map(|n| n.addr))?
+            },
+            |addr| {
+                let j = self.nodes.iter().position(|n| n.addr == addr)?;
+                node.heard[j].map(|t| Duration::from_millis(now - t))
+            },
+        )
+    }
+
+    /// Feeds the follower of node `i`, executing its outputs as the
+    /// runtime's shell does (driver calls on the simulated API).
+    fn feed(&mut self, i: usize, input: FollowerInput) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let outs = self.nodes[i].f.step(Millis(self.now), input);
+            for o in outs {
+                match o {
+                    FollowerOutput::Claim => self.start_claim(i),
+                    FollowerOutput::Abandon => self.abandon_claim(i),
+                    FollowerOutput::ReadHolder => {
+                        inputs.push_back(FollowerInput::HolderRead(Some(self.holder_seen(i))))
+                    }
+                    FollowerOutput::Warm { .. } => inputs.push_back(FollowerInput::Warmed),
+                    FollowerOutput::Release => inputs.push_back(FollowerInput::Released),
+                    FollowerOutput::SetHeld(_) | FollowerOutput::SteppedBack(_) => {}
+                    FollowerOutput::Announce => {
+                        let e = &self.nodes[i].e;
+                        if e.role() == Role::Master {
+                            let p = e.priority().get();
+                            self.send_advert(i, p);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn apply(&mut self, i: usize, actions: &[Action]) {
         for a in actions {
             match *a {
-                Action::SendAdvert {
-                    priority,
-                    interval_ms,
-                } => self.send(i, || Msg::Advert {
-                    priority,
-                    interval_ms,
-                }),
-                Action::BecomeMaster { .. } => {
-                    self.nodes[i].claimed = false;
-                    self.start_claim(i);
+                Action::SendAdvert { priority, .. } => self.send_advert(i, priority),
+                Action::BecomeMaster { .. } => self.feed(i, FollowerInput::Want(Want::Hold)),
+                Action::BecomeBackup { .. } | Action::EnterFault { .. } => {
+                    self.feed(i, FollowerInput::Want(Want::Release))
                 }
-                Action::BecomeBackup { .. } | Action::EnterFault { .. } => self.abandon_claim(i),
                 Action::Stop => {}
             }
         }
@@ -207,19 +279,12 @@ impl Sim {
         self.apply(i, &acts);
     }
 
-    /// The node stops wanting the IP (role change, crash): an unposted
-    /// claim never goes out, a posted assign still lands but no longer
-    /// counts for the node.
-    fn abandon_claim(&mut self, i: usize) {
-        let n = &mut self.nodes[i];
-        n.next_reconcile = None;
-        if let Some(c) = n.claim.as_mut() {
-            if c.posted {
-                c.wanted = false;
-            } else {
-                n.claim = None;
-            }
-        }
+    /// A process starts: the follower's first read, then the election.
+    fn boot(&mut self, i: usize) {
+        let outs = self.nodes[i].f.start();
+        assert_eq!(outs, vec![FollowerOutput::Warm { first: true }]);
+        self.feed(i, FollowerInput::Warmed);
+        self.step_node(i, Input::Start);
     }
 
     fn crash(&mut self, i: usize) {
@@ -228,15 +293,14 @@ impl Sim {
     }
 
     fn restart(&mut self, i: usize) {
+        let seed = self.rng.next();
         let n = &mut self.nodes[i];
         let cfg = n.e.config().clone();
         n.e = Election::new(cfg).unwrap();
+        n.f = Follower::new(FollowerConfig::new(self.heard_window), seed);
         n.alive = true;
-        n.claimed = false;
-        n.claim = None;
-        n.next_reconcile = None;
         n.heard.iter_mut().for_each(|h| *h = None);
-        self.step_node(i, Input::Start);
+        self.boot(i);
     }
 
     fn tick(&mut self) {
@@ -257,7 +321,6 @@ impl Sim {
                 interval_ms,
             } = msg
             {
-                let was_master = self.nodes[to].e.role() == Role::Master;
                 self.step_node(
                     to,
                     Input::Advert(AdvertIn {
@@ -266,94 +329,56 @@ impl Sim {
                         interval_ms,
                     }),
                 );
-                let n = &self.nodes[to];
-                // The shell re-announces when a master hears a lower master.
-                if was_master
-                    && n.e.role() == Role::Master
-                    && priority > 0
-                    && priority < n.priority
-                    && n.claim.is_none()
-                    && now.saturating_sub(n.last_claim) >= REASSERT_GAP
-                {
-                    self.start_claim(to);
+                if follower::lower_master_heard(&self.nodes[to].e, priority) {
+                    if let Some(h) = self.heard_lower.as_mut() {
+                        h[to].get_or_insert(now);
+                    }
+                    self.feed(to, FollowerInput::LowerMasterHeard);
                 }
             }
         }
         self.wire = rest;
 
         for i in 0..self.nodes.len() {
+            // A dead node's posted claim may still land.
+            self.land_claims(i);
             if !self.nodes[i].alive {
-                // Its posted claim may still land.
-                self.land_claim(i);
                 continue;
             }
             if self.nodes[i].e.next_deadline().is_some_and(|d| d.0 <= now) {
                 self.step_node(i, Input::Tick);
             }
-            self.land_claim(i);
             let role = self.nodes[i].e.role();
             if role != Role::Master && now >= self.nodes[i].next_heartbeat {
-                self.nodes[i].next_heartbeat = now + HEARTBEAT;
+                self.nodes[i].next_heartbeat = now + HEARTBEAT_MS;
                 self.send(i, || Msg::Heartbeat);
             }
-            if role == Role::Master && self.nodes[i].next_reconcile.is_some_and(|t| t <= now) {
-                self.reconcile(i);
+            if self.nodes[i].f.next_wake().is_some_and(|t| t.0 <= now) {
+                self.feed(i, FollowerInput::Tick);
             }
         }
     }
 
-    fn land_claim(&mut self, i: usize) {
+    fn land_claims(&mut self, i: usize) {
         let now = self.now;
-        let Some(mut c) = self.nodes[i].claim else {
-            return;
-        };
-        if c.fails && now >= c.done_at {
-            let n = &mut self.nodes[i];
-            n.claim = None;
-            n.last_claim = now;
-            if c.wanted && n.alive && n.e.role() == Role::Master {
-                n.next_reconcile = Some(now + RECONCILE);
+        let mut k = 0;
+        while k < self.nodes[i].claims.len() {
+            let c = &mut self.nodes[i].claims[k];
+            if !c.fails && !c.posted && now >= c.post_at {
+                c.posted = true;
             }
-            return;
-        }
-        if !c.fails && !c.posted && now >= c.post_at {
-            c.posted = true;
-        }
-        if c.posted && now >= c.done_at {
-            self.holder = Some(i);
-            self.assigns.push((now, i));
-            let n = &mut self.nodes[i];
-            n.claim = None;
-            n.last_claim = now;
-            if c.wanted && n.alive && n.e.role() == Role::Master {
-                n.claimed = true;
-                n.next_reconcile = Some(now + RECONCILE);
+            let c = *c;
+            if now < c.done_at || !(c.fails || c.posted) {
+                k += 1;
+                continue;
             }
-            return;
-        }
-        self.nodes[i].claim = Some(c);
-    }
-
-    fn reconcile(&mut self, i: usize) {
-        let now = self.now;
-        let seen = match self.holder {
-            Some(h) if h == i => Seen::Me,
-            None => Seen::Nobody,
-            Some(h) => Seen::Member {
-                addr: self.nodes[h].addr,
-                heard_ago: self.nodes[i].heard[h].map(|t| Duration::from_millis(now - t)),
-                running: Some(self.running[h]),
-            },
-        };
-        let o = Observation {
-            seen,
-            heard_window: Duration::from_millis(HEARD_WINDOW),
-            claimed_since_master: self.nodes[i].claimed,
-        };
-        match reconcile::decide(&o) {
-            Verdict::Claim => self.start_claim(i),
-            Verdict::Fine | Verdict::Yield { .. } => {
-                self.nodes[i].next_reconcile = Some(now + RECONCILE);
+            self.nodes[i].claims.remove(k);
+            if !c.fails {
+                self.holder = Some(i);
+                self.assigns.push((now, i));
+            }
+            if c.wanted && self.nodes[i].alive {
+                self.feed(i, FollowerInput::Claimed { ok: !c.fails });
             }
         }
     }
@@ -394,19 +419,20 @@ fn run_seed(seed: u64) -> usize {
     let mut s = Sim::new(seed);
     let n = s.nodes.len();
     for i in 0..n {
-        s.step_node(i, Input::Start);
+        s.boot(i);
     }
     let claim_max = s.claim_ms.1;
     let mdi = 4 * u64::from(s.interval_ms);
     // Each failed claim costs a reconcile period and a claim more (12 in a
     // row at 30 % happen once in two million).
     let retries = if s.fail_percent > 0 { 12 } else { 0 };
-    let settle = 2 * RECONCILE
-        + HEARD_WINDOW
+    let heard_window = s.heard_window.as_millis() as u64;
+    let settle = 2 * RECONCILE_MS
+        + heard_window
         + 2 * claim_max
         + 2 * mdi
         + 2_000
-        + retries * (RECONCILE + claim_max);
+        + retries * (RECONCILE_MS + claim_max);
 
     // 1. One network: one master holding the IP.
     s.run_until(settle, |_| {});
@@ -491,8 +517,12 @@ fn run_seed(seed: u64) -> usize {
             }
         }
         // Two reconcile periods and a claim; each failed claim costs one more.
-        let bound =
-            die_at + 2 * RECONCILE + claim_max + mdi + 1_000 + retries * (RECONCILE + claim_max);
+        let bound = die_at
+            + 2 * RECONCILE_MS
+            + claim_max
+            + mdi
+            + 1_000
+            + retries * (RECONCILE_MS + claim_max);
         let taken = |s: &Sim| {
             let m = s.masters(|i| side[i] != dead_side);
             m.len() == 1 && s.holder == Some(m[0])
@@ -507,11 +537,36 @@ fn run_seed(seed: u64) -> usize {
 
     // 4. Heal.
     s.side = None;
+    s.heard_lower = Some(vec![None; n]);
     let heal_at = s.now;
     s.run_until(heal_at + settle, |_| {});
     let m = s.masters(|_| true);
+    // A master that hears a lower master re-announces the IP at once, not
+    // at its next reconcile (unless the API refused claims lately).
+    if let (Some(&[m0]), Some(t), 0) = (
+        Some(m.as_slice()),
+        s.heard_lower.as_ref().and_then(|h| h[m[0]]),
+        s.fail_percent,
+    ) {
+        assert!(
+            s.assigns
+                .iter()
+                .any(|&(ta, i)| i == m0 && ta >= t && ta <= t + claim_max + 2 * TICK),
+            "no re-announce after hearing a lower master at {t} ms: {}",
+            s.ctx()
+        );
+    }
     assert_eq!(m.len(), 1, "after heal: {}", s.ctx());
     assert_eq!(s.holder, Some(m[0]), "after heal: {}", s.ctx());
+    let believers: Vec<usize> = (0..n)
+        .filter(|&i| s.nodes[i].alive && s.nodes[i].f.held())
+        .collect();
+    assert_eq!(
+        believers,
+        m,
+        "after heal, who believes it holds: {}",
+        s.ctx()
+    );
     if s.preempt {
         let best = (0..n)
             .filter(|&i| s.nodes[i].alive)

@@ -71,7 +71,7 @@ pub enum Transport {
     Dynia,
     /// RFC 5798 VRRPv3 packets (IP protocol 112) unicast to every member,
     /// keepalived-compatible, for migrations. Unauthenticated, no cluster
-    /// generation in adverts, needs CAP_NET_RAW; see `crate::transport`.
+    /// generation in adverts, needs CAP_NET_RAW; see docs/election.md, "Transports".
     Vrrp3,
 }
 

@@ -1,22 +1,10 @@
 //! Reserved-IP drivers: the one place that knows how "the Reserved IP points
-//! here" is made true on a given platform (SPEC §5 "Drivers for the Reserved IP").
-//!
-//! The election shell only ever sees [`Driver`]: it calls [`Driver::claim`] on
-//! becoming MASTER (and again from its periodic reconcile), [`Driver::holder`]
-//! to check that the address really points here, and [`Driver::release`] on
-//! leaving MASTER. Drivers never decide *whether* to claim; that is the
-//! election's job (split-brain rules live there, not here).
-//!
-//! Drivers are an enum rather than a trait object: the set is closed and small
-//! (`digitalocean`, `l2`, `none`), `async fn` in an enum needs no extra crate on
-//! Rust 1.85, and the shell can hold one value without boxing.
-//!
-//! Where the rest goes:
-//! - `l2` (add the address to an interface + gratuitous ARP, remove on leave):
-//!   [`l2`], the `Driver::L2` variant.
-//! - hooks (`on_master`, `on_backup`, `on_fault`): they run *beside* any driver,
-//!   not instead of one, so they belong in a future `driver/hooks.rs` that the
-//!   election shell calls after the driver; they are not a `Driver` variant.
+//! here" is made true on a platform (`digitalocean`, `l2`, `none`). The
+//! follower (`crate::follower`) decides *whether* to claim, release or read
+//! the holder; a driver only does it, bounded. An enum rather than a trait
+//! object: the set is closed and small, and `async fn` in it needs no extra
+//! crate. Hooks run beside any driver (`crate::hooks`). See
+//! `docs/election.md`, "Drivers".
 
 pub mod digitalocean;
 mod http;
@@ -96,7 +84,7 @@ pub enum ReleaseOutcome {
     NotApplicable,
 }
 
-/// The kind of a driver error, after SPEC §8 (seeds/003 error taxonomy).
+/// The kind of a driver error: what the operator must fix, or what failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
     /// The node file's driver settings are unusable.
@@ -156,7 +144,7 @@ pub enum DriverError {
 }
 
 impl DriverError {
-    /// The SPEC §8 kind of this error (for metrics labels and exit codes).
+    /// The kind of this error (for metrics labels and exit codes).
     pub fn kind(&self) -> ErrorKind {
         match self {
             DriverError::Config { .. } => ErrorKind::Config,

@@ -1,45 +1,10 @@
-//! The election state machine: RFC 5798 (VRRPv3) semantics, pure.
-//!
-//! This module owns *who should be MASTER* and nothing else: no sockets, no
-//! real clock, no Reserved-IP calls. The I/O shell feeds it [`Input`]s with a
-//! monotonic [`Millis`] timestamp through [`Election::step`], performs the
-//! [`Action`]s it returns (send an advert, claim or release the Reserved IP,
-//! run hooks), and calls again with [`Input::Tick`] no later than
-//! [`Election::next_deadline`]. Being pure makes every timer rule testable to
-//! the millisecond and lets `tests/simulation.rs` run thousands of simulated
-//! cluster-minutes per second.
-//!
-//! # Rules (RFC 5798 §6.4, timers in milliseconds rather than centiseconds)
-//! * `Skew_Time = ((256 - priority) × Master_Adver_Interval) / 256`,
-//!   `Master_Down_Interval = 3 × Master_Adver_Interval + Skew_Time`, where
-//!   `Master_Adver_Interval` is learned from the master's advert (our own
-//!   `advert_interval` until we hear one).
-//! * `Start` → Backup (Fault if tracking says we cannot serve). Priority 255
-//!   (address owner) is not used by dynia: member priorities are 1..=254.
-//! * Backup: the Master_Down timer firing → Master (advert + claim). An advert
-//!   with priority 0 → timer := Skew_Time. An advert with priority ≥ ours, or
-//!   any advert when `preempt = false` → learn its interval, timer :=
-//!   Master_Down_Interval. A lower-priority advert with `preempt = true` is
-//!   discarded (so we take over when the timer fires) — except during
-//!   `preempt_delay` from the moment we first saw that lower master, during
-//!   which it is accepted like a higher one.
-//! * Master: advert every `advert_interval`. A higher-priority advert, or an
-//!   equal one from a higher address (addresses compared as unsigned
-//!   big-endian integers, which is `IpAddr`'s `Ord` within one family) →
-//!   Backup. A lower (or priority 0) advert → send ours right away so the
-//!   other side learns, stay Master.
-//! * Shutdown → priority-0 advert if Master, then Init ([`Action::Stop`]).
-//! * Tracking: a node that cannot serve must not be Master: Fault (priority-0
-//!   advert if it was Master, release). It returns as Backup when it can serve.
-//!
-//! # The Reserved IP
-//! Not this module's business: the shell claims on becoming Master and
-//! releases on leaving it. What a master does when it finds the address
-//! elsewhere (claim again, or, in a split brain, stop claiming while staying
-//! Master for the nodes that hear it) is [`crate::reconcile`], also pure.
-//! Staying Master matters: a master that stepped back to Backup would fall
-//! silent, and the nodes on its side of the split would elect another one,
-//! which would claim the address again: a ping-pong one node at a time.
+//! The election state machine: RFC 5798 (VRRPv3) semantics, pure. It owns
+//! *who should be MASTER* and nothing else: the runtime feeds it [`Input`]s
+//! with a monotonic [`Millis`] through [`Election::step`], performs the
+//! [`Action`]s it returns, and calls again with [`Input::Tick`] no later
+//! than [`Election::next_deadline`]. The rules (RFC 5798 §6.4, timers in
+//! milliseconds) and why a master in a split brain stays master:
+//! `docs/election.md`, "The state machine".
 
 use std::fmt;
 use std::net::IpAddr;
@@ -340,7 +305,7 @@ impl<'a> IntoIterator for &'a Actions {
 
 /// The last master we heard (for `/status`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heard {
+pub struct MasterHeard {
     pub addr: IpAddr,
     pub priority: u8,
     pub interval_ms: u32,
@@ -365,7 +330,7 @@ pub struct Election {
     down_deadline: Option<Millis>,
     /// Backup: since when we have been seeing a lower master (preempt_delay).
     lower_since: Option<Millis>,
-    heard: Option<Heard>,
+    heard: Option<MasterHeard>,
     /// Latest `now` seen; time never goes backwards inside the machine.
     last_now: Millis,
     transitions: u64,
@@ -422,7 +387,7 @@ impl Election {
 
     /// The last master we heard: address, priority, interval, when.
     #[must_use]
-    pub fn heard(&self) -> Option<Heard> {
+    pub fn heard(&self) -> Option<MasterHeard> {
         self.heard
     }
 
@@ -644,7 +609,7 @@ impl Election {
                 self.heard = None;
             }
         } else {
-            self.heard = Some(Heard {
+            self.heard = Some(MasterHeard {
                 addr: from,
                 priority,
                 interval_ms,
@@ -726,5 +691,4 @@ pub fn addr_greater(a: IpAddr, b: IpAddr) -> bool {
 }
 
 #[cfg(test)]
-#[path = "election_tests.rs"]
 mod tests;

@@ -1,0 +1,264 @@
+//! The follower's transitions: one driver call at a time, abandoned (claim,
+//! check) or waited for (warm-up, release) when the wish changes. See
+//! `docs/election.md`, "The Reserved-IP follower".
+
+use super::*;
+
+impl Follower {
+    /// A follower at `Want::Idle`; `seed` spreads the keep-warm reads of a
+    /// cluster's nodes (± 10 %).
+    pub fn new(cfg: FollowerConfig, seed: u64) -> Follower {
+        Follower {
+            cfg,
+            want: Want::Idle,
+            entered: true,
+            busy: None,
+            next: None,
+            claimed: false,
+            last_claim: None,
+            yielded_to: None,
+            reassert_pending: false,
+            held: false,
+            stepped_back: None,
+            rng: seed | 1,
+            out: Vec::new(),
+        }
+    }
+
+    /// The first read of the holder (discovers the droplet, opens the
+    /// pooled connection, checks the token).
+    pub fn start(&mut self) -> Vec<FollowerOutput> {
+        self.busy = Some(Busy::Warm);
+        self.out.push(FollowerOutput::Warm { first: true });
+        std::mem::take(&mut self.out)
+    }
+
+    /// Feeds one input at `now`; returns what to do.
+    pub fn step(&mut self, now: Millis, input: FollowerInput) -> Vec<FollowerOutput> {
+        match input {
+            FollowerInput::Want(w) => self.wish(now, w),
+            FollowerInput::Tick => self.tick(now),
+            FollowerInput::LowerMasterHeard => self.lower_master(now),
+            FollowerInput::Claimed { ok } => self.claimed(now, ok),
+            FollowerInput::HolderRead(seen) => self.checked(now, seen),
+            FollowerInput::Warmed => self.done(now, Busy::Warm),
+            FollowerInput::Released => {
+                if self.busy == Some(Busy::Release) {
+                    self.set_held(false);
+                }
+                self.done(now, Busy::Release)
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// When to feed the next [`FollowerInput::Tick`]; `None` while a driver
+    /// call is in flight.
+    pub fn next_wake(&self) -> Option<Millis> {
+        self.next
+    }
+
+    pub fn want(&self) -> Want {
+        self.want
+    }
+
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    pub fn stepped_back_from(&self) -> Option<IpAddr> {
+        self.stepped_back
+    }
+
+    fn wish(&mut self, now: Millis, w: Want) {
+        self.want = w;
+        self.entered = false;
+        if matches!(self.busy, Some(Busy::Claim | Busy::Check)) {
+            self.busy = None;
+            self.out.push(FollowerOutput::Abandon);
+        }
+        if self.busy.is_none() {
+            self.enter(now);
+        }
+    }
+
+    fn enter(&mut self, now: Millis) {
+        self.entered = true;
+        self.reassert_pending = false;
+        match self.want {
+            Want::Hold => {
+                self.claimed = false;
+                self.yielded_to = None;
+                self.set_stepped_back(None);
+                self.claim();
+            }
+            Want::Release => {
+                self.busy = Some(Busy::Release);
+                self.next = None;
+                self.out.push(FollowerOutput::Release);
+            }
+            Want::Idle => self.idle(now),
+        }
+    }
+
+    fn idle(&mut self, now: Millis) {
+        let d = self.jittered(self.cfg.warm_every);
+        self.next = Some(after(now, d));
+    }
+
+    fn claim(&mut self) {
+        self.busy = Some(Busy::Claim);
+        self.next = None;
+        self.out.push(FollowerOutput::Claim);
+    }
+
+    fn tick(&mut self, now: Millis) {
+        if self.busy.is_some() || self.next.is_none_or(|t| t > now) {
+            return;
+        }
+        self.next = None;
+        if self.want == Want::Hold {
+            self.busy = Some(Busy::Check);
+            self.out.push(FollowerOutput::ReadHolder);
+        } else {
+            self.busy = Some(Busy::Warm);
+            self.out.push(FollowerOutput::Warm { first: false });
+        }
+    }
+
+    fn lower_master(&mut self, now: Millis) {
+        if self.want != Want::Hold || !self.entered {
+            return;
+        }
+        if self.busy.is_some() {
+            self.reassert_pending = true;
+        } else {
+            self.reassert(now);
+        }
+    }
+
+    /// Claims again unless the last claim was less than the gap ago.
+    fn reassert(&mut self, now: Millis) {
+        self.reassert_pending = false;
+        let since = self
+            .last_claim
+            .map_or(u64::MAX, |t| now.0.saturating_sub(t.0));
+        if Duration::from_millis(since) < self.cfg.reassert_gap {
+            return;
+        }
+        if self.yielded_to.take().is_some() {
+            tracing::info!("the split brain is over (a lower-priority master is heard); claiming the reserved ip");
+        } else {
+            tracing::info!("a lower-priority master is heard: re-announcing the reserved ip");
+        }
+        self.set_stepped_back(None);
+        self.claim();
+    }
+
+    fn claimed(&mut self, now: Millis, ok: bool) {
+        if self.busy != Some(Busy::Claim) {
+            return;
+        }
+        self.last_claim = Some(now);
+        if ok {
+            self.claimed = true;
+            self.set_held(true);
+            self.out.push(FollowerOutput::Announce);
+        }
+        self.done(now, Busy::Claim);
+    }
+
+    /// A driver call finished: act on a deferred wish, a pending
+    /// re-assertion, or wait for the next check or keep-warm read.
+    fn done(&mut self, now: Millis, what: Busy) {
+        if self.busy != Some(what) {
+            return;
+        }
+        self.busy = None;
+        if !self.entered {
+            self.enter(now);
+        } else if self.want != Want::Hold {
+            self.idle(now);
+        } else if self.reassert_pending {
+            self.next = Some(after(now, self.cfg.reconcile));
+            self.reassert(now);
+        } else {
+            self.next = Some(after(now, self.cfg.reconcile));
+        }
+    }
+
+    fn checked(&mut self, now: Millis, seen: Option<HolderSeen>) {
+        if self.busy != Some(Busy::Check) {
+            return;
+        }
+        let Some(seen) = seen else {
+            return self.done(now, Busy::Check);
+        };
+        let verdict = reconcile::decide(&Observation {
+            seen,
+            heard_window: self.cfg.heard_window,
+            claimed_since_master: self.claimed,
+        });
+        if !matches!(verdict, Verdict::Yield { .. }) {
+            self.set_stepped_back(None);
+        }
+        match verdict {
+            Verdict::Fine => self.fine(seen),
+            Verdict::Claim => {
+                if self.yielded_to.take().is_some() {
+                    tracing::info!(holder = ?seen, "the split brain is over (the holder is gone or heard again); claiming the reserved ip");
+                } else {
+                    tracing::warn!(holder = ?seen, "reconcile: the reserved ip does not point here; claiming it again");
+                }
+                self.busy = None;
+                self.reassert_pending = false;
+                return self.claim();
+            }
+            Verdict::Yield { holder } => {
+                if self.yielded_to != Some(holder) {
+                    tracing::warn!(%holder, seen = ?seen, "reconcile: the reserved ip is on a running member we cannot hear (split brain); stepping back instead of re-claiming, and staying master for the nodes that hear us");
+                }
+                self.yielded_to = Some(holder);
+                self.set_stepped_back(Some(holder));
+                self.set_held(false);
+            }
+        }
+        self.done(now, Busy::Check);
+    }
+
+    fn fine(&mut self, seen: HolderSeen) {
+        if seen != HolderSeen::Me {
+            return;
+        }
+        self.set_held(true);
+        if self.yielded_to.take().is_some() {
+            tracing::info!("the reserved ip points here again; the split brain is over");
+        }
+    }
+
+    fn set_held(&mut self, held: bool) {
+        if self.held != held {
+            self.held = held;
+            self.out.push(FollowerOutput::SetHeld(held));
+        }
+    }
+
+    fn set_stepped_back(&mut self, holder: Option<IpAddr>) {
+        if self.stepped_back != holder {
+            self.stepped_back = holder;
+            self.out.push(FollowerOutput::SteppedBack(holder));
+        }
+    }
+
+    /// `d` ± 10 %, so a cluster's nodes do not call the API in step.
+    fn jittered(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        d.mul_f64(0.9 + (self.rng % 2001) as f64 / 10_000.0)
+    }
+}
+
+fn after(now: Millis, d: Duration) -> Millis {
+    Millis(now.0.saturating_add(d.as_millis() as u64))
+}

@@ -1,0 +1,211 @@
+//! The follower's async shell: runs on the election thread, executes what
+//! the pure [`Follower`] asks with the real driver (one call at a time,
+//! dropped when it says abandon) and feeds the results back. See
+//! `docs/election.md`, "The Reserved-IP follower".
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use super::ElectionView;
+use crate::driver::{ClaimOutcome, Driver, DriverError, Holder};
+use crate::election::Millis;
+use crate::follower::{self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want};
+use crate::metrics::ElectionMetrics;
+
+/// Wake-ups between the election loop and the follower task.
+#[derive(Default)]
+pub(super) struct Wakeups {
+    /// To the follower: a master heard a lower-priority master.
+    pub reassert: Notify,
+    /// From the follower: a claim succeeded; a master sends an advert now.
+    pub claimed: Notify,
+}
+
+pub(super) struct FollowCtx {
+    pub driver: Driver,
+    pub view: Arc<ElectionView>,
+    pub metrics: ElectionMetrics,
+    pub wake: Arc<Wakeups>,
+    pub heard_window: Duration,
+    /// The election's clock origin.
+    pub started: Instant,
+}
+
+/// A finished driver call.
+enum Done {
+    Claim(Result<ClaimOutcome, DriverError>, Instant),
+    Holder(Result<Holder, DriverError>),
+    Warmed,
+    Released,
+}
+
+type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+enum Event {
+    Want,
+    Tick,
+    Reassert,
+    Done(Done),
+}
+
+/// Runs until the election loop (the `want` sender) is gone.
+pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
+    let cfg = FollowerConfig::new(ctx.heard_window);
+    let mut f = Follower::new(cfg, rand::random());
+    let mut call: Option<Call> = None;
+    let outs = f.start();
+    ctx.exec(&mut call, outs);
+    loop {
+        let wake = f
+            .next_wake()
+            .map(|t| ctx.started + Duration::from_millis(t.0));
+        let event = tokio::select! {
+            r = want.changed() => match r {
+                Ok(()) => Event::Want,
+                Err(_) => return,
+            },
+            _ = sleep_until(wake) => Event::Tick,
+            _ = ctx.wake.reassert.notified() => Event::Reassert,
+            d = in_flight(&mut call) => Event::Done(d),
+        };
+        let input = match event {
+            Event::Want => FollowerInput::Want(*want.borrow_and_update()),
+            Event::Tick => FollowerInput::Tick,
+            Event::Reassert => FollowerInput::LowerMasterHeard,
+            Event::Done(d) => {
+                call = None;
+                ctx.finished(d)
+            }
+        };
+        let now = Millis(ctx.started.elapsed().as_millis() as u64);
+        let outs = f.step(now, input);
+        ctx.exec(&mut call, outs);
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn in_flight(call: &mut Option<Call>) -> Done {
+    match call.as_mut() {
+        Some(c) => c.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl FollowCtx {
+    fn exec(&self, call: &mut Option<Call>, outs: Vec<FollowerOutput>) {
+        for o in outs {
+            let d = self.driver.clone();
+            match o {
+                FollowerOutput::Claim => {
+                    *call = Some(Box::pin(async move {
+                        let t = Instant::now();
+                        Done::Claim(d.claim().await, t)
+                    }))
+                }
+                FollowerOutput::ReadHolder => {
+                    *call = Some(Box::pin(async move { Done::Holder(d.holder().await) }))
+                }
+                FollowerOutput::Warm { first } => {
+                    *call = Some(Box::pin(async move {
+                        warm(&d, first).await;
+                        Done::Warmed
+                    }))
+                }
+                FollowerOutput::Release => {
+                    *call = Some(Box::pin(async move {
+                        release(&d).await;
+                        Done::Released
+                    }))
+                }
+                FollowerOutput::Abandon => *call = None,
+                FollowerOutput::SetHeld(h) => {
+                    self.view.set_held(h);
+                    self.metrics.held.set(i64::from(h));
+                }
+                FollowerOutput::SteppedBack(h) => self.view.set_stepped_back_from(h),
+                FollowerOutput::Announce => self.wake.claimed.notify_one(),
+            }
+        }
+    }
+
+    /// Logs and counts a finished call; what the follower is told.
+    fn finished(&self, d: Done) -> FollowerInput {
+        let name = self.driver.name();
+        match d {
+            Done::Claim(Ok(outcome), started) => {
+                self.metrics.claims.with_label_values(&["success"]).inc();
+                let action_id = match outcome {
+                    ClaimOutcome::Assigned { action_id } => Some(action_id),
+                    _ => None,
+                };
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(driver = name, ?action_id, ms, "reserved ip claimed");
+                FollowerInput::Claimed { ok: true }
+            }
+            Done::Claim(Err(e), _) => {
+                self.metrics.claims.with_label_values(&["failure"]).inc();
+                tracing::error!(driver = name, error = %e, "reserved ip claim failed; reconcile will retry");
+                FollowerInput::Claimed { ok: false }
+            }
+            Done::Holder(Err(e)) => {
+                tracing::warn!(error = %e, "reconcile: cannot read the reserved ip's holder");
+                FollowerInput::HolderRead(None)
+            }
+            Done::Holder(Ok(h)) => {
+                let members = self.view.members();
+                let seen = follower::resolve(
+                    h,
+                    |id| {
+                        members
+                            .iter()
+                            .find(|p| p.droplet_id == Some(id))
+                            .map(|p| p.addr)
+                    },
+                    |addr| self.view.seen(addr).map(|s| s.at.elapsed()),
+                );
+                FollowerInput::HolderRead(Some(seen))
+            }
+            Done::Warmed => FollowerInput::Warmed,
+            Done::Released => FollowerInput::Released,
+        }
+    }
+}
+
+async fn release(driver: &Driver) {
+    match driver.release().await {
+        Ok(_) => tracing::debug!(driver = driver.name(), "reserved ip released"),
+        Err(e) => {
+            tracing::warn!(driver = driver.name(), error = %e, "reserved ip release failed")
+        }
+    }
+}
+
+/// Reads the holder once (DigitalOcean: discovers the droplet id, opens the
+/// pooled TLS connection, checks the token); a failure is logged, not fatal.
+async fn warm(driver: &Driver, first: bool) {
+    if !matches!(driver, Driver::DigitalOcean(_)) {
+        return;
+    }
+    let why = if first { "start" } else { "keep-warm" };
+    match driver.holder().await {
+        Ok(h) if first => {
+            tracing::info!(driver = driver.name(), holder = %h, "reserved ip driver ready")
+        }
+        Ok(h) => {
+            tracing::debug!(driver = driver.name(), holder = %h, why, "reserved ip holder read")
+        }
+        Err(e) => {
+            tracing::warn!(driver = driver.name(), error = %e, why, "cannot read the reserved ip's holder")
+        }
+    }
+}

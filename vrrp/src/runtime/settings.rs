@@ -1,0 +1,82 @@
+//! What the election runs on: [`ElectionSettings`], rebuilt by the caller
+//! from its configuration on every reload (see `docs/election.md`,
+//! "Settings and reloads").
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::advert::AdvertKey;
+use crate::election::{ElectionConfig, Priority};
+use crate::hooks::ElectionHooks;
+
+/// How adverts travel (see `docs/election.md`, "Transports").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// UDP unicast to every member, HMAC-SHA256 authenticated, with heartbeats.
+    #[default]
+    Dynia,
+    /// RFC 5798 VRRPv3 (IP protocol 112), unauthenticated, keepalived interop.
+    Vrrp3,
+}
+
+/// One other member as the election knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElectionPeer {
+    pub id: String,
+    pub addr: IpAddr,
+    pub droplet_id: Option<u64>,
+}
+
+/// Everything the election needs; rebuilt from the files on reload.
+#[derive(Clone)]
+pub struct ElectionSettings {
+    pub transport: TransportKind,
+    pub local: IpAddr,
+    /// UDP port of the `dynia` transport (unused by `vrrp3`).
+    pub port: u16,
+    /// SCHED_RR priority of the election thread; 0 = normal scheduling.
+    pub rt_priority: u8,
+    pub priority: Priority,
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub vrid: u8,
+    pub cluster: String,
+    /// The cluster key; required by `dynia`, `None` with `vrrp3`.
+    pub key: Option<AdvertKey>,
+    /// Every member but this one.
+    pub peers: Vec<ElectionPeer>,
+    pub generation: u64,
+    pub config_hash: [u8; 32],
+    pub reserved_ip: Option<IpAddr>,
+    pub hooks: ElectionHooks,
+}
+
+impl ElectionSettings {
+    pub(crate) fn election_config(&self) -> ElectionConfig {
+        let mut cfg = ElectionConfig::new(self.local, self.priority);
+        cfg.advert_interval = self.advert_interval;
+        cfg.preempt = self.preempt;
+        cfg.preempt_delay = self.preempt_delay;
+        cfg
+    }
+
+    /// What only a restart changes: (interval, preempt, vrid, port, transport).
+    pub(crate) fn restart_only(&self) -> (Duration, bool, u8, u16, TransportKind) {
+        (
+            self.advert_interval,
+            self.preempt,
+            self.vrid,
+            self.port,
+            self.transport,
+        )
+    }
+
+    pub(crate) fn keep_restart_only(&mut self, from: &ElectionSettings) {
+        self.advert_interval = from.advert_interval;
+        self.preempt = from.preempt;
+        self.vrid = from.vrid;
+        self.port = from.port;
+        self.transport = from.transport;
+    }
+}

@@ -1,0 +1,121 @@
+//! [`ElectionView`]: the election's state as other threads read it (admin
+//! API, status, catch-up), written only by the election thread.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::advert::SenderRole;
+use crate::election::Role;
+use crate::runtime::ElectionPeer;
+
+/// What one peer last told us.
+#[derive(Debug, Clone)]
+pub struct PeerSeen {
+    pub role: SenderRole,
+    pub priority: u8,
+    /// `None` with `vrrp3` (its adverts carry no generation).
+    pub generation: Option<u64>,
+    pub config_hash: Option<[u8; 32]>,
+    pub at: Instant,
+}
+
+/// State readable from other threads.
+pub struct ElectionView {
+    role: AtomicU8,
+    priority: AtomicU8,
+    held: AtomicBool,
+    /// Master in a split brain: the holder it stepped back from.
+    stepped_back_from: Mutex<Option<IpAddr>>,
+    peers: Mutex<HashMap<IpAddr, PeerSeen>>,
+    /// The other members as the cluster document lists them now (the
+    /// follower maps a holder's droplet id to a member with it).
+    members: Mutex<Arc<Vec<ElectionPeer>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ElectionView {
+    pub(crate) fn new(priority: u8, members: Vec<ElectionPeer>) -> ElectionView {
+        ElectionView {
+            role: AtomicU8::new(0),
+            priority: AtomicU8::new(priority),
+            held: AtomicBool::new(false),
+            stepped_back_from: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            members: Mutex::new(Arc::new(members)),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role.load(Ordering::Relaxed) {
+            1 => Role::Backup,
+            2 => Role::Master,
+            3 => Role::Fault,
+            _ => Role::Init,
+        }
+    }
+
+    pub(crate) fn set_role(&self, r: Role) {
+        let v = match r {
+            Role::Init => 0,
+            Role::Backup => 1,
+            Role::Master => 2,
+            Role::Fault => 3,
+        };
+        self.role.store(v, Ordering::Relaxed);
+    }
+
+    /// The configured priority (the member's, as last reloaded).
+    pub fn priority(&self) -> u8 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_priority(&self, p: u8) {
+        self.priority.store(p, Ordering::Relaxed);
+    }
+
+    /// Whether the driver last succeeded in making the Reserved IP point here.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
+    }
+
+    /// While master in a split brain: the holder we stepped back from.
+    pub fn stepped_back_from(&self) -> Option<IpAddr> {
+        if self.role() != Role::Master {
+            return None;
+        }
+        *lock(&self.stepped_back_from)
+    }
+
+    pub(crate) fn set_stepped_back_from(&self, holder: Option<IpAddr>) {
+        *lock(&self.stepped_back_from) = holder;
+    }
+
+    /// What the member at `addr` last told us, if anything.
+    pub fn seen(&self, addr: IpAddr) -> Option<PeerSeen> {
+        lock(&self.peers).get(&addr).cloned()
+    }
+
+    pub(crate) fn record(&self, addr: IpAddr, seen: PeerSeen) {
+        lock(&self.peers).insert(addr, seen);
+    }
+
+    pub(crate) fn members(&self) -> Arc<Vec<ElectionPeer>> {
+        lock(&self.members).clone()
+    }
+
+    /// New member list: forgets peers no longer in it.
+    pub(crate) fn set_members(&self, members: &[ElectionPeer]) {
+        lock(&self.peers).retain(|a, _| members.iter().any(|p| p.addr == *a));
+        *lock(&self.members) = Arc::new(members.to_vec());
+    }
+}
