@@ -536,7 +536,7 @@ async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
     }
 }
 
-/// `dynia status --json`, parsed; the SPEC §6 fields are there.
+/// `dynia status --json`, parsed; the public fields (docs/control.md) are there.
 async fn cluster_json(rig: &Rig, i: usize) -> serde_json::Value {
     let (code, out, err) = rig.cli(i, &["status", "--json"]).await;
     assert_eq!(code, 0, "{out}{err}");

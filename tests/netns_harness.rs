@@ -1,4 +1,4 @@
-//! Proves the netns cluster harness (SPEC §10) and the `l2` driver in it:
+//! Proves the netns cluster harness (docs/testing.md) and the `l2` driver in it:
 //! reachability, kill / pause / partition / heal, cleanup, and a VIP moved
 //! between nodes by the `l2` driver with the client's ARP cache repointed by
 //! gratuitous ARP. Needs root; skips with a printed reason otherwise.
@@ -263,7 +263,7 @@ fn l2_vip_moves_between_nodes() {
     assert!(!addrs0.contains(&vip.to_string()), "{addrs0}");
 
     // Failover without a release: node 1 is cut off while holding the VIP;
-    // node 0 claims again and the client follows well within the SPEC's
+    // node 0 claims again and the client follows well within the
     // failover budget (0.6 s from losing the master, election included).
     c.partition(1);
     let d0c = d0.clone();

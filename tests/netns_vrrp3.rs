@@ -1,4 +1,4 @@
-//! The `vrrp3` election transport on a real L2 network (SPEC §5, §10):
+//! The `vrrp3` election transport on a real L2 network (docs/election.md):
 //! `dynia run` nodes in their own network namespaces on one bridge, RFC 5798
 //! packets (IP protocol 112) unicast between them, the `l2` driver moving a
 //! VIP; and interop with a real keepalived (`vrrp_version 3`, `unicast_peer`)
