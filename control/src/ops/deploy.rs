@@ -9,6 +9,7 @@ use super::outcome::{MemberOutcome, MemberReport, Roll};
 use super::plan::{at, diff, Agreed, DeployPlan};
 use super::push::{gate, push_each, statuses};
 use super::{Ctx, Event, OpsError, Progress};
+use crate::client::ClientError;
 use crate::config::{ClusterDoc, Health, Member, Service};
 use crate::wire::ApplyRequest;
 
@@ -168,10 +169,19 @@ async fn roll_one(
         leave: false,
     };
     if !has {
-        if let Err(e) = client.put_cluster(&replace(old_p, new_p)).await {
-            return MemberOutcome::NotApplied {
-                error: e.to_string(),
-            };
+        match client.put_cluster(&replace(old_p, new_p)).await {
+            Ok(_) => {}
+            // It caught the rolled content up from a member rolled before it.
+            Err(ClientError::Conflict {
+                generation,
+                config_hash,
+                ..
+            }) if generation == new_p.generation && config_hash == new_p.hash() => {}
+            Err(e) => {
+                return MemberOutcome::NotApplied {
+                    error: e.to_string(),
+                }
+            }
         }
     }
     let service = a.name.clone();

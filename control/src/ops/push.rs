@@ -26,7 +26,7 @@ pub async fn push_each(ctx: &Ctx, targets: &[(Target, ClusterDoc)]) -> Report {
     let mut report = Report::default();
     let mut committed = false;
     for (i, (t, doc)) in targets.iter().enumerate() {
-        let outcome = send(ctx, t, doc).await;
+        let outcome = caught_up(send(ctx, t, doc).await, committed, targets);
         committed |= !matches!(
             outcome,
             MemberOutcome::Conflict { .. } | MemberOutcome::Unreachable { .. }
@@ -44,6 +44,30 @@ pub async fn push_each(ctx: &Ctx, targets: &[(Target, ClusterDoc)]) -> Report {
         }
     }
     report
+}
+
+/// A member that, after the commit point, already holds one of this push's
+/// documents caught it up from a member this push changed (catch-up spreads
+/// a higher generation by itself): it has what was meant, not a conflict.
+fn caught_up(
+    outcome: MemberOutcome,
+    committed: bool,
+    targets: &[(Target, ClusterDoc)],
+) -> MemberOutcome {
+    match outcome {
+        MemberOutcome::Conflict {
+            generation,
+            ref config_hash,
+            ..
+        } if committed
+            && targets
+                .iter()
+                .any(|(_, d)| d.generation == generation && d.hash() == *config_hash) =>
+        {
+            MemberOutcome::AlreadyAt { generation }
+        }
+        other => other,
+    }
 }
 
 fn line(ctx: &Ctx, m: &Member, outcome: MemberOutcome) -> MemberReport {
