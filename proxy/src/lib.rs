@@ -10,6 +10,7 @@
 //! does a proxy whose runtime stopped running tasks (a heartbeat task stamps
 //! the time every 100 ms; a stamp older than a second means stalled).
 
+pub mod access;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     heartbeat_ms: AtomicU64,
     /// Acceptors of the TLS listeners, swapped on apply.
     pub(crate) tls: tls::Tls,
+    /// The access log, when the node file switches it on.
+    pub(crate) access: arc_swap::ArcSwapOption<access::AccessLog>,
     registry: Mutex<Registry>,
     listeners: Mutex<Vec<Running>>,
 }
@@ -180,6 +183,8 @@ pub struct MemberStatus {
     pub health: Health,
     pub state: AdminState,
     pub inflight: usize,
+    /// Why and when the health last changed (none since start).
+    pub last_change: Option<(String, std::time::SystemTime)>,
 }
 
 impl Proxy {
@@ -208,6 +213,7 @@ impl Proxy {
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             tls,
+            access: arc_swap::ArcSwapOption::empty(),
             registry: Mutex::new(reg),
             listeners: Mutex::new(Vec::new()),
         });
@@ -295,6 +301,17 @@ impl Proxy {
         Ok(())
     }
 
+    /// Switches the access log on (`Some`) or off (`None`), at once for new
+    /// requests. See [`access`].
+    pub fn set_access_log(&self, log: Option<access::AccessLog>) {
+        self.shared.access.store(log.map(Arc::new));
+    }
+
+    /// The proxy's metric handles (for the access log's drop counter).
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.shared.metrics
+    }
+
     /// The configuration currently served.
     pub fn config(&self) -> Arc<ProxyConfig> {
         self.shared.snapshot.load().config.clone()
@@ -335,6 +352,7 @@ impl Proxy {
                         health: m.backend.health(),
                         state: m.state,
                         inflight: m.backend.inflight(),
+                        last_change: m.backend.last_change(),
                     })
                     .collect(),
             })
