@@ -170,7 +170,12 @@ impl Daemon {
     pub async fn start(node_path: &Path, loaded: Loaded) -> Result<Arc<Daemon>, DaemonError> {
         let registry = Registry::new();
         let metrics = ControlMetrics::new(&registry)?;
+        crate::node_metrics::register(&registry, &loaded.cluster.cluster, &loaded.node.node.id)?;
         let proxy = Proxy::start(proxy_config(&loaded.node, &loaded.cluster), &registry).await?;
+        crate::logging::set_format(loaded.node.log.format);
+        if let Err(e) = crate::logging::set_access_log(&proxy, &loaded.node.log) {
+            tracing::warn!(error = %e, "access log not started");
+        }
         metrics.generation.set(loaded.cluster.generation as i64);
         let election = match crate::wiring::election_settings(&loaded)? {
             Some(settings) => {
@@ -238,6 +243,12 @@ impl Daemon {
         });
         match result {
             Ok(new) => {
+                if new.node.log != self.loaded().node.log {
+                    crate::logging::set_format(new.node.log.format);
+                    if let Err(e) = crate::logging::set_access_log(&self.proxy, &new.node.log) {
+                        tracing::warn!(error = %e, "access log not started");
+                    }
+                }
                 if let (Some(e), Ok(Some(settings))) =
                     (&self.election, crate::wiring::election_settings(&new))
                 {

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod election;
 pub mod logging;
 pub mod names;
+pub mod node_metrics;
 pub mod ops;
 pub mod page;
 pub mod status;
