@@ -205,6 +205,9 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
             note.join("; ")
         );
     }
+    for line in v.lost_lines() {
+        println!("{line}");
+    }
     if let Some(line) = v.drift_line(Some(node_path)) {
         println!("{line}");
     }

@@ -172,7 +172,6 @@ impl Daemon {
         let metrics = ControlMetrics::new(&registry)?;
         crate::node_metrics::register(&registry, &loaded.cluster.cluster, &loaded.node.node.id)?;
         let proxy = Proxy::start(proxy_config(&loaded.node, &loaded.cluster), &registry).await?;
-        crate::logging::set_format(loaded.node.log.format);
         if let Err(e) = crate::logging::set_access_log(&proxy, &loaded.node.log) {
             tracing::warn!(error = %e, "access log not started");
         }
@@ -388,6 +387,7 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             drift: Vec::new(),
+            lost: Vec::new(),
         })
     }
 }
@@ -444,6 +444,7 @@ fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
 /// worker threads, serves, reloads on SIGHUP.
 pub fn run(node_path: &Path) -> Result<(), DaemonError> {
     let loaded = load(node_path)?;
+    crate::logging::set_format(loaded.node.log.format);
     // One worker: a current-thread runtime. Every task then runs on one event
     // loop that drains all ready sockets before writing, as HAProxy's does;
     // the multi-thread scheduler instead runs a woken upstream task at once,

@@ -54,11 +54,14 @@ pub fn render(v: &ClusterStatus) -> String {
     for line in v.split_brain_lines() {
         let _ = write!(h, "<p class=\"down\"><b>{}</b></p>", escape(&line));
     }
+    for line in v.lost_lines() {
+        let _ = write!(h, "<p class=\"lost down\"><b>{}</b></p>", escape(&line));
+    }
     match v.drift_line(None) {
         Some(line) => {
             let _ = write!(h, "<p id=\"drift\" class=\"down\"><b>{}</b></p>", escape(&line));
         }
-        None => h.push_str("<p id=\"drift\" class=\"up\">in sync: every member answered with this generation and hash</p>"),
+        None => h.push_str("<p id=\"drift\" class=\"up\">no drift: every member that answered has this generation and hash</p>"),
     }
     let _ = write!(
         h,
@@ -70,7 +73,10 @@ pub fn render(v: &ClusterStatus) -> String {
         let (up, total) = v.services_up(&m.id);
         let drift = if s.drift.contains(&m.id) { " *" } else { "" };
         let note = match v.unreachable(&m.id) {
-            Some(e) => format!("<span class=\"down\">unreachable: {}</span>", escape(e)),
+            Some(e) => format!(
+                "<span class=\"down\">lost — unreachable: {}</span>",
+                escape(e)
+            ),
             None if !drift.is_empty() => "<span class=\"down\">drift</span>".into(),
             None => String::new(),
         };

@@ -25,19 +25,29 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub version: String,
     pub uptime_seconds: u64,
-    /// Ids of members whose cluster document (generation or hash, as last
-    /// advertised) differs from this node's; empty when in sync. A member
-    /// never heard from is not counted (its `generation` is `null`).
+    /// Ids of members heard lately whose cluster document (generation or
+    /// hash, as last advertised) differs from this node's; empty when in
+    /// sync. A member never heard from, or lost, is not drift.
     #[serde(default)]
     pub drift: Vec<String>,
+    /// Ids of members heard from once but not for over [`LOST_AFTER_MS`]
+    /// (down or cut off): shown as lost, never as drift.
+    #[serde(default)]
+    pub lost: Vec<String>,
 }
 
-/// Fills [`Status::drift`] from the members' advertised generations and hashes.
+/// A member whose last advert is older than this is lost (every member
+/// adverts several times a second; this is well past any Master_Down_Interval
+/// of the default timing).
+pub const LOST_AFTER_MS: u64 = 3000;
+
+/// Fills [`Status::drift`] and [`Status::lost`] from the members' adverts.
 pub fn with_drift(mut s: Status) -> Status {
-    s.drift = s
-        .members
-        .iter()
-        .filter(|m| m.id != s.node)
+    let others = || s.members.iter().filter(|m| m.id != s.node);
+    let lost = |m: &MemberStatus| m.last_seen_ms.is_some_and(|t| t > LOST_AFTER_MS);
+    s.lost = others().filter(|m| lost(m)).map(|m| m.id.clone()).collect();
+    s.drift = others()
+        .filter(|m| !lost(m))
         .filter(|m| {
             m.generation.is_some_and(|g| g != s.generation)
                 || m.config_hash.as_ref().is_some_and(|h| *h != s.config_hash)
@@ -117,10 +127,11 @@ pub struct Unreachable {
 /// field) in which each other member's `role`, `priority`, `generation` and
 /// `config_hash` come from that member's own `/status.json`, read just now.
 ///
-/// `drift` lists every member not confirmed to have this node's generation
-/// and hash: those that answered with another, and those that did not
-/// answer (their entry keeps the generation they last advertised to this
-/// node, if any, and `role` "unknown"). `reserved_ip_holders` are the members
+/// `drift` lists the members that answered with another generation or hash:
+/// two reachable members with different documents, which `dynia sync`
+/// fixes. Members that did not answer are `unreachable` (their entry keeps
+/// the generation they last advertised to this node, if any, and `role`
+/// "unknown"), never drift: a dead node is not fixed by a sync. `reserved_ip_holders` are the members
 /// whose own status says they hold the Reserved IP (`reserved_ip.held`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
@@ -199,10 +210,9 @@ pub fn combine(mut s: Status, answers: Vec<(String, Result<Status, String>)>) ->
         .members
         .iter()
         .filter(|m| m.id != s.node)
+        .filter(|m| !unreachable.iter().any(|u| u.id == m.id))
         .filter(|m| {
-            unreachable.iter().any(|u| u.id == m.id)
-                || m.generation != Some(s.generation)
-                || m.config_hash.as_ref() != Some(&s.config_hash)
+            m.generation != Some(s.generation) || m.config_hash.as_ref() != Some(&s.config_hash)
         })
         .map(|m| m.id.clone())
         .collect();
@@ -254,8 +264,29 @@ impl ClusterStatus {
             .collect()
     }
 
-    /// One line naming the members in drift and the command that fixes it;
-    /// `None` when every member answered with this node's document.
+    /// One line per unreachable member: lost, with why and when last heard;
+    /// no advice to sync (a sync cannot reach it).
+    pub fn lost_lines(&self) -> Vec<String> {
+        self.unreachable
+            .iter()
+            .map(|u| {
+                let seen = self
+                    .status
+                    .members
+                    .iter()
+                    .find(|m| m.id == u.id)
+                    .and_then(|m| m.last_seen_ms)
+                    .map_or("never heard".into(), |ms| {
+                        format!("last heard {:.1} s ago", ms as f64 / 1000.0)
+                    });
+                format!("lost: {} is unreachable ({}; {seen})", u.id, u.error)
+            })
+            .collect()
+    }
+
+    /// One line naming the reachable members in drift and the command that
+    /// fixes it; `None` when every member that answered has this node's
+    /// document.
     pub fn drift_line(&self, node_path: Option<&Path>) -> Option<String> {
         let s = &self.status;
         if s.drift.is_empty() {
@@ -269,17 +300,11 @@ impl ClusterStatus {
             .filter(|m| s.drift.contains(&m.id))
             .map(|m| {
                 let generation = m.generation.map_or("?".into(), |g| g.to_string());
-                match self.unreachable(&m.id) {
-                    Some(_) => format!(
-                        "{} (unreachable; last advertised generation {generation})",
-                        m.id
-                    ),
-                    None => format!(
-                        "{} (generation {generation} hash {})",
-                        m.id,
-                        short(m.config_hash.as_deref())
-                    ),
-                }
+                format!(
+                    "{} (generation {generation} hash {})",
+                    m.id,
+                    short(m.config_hash.as_deref())
+                )
             })
             .collect();
         Some(format!(
@@ -330,7 +355,18 @@ mod tests {
             version: "0".into(),
             uptime_seconds: 1,
             drift: Vec::new(),
+            lost: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_member_not_heard_lately_is_lost_not_drift() {
+        let mut s = node("a-fox", 2, "h2", "master", true);
+        s.members[1].last_seen_ms = Some(LOST_AFTER_MS + 1); // b-owl: gen 1, silent
+        s.members[2].last_seen_ms = Some(10); // c-elk: gen 1, heard just now
+        let s = with_drift(s);
+        assert_eq!(s.lost, vec!["b-owl".to_string()]);
+        assert_eq!(s.drift, vec!["c-elk".to_string()]);
     }
 
     #[test]
@@ -343,17 +379,21 @@ mod tests {
                 ("c-elk".into(), Err("connection refused".into())),
             ],
         );
-        // The local view heard b-owl at generation 1, but b-owl says 2: in sync.
-        assert_eq!(c.status.drift, vec!["c-elk".to_string()]);
+        // The local view heard b-owl at generation 1, but b-owl says 2: in
+        // sync. c-elk does not answer: lost, not drift (a sync cannot fix it).
+        assert!(c.status.drift.is_empty());
         assert_eq!(c.status.members[1].role, "master");
         assert_eq!(c.status.members[2].role, "unknown");
         assert_eq!(c.reserved_ip_holders, vec!["b-owl".to_string()]);
         assert_eq!(c.unreachable("c-elk"), Some("connection refused"));
-        let line = c.drift_line(None).unwrap();
+        assert_eq!(c.drift_line(None), None);
+        let lost = c.lost_lines();
+        assert_eq!(lost.len(), 1);
         assert!(
-            line.starts_with("drift: c-elk (unreachable; last advertised generation 1)"),
-            "{line}"
+            lost[0].starts_with("lost: c-elk is unreachable (connection refused"),
+            "{lost:?}"
         );
+        assert!(!lost[0].contains("sync"));
         // The JSON keeps every SPEC §6 field at the top level.
         let v = serde_json::to_value(&c).unwrap();
         for k in [
@@ -389,10 +429,8 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(
-            c.status.drift,
-            vec!["b-owl".to_string(), "c-elk".to_string()]
-        );
+        // c-elk's address answers as another node: unreachable, not drift.
+        assert_eq!(c.status.drift, vec!["b-owl".to_string()]);
         assert_eq!(c.reserved_ip_holders, vec!["a-fox".to_string()]);
         assert!(c.unreachable("c-elk").unwrap().contains("wrong-id"));
     }
