@@ -91,3 +91,21 @@ fn example_files_parse_and_pair() {
     dynia_control::config::validate_pair(&node, &cluster).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cluster.election.advert_interval.as_millis(), 100);
 }
+
+#[test]
+fn promtool_accepts_the_scrape_examples() {
+    let dir = root().join("deploy/prometheus");
+    for file in ["prometheus.static.yml", "prometheus.digitalocean.yml"] {
+        let out = Command::new("promtool")
+            .args(["check", "config", "--syntax-only", file])
+            .current_dir(&dir)
+            .output()
+            .expect("promtool not installed: apt-get install prometheus (CI installs it)");
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
