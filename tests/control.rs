@@ -746,6 +746,18 @@ async fn dead_node_page(admin: std::net::SocketAddr, dead: &str) {
     assert!(dom.contains("lost — unreachable"), "{dom}");
     assert!(dom.contains("no drift"), "{dom}");
     assert!(!dom.contains("dynia sync"), "{dom}");
+    // Per member and service: health with its reason, the last minute's
+    // figures; this node's election transitions with reasons.
+    assert!(dom.contains("<th>last minute</th>"), "{dom}");
+    assert!(
+        dom.contains("req/s") || dom.contains("no figures yet"),
+        "{dom}"
+    );
+    assert!(dom.contains("<table id=\"transitions\">"), "{dom}");
+    assert!(
+        dom.contains("<td>backup</td>"),
+        "a transition to backup: {dom}"
+    );
 }
 
 /// Runs headless Chromium on `url` with one more argument (bounded).

@@ -99,3 +99,69 @@ async fn json_format_writes_one_object_per_line() {
     assert_eq!(down["to"], "down");
     assert_eq!(down["service"], "web");
 }
+
+#[tokio::test]
+async fn status_shows_health_reasons_rates_and_election_transitions() {
+    let (files, _up) = node_with_a_dead_member("statusrates", "").await;
+    let _d = Daemon::start(&files).await;
+    let admin = files.admin_addr;
+    wait_until(WAIT, "brave-two DOWN", || async move {
+        health(admin, "brave-two").await == "down"
+    })
+    .await;
+    let mut c = Client::connect(files.proxy_addr).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(c.get(HOST, "/").await.unwrap().status, 200);
+    }
+    // The sampler's first sample is at start: figures once it is 0.5 s old.
+    wait_until(WAIT, "rates for alpha-one", || async move {
+        let s = status(admin).await;
+        s["services"][0]["members"][0]["requests_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    let s = status(admin).await;
+    let members = s["services"][0]["members"].as_array().unwrap();
+    let alpha = members.iter().find(|m| m["id"] == "alpha-one").unwrap();
+    let brave = members.iter().find(|m| m["id"] == "brave-two").unwrap();
+    assert_eq!(alpha["error_rate"], 0.0, "{alpha}");
+    assert!(alpha["p99_ms"].as_f64().unwrap() > 0.0, "{alpha}");
+    assert_eq!(alpha["inflight"], 0, "{alpha}");
+    assert!(
+        brave["health_reason"].as_str().unwrap().contains("refused"),
+        "{brave}"
+    );
+    assert!(
+        brave["health_changed_at"].as_str().unwrap().ends_with('Z'),
+        "{brave}"
+    );
+    let transitions = s["transitions"].as_array().unwrap();
+    let last = transitions
+        .last()
+        .unwrap_or_else(|| panic!("no transitions: {s}"));
+    assert_eq!(last["role"], s["role"], "{s}");
+    assert!(!last["reason"].as_str().unwrap().is_empty(), "{s}");
+
+    let out = files.dynia(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("service web member brave-two: down since") && l.contains("refused")
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("service web member alpha-one: up") && l.contains("req/s")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("election: ")), "{text}");
+    let page = get(admin, "localhost", "/status").await.unwrap().body;
+    assert!(
+        page.contains("id=\"transitions\"") && page.contains("req/s"),
+        "{page}"
+    );
+}

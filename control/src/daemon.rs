@@ -156,6 +156,8 @@ pub struct Daemon {
     election: Option<ElectionHandle>,
     /// One cluster-document change at a time (compare-and-set in `apply_document`).
     apply_lock: tokio::sync::Mutex<()>,
+    /// Per-member rates over the last minute, for the status views.
+    rates: Arc<crate::rates::Rates>,
 }
 
 /// Result of a successful reload.
@@ -189,6 +191,7 @@ impl Daemon {
             }
             None => None,
         };
+        let rates = crate::rates::spawn_sampler(&proxy);
         Ok(Arc::new(Daemon {
             node_path: node_path.to_path_buf(),
             proxy,
@@ -200,6 +203,7 @@ impl Daemon {
             stop: CancellationToken::new(),
             election,
             apply_lock: tokio::sync::Mutex::new(()),
+            rates,
         }))
     }
 
@@ -361,13 +365,7 @@ impl Daemon {
                             .map(|rt| {
                                 rt.members
                                     .iter()
-                                    .map(|m| ServiceMemberStatus {
-                                        id: m.id.clone(),
-                                        address: m.addr.to_string(),
-                                        health: m.health.as_str().into(),
-                                        state: m.state.as_str().into(),
-                                        inflight: m.inflight,
-                                    })
+                                    .map(|m| ServiceMemberStatus::new(&s.name, m, &self.rates))
                                     .collect()
                             })
                             .unwrap_or_default(),
@@ -388,6 +386,7 @@ impl Daemon {
             uptime_seconds: self.started.elapsed().as_secs(),
             drift: Vec::new(),
             lost: Vec::new(),
+            transitions: crate::logging::transitions(),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod names;
 pub mod node_metrics;
 pub mod ops;
 pub mod page;
+pub mod rates;
 pub mod status;
 pub mod store;
 pub mod transport;

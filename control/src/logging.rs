@@ -5,7 +5,9 @@
 //! (sd-daemon(3)), so `journalctl -p warning` works. `RUST_LOG` filters as
 //! usual (default `info`; e.g. `RUST_LOG=info,dynia_proxy=debug`). The
 //! access log is set up here too (see `dynia_proxy::access`); both are
-//! described in `docs/observability.md`.
+//! described in `docs/observability.md`. The last election transitions,
+//! with their reasons, are kept from the election's own log events (whatever
+//! `RUST_LOG` says) for the status views: [`transitions`].
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -15,8 +17,10 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{AccessFormat, Log, LogFormat};
 
@@ -27,13 +31,84 @@ static JSON: AtomicBool = AtomicBool::new(false);
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(Stderr { journal })
         .with_target(false)
         .with_ansi(false)
         .event_format(Switch(format::format().with_target(false)))
+        .with_filter(filter);
+    let _ = tracing_subscriber::registry()
+        .with(lines)
+        .with(Transitions)
         .try_init();
+}
+
+/// Election transitions kept for the status views, at most.
+pub const TRANSITIONS_KEPT: usize = 8;
+
+/// One election state change of this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Transition {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub role: String,
+    pub reason: String,
+}
+
+static TRANSITIONS: std::sync::Mutex<std::collections::VecDeque<Transition>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last [`TRANSITIONS_KEPT`] transitions, oldest first.
+pub fn transitions() -> Vec<Transition> {
+    let q = TRANSITIONS.lock().unwrap_or_else(|p| p.into_inner());
+    q.iter().cloned().collect()
+}
+
+/// Keeps the election's "election state changed" events.
+struct Transitions;
+
+impl<S: Subscriber> Layer<S> for Transitions {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if !event.metadata().target().contains("election") {
+            return;
+        }
+        let mut f = Fields::default();
+        event.record(&mut f);
+        if f.message != "election state changed" {
+            return;
+        }
+        let now = dynia_proxy::access::encode::rfc3339(std::time::SystemTime::now());
+        let mut q = TRANSITIONS.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() == TRANSITIONS_KEPT {
+            q.pop_front();
+        }
+        q.push_back(Transition {
+            at: now,
+            role: f.role,
+            reason: f.reason,
+        });
+    }
+}
+
+#[derive(Default)]
+struct Fields {
+    message: String,
+    role: String,
+    reason: String,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        match field.name() {
+            "role" => self.role = value.into(),
+            "reason" => self.reason = value.into(),
+            "message" => self.message = value.into(),
+            _ => {}
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
 }
 
 /// Applies `[log] format` (the daemon calls it once it has read the node file).

@@ -99,7 +99,8 @@ pub fn render(v: &ClusterStatus) -> String {
         let _ = write!(
             h,
             "<h2>Service {} <small>({} up of {}, port {}, hosts {})</small></h2>\
-             <table class=\"service\"><tr><th>member</th><th>address</th><th>health</th><th>state</th><th>in flight</th></tr>",
+             <table class=\"service\"><tr><th>member</th><th>address</th><th>health</th><th>state</th><th>in flight</th>\
+             <th>last minute</th></tr>",
             escape(&svc.name),
             up,
             svc.members.len(),
@@ -109,18 +110,29 @@ pub fn render(v: &ClusterStatus) -> String {
         for m in &svc.members {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&m.id),
                 escape(&m.address),
                 escape(&m.health),
-                escape(&m.health),
+                escape(&m.health_text()),
                 escape(&m.state),
-                m.inflight
+                m.inflight,
+                escape(&m.rates_text()),
             );
         }
         h.push_str("</table>");
     }
-    h.push_str("</body></html>");
+    h.push_str("<h2>Election</h2><table id=\"transitions\"><tr><th>when</th><th>became</th><th>why</th></tr>");
+    for t in s.transitions.iter().rev() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&t.at),
+            escape(&t.role),
+            escape(&t.reason)
+        );
+    }
+    h.push_str("</table></body></html>");
     h
 }
 

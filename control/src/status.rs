@@ -34,6 +34,9 @@ pub struct Status {
     /// (down or cut off): shown as lost, never as drift.
     #[serde(default)]
     pub lost: Vec<String>,
+    /// This node's last election transitions with their reasons, oldest first.
+    #[serde(default)]
+    pub transitions: Vec<crate::logging::Transition>,
 }
 
 /// A member whose last advert is older than this is lost (every member
@@ -107,6 +110,64 @@ pub struct ServiceMemberStatus {
     pub health: String,
     pub state: String,
     pub inflight: usize,
+    /// Why the health last changed (the check's finding), and when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_changed_at: Option<String>,
+    /// Over the last minute (see `rates`); absent until a minute's samples exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+}
+
+impl ServiceMemberStatus {
+    /// The entry of member `m` of `service`, with its rates from `rates`.
+    pub fn new(service: &str, m: &dynia_proxy::MemberStatus, rates: &crate::rates::Rates) -> Self {
+        let r = rates.of(service, &m.id, &m.counts);
+        let (reason, at) = match &m.last_change {
+            Some((why, at)) => (
+                Some(why.clone()),
+                Some(dynia_proxy::access::encode::rfc3339(*at)),
+            ),
+            None => (None, None),
+        };
+        ServiceMemberStatus {
+            id: m.id.clone(),
+            address: m.addr.to_string(),
+            health: m.health.as_str().into(),
+            state: m.state.as_str().into(),
+            inflight: m.inflight,
+            health_reason: reason,
+            health_changed_at: at,
+            requests_per_second: r.map(|r| r.requests_per_second),
+            error_rate: r.map(|r| r.error_rate),
+            p99_ms: r.and_then(|r| r.p99_ms),
+        }
+    }
+
+    /// "12.0 req/s, 0.0% errors, p99 3.1 ms" (or "no figures yet").
+    pub fn rates_text(&self) -> String {
+        match (self.requests_per_second, self.error_rate) {
+            (Some(rps), Some(err)) => format!(
+                "{rps:.1} req/s, {:.1}% errors, p99 {}",
+                err * 100.0,
+                self.p99_ms.map_or("-".into(), |p| format!("{p:.1} ms"))
+            ),
+            _ => "no figures yet".into(),
+        }
+    }
+
+    /// "down since 2026-12-04T03:47:59.123Z: status 500" (or just the health).
+    pub fn health_text(&self) -> String {
+        match (&self.health_changed_at, &self.health_reason) {
+            (Some(at), Some(why)) => format!("{} since {at}: {why}", self.health),
+            _ => self.health.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -264,6 +325,35 @@ impl ClusterStatus {
             .collect()
     }
 
+    /// One line per (service, member): health with its reason and since
+    /// when, in-flight requests and the last minute's figures.
+    pub fn service_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for svc in &self.status.services {
+            for m in &svc.members {
+                out.push(format!(
+                    "service {} member {}: {}; {} in flight; {}",
+                    svc.name,
+                    m.id,
+                    m.health_text(),
+                    m.inflight,
+                    m.rates_text()
+                ));
+            }
+        }
+        out
+    }
+
+    /// This node's last election transitions, newest first.
+    pub fn transition_lines(&self) -> Vec<String> {
+        self.status
+            .transitions
+            .iter()
+            .rev()
+            .map(|t| format!("{} became {}: {}", t.at, t.role, t.reason))
+            .collect()
+    }
+
     /// One line per unreachable member: lost, with why and when last heard;
     /// no advice to sync (a sync cannot reach it).
     pub fn lost_lines(&self) -> Vec<String> {
@@ -356,6 +446,7 @@ mod tests {
             uptime_seconds: 1,
             drift: Vec::new(),
             lost: Vec::new(),
+            transitions: Vec::new(),
         }
     }
 

@@ -185,6 +185,8 @@ pub struct MemberStatus {
     pub inflight: usize,
     /// Why and when the health last changed (none since start).
     pub last_change: Option<(String, std::time::SystemTime)>,
+    /// Counters since start, for rates over a window (see `metrics`).
+    pub counts: metrics::MemberCounts,
 }
 
 impl Proxy {
@@ -353,6 +355,7 @@ impl Proxy {
                         state: m.state,
                         inflight: m.backend.inflight(),
                         last_change: m.backend.last_change(),
+                        counts: m.backend.metrics.counts(),
                     })
                     .collect(),
             })

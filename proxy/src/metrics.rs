@@ -273,6 +273,34 @@ fn itoa_code(code: u16) -> String {
     code.to_string()
 }
 
+/// A member's counters at one instant: answered requests, errors, and the
+/// response-time histogram as (upper bound in seconds, cumulative count).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberCounts {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Vec<(f64, u64)>,
+}
+
+impl MemberMetrics {
+    /// The counters now.
+    pub fn counts(&self) -> MemberCounts {
+        use prometheus::core::Metric;
+        let m = self.latency.metric();
+        let latency = m
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        MemberCounts {
+            requests: self.requests.get(),
+            errors: self.errors.get(),
+            latency,
+        }
+    }
+}
+
 /// A service's retry counters, one per reason.
 pub struct RetryReasons {
     pub connect: IntCounter,
