@@ -29,82 +29,117 @@ fn ms(d: Option<Duration>) -> f64 {
     d.map_or(-1.0, |d| (d.as_micros() as f64) / 1000.0)
 }
 
-fn tried(r: &Record) -> String {
-    let names: Vec<&str> = r.tried.iter().map(|m| &**m).collect();
-    names.join(",")
-}
-
-fn fields(r: &Record) -> Vec<(&'static str, Value)> {
-    let tls = r.conn.tls.as_ref();
-    let s = |v: &str| Value::Str(v.to_owned());
-    vec![
-        ("time", Value::Str(rfc3339(r.time))),
-        ("client", Value::Str(r.client.to_string())),
-        ("listener", s(&r.conn.listener)),
-        ("tls", s(tls.map_or("-", |t| t.version))),
-        ("sni", s(tls.and_then(|t| t.sni.as_deref()).unwrap_or("-"))),
-        ("host", s(&r.host)),
-        ("method", s(r.method.as_str())),
-        ("path", s(&r.path)),
-        ("proto", Value::Str(format!("{:?}", r.version))),
-        ("status", Value::Num(f64::from(r.status))),
-        ("bytes_in", Value::Num(r.bytes_in as f64)),
-        ("bytes_out", Value::Num(r.bytes_out as f64)),
-        ("service", s(r.service.as_deref().unwrap_or("-"))),
-        ("member", s(r.member().unwrap_or("-"))),
-        ("tried", s(&tried(r))),
-        ("retries", Value::Num(f64::from(r.retries))),
-        ("connect_ms", Value::Num(ms(r.connect))),
-        ("first_byte_ms", Value::Num(ms(r.first_byte))),
-        ("total_ms", Value::Num(ms(Some(r.total)))),
-        ("request_id", s(&r.request_id)),
-        ("term", s(r.term.as_str())),
-        ("tunnel", Value::Bool(r.tunnel)),
-    ]
-}
-
-enum Value {
-    Str(String),
+/// A field's value, borrowed from the record where it can be.
+enum Value<'a> {
+    Str(&'a str),
+    Tried(&'a [std::sync::Arc<str>]),
+    Show(&'a dyn std::fmt::Display),
     Num(f64),
     Bool(bool),
 }
 
-fn logfmt(r: &Record, out: &mut String) {
-    for (i, (k, v)) in fields(r).into_iter().enumerate() {
-        if i > 0 {
-            out.push(' ');
+/// Calls `f` with every field, in the documented order.
+fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
+    let tls = r.conn.tls.as_ref();
+    f("time", Value::Str(time));
+    f("client", Value::Show(&r.client));
+    f("listener", Value::Str(&r.conn.listener));
+    f("tls", Value::Str(tls.map_or("-", |t| t.version)));
+    f(
+        "sni",
+        Value::Str(tls.and_then(|t| t.sni.as_deref()).unwrap_or("-")),
+    );
+    f("host", Value::Str(&r.host));
+    f("method", Value::Str(r.method.as_str()));
+    f("path", Value::Str(&r.path));
+    f("proto", Value::Str(proto(r.version)));
+    f("status", Value::Num(f64::from(r.status)));
+    f("bytes_in", Value::Num(r.bytes_in as f64));
+    f("bytes_out", Value::Num(r.bytes_out as f64));
+    f("service", Value::Str(r.service.as_deref().unwrap_or("-")));
+    f("member", Value::Str(r.member().unwrap_or("-")));
+    f("tried", Value::Tried(&r.tried));
+    f("retries", Value::Num(f64::from(r.retries)));
+    f("connect_ms", Value::Num(ms(r.connect)));
+    f("first_byte_ms", Value::Num(ms(r.first_byte)));
+    f("total_ms", Value::Num(ms(Some(r.total))));
+    f("request_id", Value::Str(&r.request_id));
+    f("term", Value::Str(r.term.as_str()));
+    f("tunnel", Value::Bool(r.tunnel));
+}
+
+fn proto(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Writes a value; strings through `text` (quoting or escaping).
+fn value(v: Value<'_>, out: &mut String, text: fn(&str, &mut String)) {
+    match v {
+        Value::Str(s) => text(s, out),
+        Value::Tried(t) => {
+            let mut joined = String::new();
+            for (i, m) in t.iter().enumerate() {
+                if i > 0 {
+                    joined.push(',');
+                }
+                joined.push_str(m);
+            }
+            text(&joined, out)
         }
-        let _ = write!(out, "{k}=");
-        match v {
-            Value::Str(s) if s.is_empty() || s.contains([' ', '"', '=', '\\']) => quote(&s, out),
-            Value::Str(s) => out.push_str(&escape_ctl(&s)),
-            Value::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Value::Bool(b) => {
-                let _ = write!(out, "{b}");
-            }
+        Value::Show(d) => text(&d.to_string(), out),
+        Value::Num(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "{b}");
         }
     }
 }
 
+fn logfmt(r: &Record, out: &mut String) {
+    let time = rfc3339(r.time);
+    let mut first = true;
+    fields(r, &time, &mut |k, v| {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        out.push_str(k);
+        out.push('=');
+        value(v, out, logfmt_str);
+    });
+}
+
+/// A logfmt value: bare, or quoted when it is empty or has a space, quote,
+/// `=` or backslash.
+fn logfmt_str(s: &str, out: &mut String) {
+    if s.is_empty() || s.contains([' ', '"', '=', '\\']) {
+        quote(s, out)
+    } else {
+        escape_ctl_into(s, out)
+    }
+}
+
 fn json(r: &Record, out: &mut String) {
+    let time = rfc3339(r.time);
     out.push('{');
-    for (i, (k, v)) in fields(r).into_iter().enumerate() {
-        if i > 0 {
+    let mut first = true;
+    fields(r, &time, &mut |k, v| {
+        if !first {
             out.push(',');
         }
-        let _ = write!(out, "\"{k}\":");
-        match v {
-            Value::Str(s) => quote(&s, out),
-            Value::Num(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Value::Bool(b) => {
-                let _ = write!(out, "{b}");
-            }
-        }
-    }
+        first = false;
+        out.push('"');
+        out.push_str(k);
+        out.push_str("\":");
+        value(v, out, quote);
+    });
     out.push('}');
 }
 
@@ -127,6 +162,15 @@ fn quote(s: &str, out: &mut String) {
 /// Control characters as `\uXXXX` (a header cannot break a line).
 fn escape_ctl(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
+    escape_ctl_into(s, &mut o);
+    o
+}
+
+fn escape_ctl_into(s: &str, o: &mut String) {
+    if !s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        o.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if (c as u32) < 0x20 || c == '\u{7f}' {
             let _ = write!(o, "\\u{:04x}", c as u32);
@@ -134,7 +178,6 @@ fn escape_ctl(s: &str) -> String {
             o.push(c);
         }
     }
-    o
 }
 
 /// HAProxy's httplog:
@@ -177,7 +220,7 @@ fn haproxy(r: &Record, out: &mut String) {
         r.connections,
         retries,
     );
-    let line = format!("{} {} {:?}", r.method, r.path, r.version);
+    let line = format!("{} {} {}", r.method, r.path, proto(r.version));
     quote(&line, out);
 }
 

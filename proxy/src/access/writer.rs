@@ -1,11 +1,15 @@
-//! The writer thread: records arrive on a bounded channel, are encoded and
-//! written in batches (flushed whenever the channel is empty). Sending never
-//! blocks: when the channel is full the record is dropped and counted. The
-//! thread ends when the last [`AccessLog`] handle is dropped.
+//! The writer thread: records go into a bounded lock-free queue that the
+//! thread drains every [`FLUSH_EVERY`], encoding and writing them in one
+//! batch. Sending never blocks and never wakes the thread (no syscall on the
+//! request path): when the queue is full the record is dropped and counted.
+//! The thread drains what is left and ends when the last [`AccessLog`]
+//! handle is gone.
 
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Duration;
 
+use crossbeam_queue::ArrayQueue;
 use prometheus::IntCounter;
 
 use super::encode::{encode, Format};
@@ -13,11 +17,13 @@ use super::record::Record;
 
 /// Records waiting for the writer, at most.
 pub const QUEUE: usize = 8192;
+/// How often the writer drains the queue (the most a line waits).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 
-/// A running access log: cheap to clone, sends records to its thread.
+/// A running access log: cheap to clone, hands records to its thread.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: SyncSender<Box<Record>>,
+    queue: Arc<ArrayQueue<Box<Record>>>,
     dropped: IntCounter,
 }
 
@@ -29,38 +35,45 @@ impl AccessLog {
         out: Box<dyn Write + Send>,
         dropped: IntCounter,
     ) -> std::io::Result<AccessLog> {
-        let (tx, rx) = sync_channel(QUEUE);
+        let queue = Arc::new(ArrayQueue::new(QUEUE));
+        let q = queue.clone();
         std::thread::Builder::new()
             .name("dynia-access-log".into())
-            .spawn(move || run(format, out, rx))?;
-        Ok(AccessLog { tx, dropped })
+            .spawn(move || run(format, out, q))?;
+        Ok(AccessLog { queue, dropped })
     }
 
     /// Hands `r` to the writer, or drops and counts it when the queue is full.
     pub fn send(&self, r: Box<Record>) {
-        match self.tx.try_send(r) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        if self.queue.push(r).is_err() {
+            self.dropped.inc();
         }
     }
 }
 
-fn run(format: Format, mut out: Box<dyn Write + Send>, rx: Receiver<Box<Record>>) {
-    let mut buf = String::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
-        encode(format, &first, &mut buf);
-        // Take what queued meanwhile, bounded, then write once.
-        for _ in 0..1024 {
-            match rx.try_recv() {
-                Ok(r) => encode(format, &r, &mut buf),
-                Err(_) => break,
+fn run(format: Format, mut out: Box<dyn Write + Send>, q: Arc<ArrayQueue<Box<Record>>>) {
+    let mut buf = String::with_capacity(256 * 1024);
+    loop {
+        // Only this thread holds the queue: every handle is gone (requests
+        // still finishing hold one), so this is the last drain.
+        let last = Arc::strong_count(&q) == 1;
+        // Bounded: at most the queue's capacity per pass.
+        for _ in 0..QUEUE {
+            match q.pop() {
+                Some(r) => encode(format, &r, &mut buf),
+                None => break,
             }
         }
-        if out.write_all(buf.as_bytes()).is_err() || out.flush().is_err() {
-            // Nowhere to write (closed stdout, full disk): lines are lost;
-            // the daemon keeps serving.
+        if !buf.is_empty() {
+            // Nowhere to write (closed stdout, full disk): the lines are
+            // lost; the daemon keeps serving.
+            let _ = out.write_all(buf.as_bytes()).and_then(|()| out.flush());
+            buf.clear();
         }
-        buf.clear();
+        if last {
+            return;
+        }
+        std::thread::sleep(FLUSH_EVERY);
     }
 }
 
