@@ -147,18 +147,6 @@ fn redirect_https(
     Some(r)
 }
 
-/// The request's host as text, for the access log (empty if none).
-pub(crate) fn request_host_str<B>(req: &Request<B>) -> String {
-    let host = match req.headers().get(header::HOST) {
-        Some(h) => h.as_bytes(),
-        None => req
-            .uri()
-            .authority()
-            .map_or(&b""[..], |a| a.as_str().as_bytes()),
-    };
-    String::from_utf8_lossy(host).into_owned()
-}
-
 /// The request's host: the `Host` header (a cheap clone of the received
 /// bytes), else the URI authority (HTTP/2).
 pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {

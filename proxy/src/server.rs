@@ -577,7 +577,7 @@ async fn serve_http<I>(
             let open = svc_shared.connections.load(Ordering::Relaxed);
             crate::access::Record::begin(peer, facts.clone(), &req, open)
         });
-        let mut log = Pending::new(rec, svc_shared.clone());
+        let mut log = Pending::new(rec, &svc_shared);
         async move {
             let resp = handle(snap, req, info, guard.conn(), &mut log.rec).await;
             if let Some(r) = &mut log.rec {

@@ -49,9 +49,9 @@ fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
         "sni",
         Value::Str(tls.and_then(|t| t.sni.as_deref()).unwrap_or("-")),
     );
-    f("host", Value::Str(&r.host));
+    f("host", Value::Str(r.host()));
     f("method", Value::Str(r.method.as_str()));
-    f("path", Value::Str(&r.path));
+    f("path", Value::Str(r.path()));
     f("proto", Value::Str(proto(r.version)));
     f("status", Value::Num(f64::from(r.status)));
     f("bytes_in", Value::Num(r.bytes_in as f64));
@@ -63,7 +63,7 @@ fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
     f("connect_ms", Value::Num(ms(r.connect)));
     f("first_byte_ms", Value::Num(ms(r.first_byte)));
     f("total_ms", Value::Num(ms(Some(r.total))));
-    f("request_id", Value::Str(&r.request_id));
+    f("request_id", Value::Str(r.request_id()));
     f("term", Value::Str(r.term.as_str()));
     f("tunnel", Value::Bool(r.tunnel));
 }
@@ -159,13 +159,8 @@ fn quote(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Control characters as `\uXXXX` (a header cannot break a line).
-fn escape_ctl(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    escape_ctl_into(s, &mut o);
-    o
-}
-
+/// Appends `s` with control characters as `\uXXXX` (a header cannot
+/// break a line).
 fn escape_ctl_into(s: &str, o: &mut String) {
     if !s.bytes().any(|b| b < 0x20 || b == 0x7f) {
         o.push_str(s);
@@ -185,43 +180,41 @@ fn escape_ctl_into(s: &str, o: &mut String) {
 /// (no captures, so no `{…}` blocks).
 fn haproxy(r: &Record, out: &mut String) {
     let int_ms = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64);
-    let frontend = match r.conn.tls {
-        Some(_) => format!("{}~", r.conn.listener),
-        None => r.conn.listener.to_string(),
-    };
-    let backend = r.service.as_deref().unwrap_or("<NOSRV>");
-    let server = r.member().unwrap_or("<NOSRV>");
-    let tc = int_ms(r.connect);
     let tr = match (r.connect, r.first_byte) {
         (Some(c), Some(f)) => f.saturating_sub(c).as_millis() as i64,
         _ => -1,
     };
-    let redispatched = r.tried.len() > 1;
-    let retries = if redispatched {
-        format!("+{}", r.retries)
-    } else {
-        r.retries.to_string()
-    };
+    let _ = write!(out, "{} [", r.client);
+    haproxy_date_into(r.time, out);
+    out.push_str("] ");
+    escape_ctl_into(&r.conn.listener, out);
+    if r.conn.tls.is_some() {
+        out.push('~');
+    }
+    out.push(' ');
+    escape_ctl_into(r.service.as_deref().unwrap_or("<NOSRV>"), out);
+    out.push('/');
+    escape_ctl_into(r.member().unwrap_or("<NOSRV>"), out);
+    let redispatched = if r.tried.len() > 1 { "+" } else { "" };
     let _ = write!(
         out,
-        "{} [{}] {} {}/{} 0/0/{}/{}/{} {} {} - - {}-- {}/{}/0/0/{} 0/0 ",
-        r.client,
-        haproxy_date(r.time),
-        escape_ctl(&frontend),
-        escape_ctl(backend),
-        escape_ctl(server),
-        tc,
-        tr,
+        " 0/0/{}/{tr}/{} {} {} - - {}-- {}/{}/0/0/{redispatched}{} 0/0 \"{} ",
+        int_ms(r.connect),
         r.total.as_millis(),
         r.status,
         r.bytes_out,
         r.term.as_str(),
         r.connections,
         r.connections,
-        retries,
+        r.retries,
+        r.method,
     );
-    let line = format!("{} {} {}", r.method, r.path, proto(r.version));
-    quote(&line, out);
+    let end = out.len();
+    quote(r.path(), out);
+    // The path goes inside the request line's quotes: drop its own.
+    out.remove(end);
+    out.pop();
+    let _ = write!(out, " {}\"", proto(r.version));
 }
 
 /// `2026-12-04T03:47:59.123Z`.
@@ -232,12 +225,18 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// `04/Dec/2026:03:47:59.123` (HAProxy's `%tr`, UTC).
 pub fn haproxy_date(t: SystemTime) -> String {
+    let mut s = String::with_capacity(24);
+    haproxy_date_into(t, &mut s);
+    s
+}
+
+fn haproxy_date_into(t: SystemTime, out: &mut String) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     let (y, mo, d, h, mi, s, ms) = civil(t);
     let m = MONTHS[(mo as usize).clamp(1, 12) - 1];
-    format!("{d:02}/{m}/{y:04}:{h:02}:{mi:02}:{s:02}.{ms:03}")
+    let _ = write!(out, "{d:02}/{m}/{y:04}:{h:02}:{mi:02}:{s:02}.{ms:03}");
 }
 
 /// UTC calendar fields (H. Hinnant's days-to-civil).

@@ -57,9 +57,11 @@ pub struct Record {
     pub start: Instant,
     pub client: SocketAddr,
     pub conn: Arc<ConnFacts>,
-    pub host: String,
+    /// The `Host` header (or the URI's authority), as received.
+    pub host: Option<http::HeaderValue>,
     pub method: Method,
-    pub path: String,
+    /// The request target as received (a cheap clone of hyper's bytes).
+    pub uri: http::Uri,
     pub version: Version,
     pub status: u16,
     pub bytes_in: u64,
@@ -71,7 +73,7 @@ pub struct Record {
     pub connect: Option<Duration>,
     pub first_byte: Option<Duration>,
     pub total: Duration,
-    pub request_id: String,
+    pub request_id: Option<http::HeaderValue>,
     pub term: Term,
     pub tunnel: bool,
     /// Client connections open when the request arrived.
@@ -83,14 +85,10 @@ impl Record {
     pub fn begin(
         client: SocketAddr,
         conn: Arc<ConnFacts>,
-        req: &http::Request<impl Sized>,
+        req: &http::Request<hyper::body::Incoming>,
         connections: usize,
     ) -> Box<Record> {
-        let host = crate::forward::request_host_str(req);
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+        let host = crate::forward::request_host(req);
         Box::new(Record {
             time: SystemTime::now(),
             start: Instant::now(),
@@ -98,7 +96,7 @@ impl Record {
             conn,
             host,
             method: req.method().clone(),
-            path,
+            uri: req.uri().clone(),
             version: req.version(),
             status: 0,
             bytes_in: 0,
@@ -109,11 +107,34 @@ impl Record {
             connect: None,
             first_byte: None,
             total: Duration::ZERO,
-            request_id: String::new(),
+            request_id: None,
             term: Term::NORMAL,
             tunnel: false,
             connections,
         })
+    }
+
+    /// The request target's path and query.
+    pub fn path(&self) -> &str {
+        self.uri
+            .path_and_query()
+            .map_or_else(|| self.uri.path(), |p| p.as_str())
+    }
+
+    /// The host as text (`-` if none or not visible ASCII).
+    pub fn host(&self) -> &str {
+        self.host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+    }
+
+    /// The request id as text (empty before the request was forwarded).
+    pub fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("")
     }
 
     /// The member that answered (the last one tried), if a response came.
@@ -157,7 +178,7 @@ impl Hook for Option<Box<Record>> {
     }
     fn request_id(&mut self, id: Option<&http::HeaderValue>) {
         if let (Some(r), Some(id)) = (self, id) {
-            r.request_id = String::from_utf8_lossy(id.as_bytes()).into_owned();
+            r.request_id = Some(id.clone());
         }
     }
     fn bytes_in(&mut self, n: u64) {
@@ -177,16 +198,17 @@ impl Hook for Option<Box<Record>> {
 /// (`CH` before the response head, `CD` during the body).
 pub(crate) struct Pending {
     pub(crate) rec: Option<Box<Record>>,
-    shared: Arc<crate::Shared>,
+    /// Only while there is a record: nothing is cloned when the log is off.
+    shared: Option<Arc<crate::Shared>>,
     /// The response body has ended (or there is none).
     pub(crate) done: bool,
 }
 
 impl Pending {
-    pub(crate) fn new(rec: Option<Box<Record>>, shared: Arc<crate::Shared>) -> Pending {
+    pub(crate) fn new(rec: Option<Box<Record>>, shared: &Arc<crate::Shared>) -> Pending {
         Pending {
+            shared: rec.as_ref().map(|_| shared.clone()),
             rec,
-            shared,
             done: false,
         }
     }
@@ -201,7 +223,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(mut r) = self.rec.take() else {
+        let (Some(mut r), Some(shared)) = (self.rec.take(), self.shared.take()) else {
             return;
         };
         if r.term == Term::NORMAL {
@@ -211,6 +233,6 @@ impl Drop for Pending {
                 r.term = Term::CLIENT_ABORT;
             }
         }
-        super::writer::finish(&self.shared, r);
+        super::writer::finish(&shared, r);
     }
 }
