@@ -303,6 +303,7 @@ async fn forward(
         match outcome {
             Outcome::Response(mut resp) => {
                 rec.0.first_byte();
+                rec.0.end(Term::NORMAL); // an earlier attempt's failure was retried
                 let m = &backend.metrics;
                 m.requests.inc();
                 m.latency.observe(sent_at.elapsed().as_secs_f64());

@@ -73,6 +73,22 @@ async fn dead_addr(ip: &str) -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A member that passes its health checks but resets every other request
+/// without a byte of answer, as a crashing app would.
+async fn resetting_member(bind: &str) -> RawMember {
+    RawMember::start(bind, |mut s| async move {
+        let Some(req) = read_request(&mut s).await else {
+            return;
+        };
+        if req.path == "/dynia-health" {
+            let _ = support::write_ok(&mut s, "resetter", "ok").await;
+        } else {
+            support::reset(s);
+        }
+    })
+    .await
+}
+
 /// A member that answers a long body slowly (10 bytes every 50 ms, at most
 /// 10 s), so that a client can go away in the middle.
 async fn slow_body_member(bind: &str) -> RawMember {
@@ -94,14 +110,22 @@ async fn slow_body_member(bind: &str) -> RawMember {
     .await
 }
 
-/// A real WebSocket echo server.
+/// A real WebSocket echo server that also passes health checks (so that
+/// a check running first cannot take it out).
 async fn ws_echo_member(bind: &str) -> SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
+        while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
+                let mut head = [0u8; 64];
+                let n = s.peek(&mut head).await.unwrap_or(0);
+                if head[..n].starts_with(b"GET /dynia-health") {
+                    let _ = read_request(&mut s).await;
+                    let _ = support::write_ok(&mut s, "echo", "ok").await;
+                    return;
+                }
                 let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
                     return;
                 };
@@ -123,6 +147,7 @@ async fn five_cases(format: Format) -> HashMap<&'static str, String> {
         .await
         .unwrap();
     let dead = dead_addr("127.0.0.3").await;
+    let resetter = resetting_member("127.0.0.6:0").await;
     let slow = slow_body_member("127.0.0.4:0").await;
     let ws = ws_echo_member("127.0.0.5:0").await;
     let config = ProxyConfig {
@@ -135,7 +160,11 @@ async fn five_cases(format: Format) -> HashMap<&'static str, String> {
         }],
         limits: Limits::default(),
         services: vec![
-            service("web", "web.test", &[("dead", dead), ("good", good.addr)]),
+            service(
+                "web",
+                "web.test",
+                &[("resetter", resetter.addr), ("good", good.addr)],
+            ),
             service("plain", "plain.test", &[("good", good.addr)]),
             service("gone", "gone.test", &[("dead", dead)]),
             service("slow", "slow.test", &[("slow", slow.addr)]),
@@ -150,7 +179,7 @@ async fn five_cases(format: Format) -> HashMap<&'static str, String> {
     proxy.set_access_log(Some(log));
     let addr = proxy.listeners()[0].local;
 
-    // A retried GET: round robin starts at `dead` (refused), then `good`.
+    // A retried GET: round robin starts at `resetter` (reset), then `good`.
     let a = get(addr, "web.test", "/retry").await.unwrap();
     assert_eq!(a.status, 200);
     // A plain GET.
@@ -242,7 +271,7 @@ fn expected(path: &str) -> Vec<(&'static str, &'static str)> {
             ("status", "200"),
             ("service", "web"),
             ("member", "good"),
-            ("tried", "dead,good"),
+            ("tried", "resetter,good"),
             ("retries", "1"),
             ("term", "--"),
         ],
