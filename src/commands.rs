@@ -198,6 +198,12 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
             note.join("; ")
         );
     }
+    for line in v.service_lines().iter().chain(&v.lost_lines()) {
+        println!("{line}");
+    }
+    for line in v.transition_lines() {
+        println!("election: {line}");
+    }
     if let Some(line) = v.drift_line(Some(node_path)) {
         println!("{line}");
     }

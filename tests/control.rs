@@ -600,15 +600,23 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     assert_eq!(rig.generation(0).await, 2);
     assert_eq!(rig.generation(1).await, 2);
 
-    // While it is down, every member's own view: it is unreachable and in drift.
+    // While it is down, every member's own view: it is unreachable (lost),
+    // not drift (two reachable members with different documents), and
+    // there is no advice to `dynia sync` (a sync cannot reach it).
     let (code, out, err) = rig.cli(1, &["status"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let row = line_starting(&out, IDS[2]).unwrap_or_else(|| panic!("{out}"));
-    assert!(row.contains("UNREACHABLE"), "{out}");
     assert!(
-        line_starting(&out, &format!("drift: {} (unreachable", IDS[2])).is_some(),
+        row.contains("UNREACHABLE") && !row.contains("drift"),
         "{out}"
     );
+    assert!(
+        line_starting(&out, &format!("lost: {} is unreachable", IDS[2])).is_some(),
+        "{out}"
+    );
+    assert!(line_starting(&out, "drift").is_none(), "{out}");
+    assert!(!out.contains("dynia sync"), "{out}");
+    dead_node_page(rig.admin(1), IDS[2]).await;
     assert!(
         line_starting(&out, "cluster ctl")
             .unwrap()
@@ -616,8 +624,16 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
         "{out}"
     );
     let v = cluster_json(&rig, 1).await;
-    assert_eq!(ids(&v["drift"]), vec![IDS[2].to_string()], "{v}");
+    assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(ids(&v["unreachable"]), vec![IDS[2].to_string()], "{v}");
+    // The node's own /status.json, from adverts: lost once silent, not drift.
+    let admin1 = rig.admin(1);
+    eventually_async(WAIT, || async move {
+        let s = status(admin1).await;
+        s["lost"] == serde_json::json!([IDS[2]]) && s["drift"] == serde_json::json!([])
+    })
+    .await
+    .expect("the dead node to be lost in /status.json");
     assert_eq!(
         ids(&v["reserved_ip_holders"]),
         vec![IDS[0].to_string()],
@@ -700,6 +716,78 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
         "{err}"
     );
     assert_eq!(rig.generation(0).await, 6);
+}
+
+/// The `/status` page of `admin` while `dead` is down, in headless
+/// Chromium: a screenshot in the test's output directory, and the rendered
+/// text says lost/unreachable, no drift, no `dynia sync`.
+async fn dead_node_page(admin: std::net::SocketAddr, dead: &str) {
+    let url = format!("http://{admin}/status");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-dead-node.png");
+    let _ = std::fs::remove_file(&shot);
+    let (u, p) = (url.clone(), shot.clone());
+    let dom = tokio::task::spawn_blocking(move || {
+        chromium(&u, &format!("--screenshot={}", p.display()));
+        chromium_dom(&u)
+    })
+    .await
+    .unwrap()
+    .expect("chromium must be installed (apt-get install -y chromium)");
+    assert!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 0),
+        "no screenshot at {}",
+        shot.display()
+    );
+    assert!(
+        dom.contains(&format!("lost: {dead} is unreachable")),
+        "{dom}"
+    );
+    assert!(dom.contains("lost — unreachable"), "{dom}");
+    assert!(dom.contains("no drift"), "{dom}");
+    assert!(!dom.contains("dynia sync"), "{dom}");
+    // Per member and service: health with its reason, the last minute's
+    // figures; this node's election transitions with reasons.
+    assert!(dom.contains("<th>last minute</th>"), "{dom}");
+    assert!(
+        dom.contains("req/s") || dom.contains("no figures yet"),
+        "{dom}"
+    );
+    assert!(dom.contains("<table id=\"transitions\">"), "{dom}");
+    assert!(
+        dom.contains("<td>backup</td>"),
+        "a transition to backup: {dom}"
+    );
+}
+
+/// Runs headless Chromium on `url` with one more argument (bounded).
+fn chromium(url: &str, arg: &str) {
+    let profile = TempDir::new("chromium-shot");
+    let mut child = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1200,900",
+        ])
+        .arg(format!("--user-data-dir={}", profile.0.display()))
+        .arg(arg)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium must be installed (apt-get install -y chromium)");
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn chromium_dom(url: &str) -> Option<String> {

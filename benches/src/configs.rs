@@ -223,3 +223,15 @@ fn random_hex(bytes: usize) -> Result<String> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// Switches the access log on in a node file written by [`dynia_files`]
+/// (`haproxy` format, appended to `file`).
+pub fn access_log_on(files: &DyniaFiles, file: &Path) -> Result<()> {
+    let mut text = std::fs::read_to_string(&files.node_file)?;
+    text.push_str(&format!(
+        "\n[log]\naccess = \"haproxy\"\naccess_file = \"{}\"\n",
+        file.display()
+    ));
+    std::fs::write(&files.node_file, text)?;
+    Ok(())
+}

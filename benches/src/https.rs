@@ -248,7 +248,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
                 let p = Proc::spawn("haproxy", cmd, &tmp.path.join("haproxy.log"))?;
                 start(kind, p, haproxy_listen, None, &members, &client)?
             }
-            Kind::Dynia => {
+            Kind::Dynia | Kind::DyniaLog => {
                 let dir = tmp.path.join("dynia");
                 let files = configs::dynia_files(
                     &dir,

@@ -119,6 +119,10 @@ struct BenchArgs {
     /// With --https: an RSA-2048 certificate instead of ECDSA P-256.
     #[arg(long, requires = "https")]
     rsa: bool,
+    /// The cost of the access log: dynia with it off and with it on
+    /// (`haproxy` format, to a file), same run, instead of HAProxy.
+    #[arg(long, conflicts_with_all = ["https", "only"])]
+    access_log: bool,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -184,6 +188,8 @@ fn main() -> ExitCode {
 enum Kind {
     Haproxy,
     Dynia,
+    /// dynia with the access log on (`--access-log`).
+    DyniaLog,
 }
 
 impl Kind {
@@ -191,6 +197,7 @@ impl Kind {
         match self {
             Kind::Haproxy => "haproxy",
             Kind::Dynia => "dynia",
+            Kind::DyniaLog => "dynia+log",
         }
     }
 }
@@ -272,6 +279,7 @@ fn pinned(cpu: Option<usize>, program: &Path) -> Command {
 fn run(args: &BenchArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let kinds: Vec<Kind> = match args.only.as_deref() {
+        _ if args.access_log => vec![Kind::Dynia, Kind::DyniaLog],
         Some("haproxy") => vec![Kind::Haproxy],
         Some("dynia") => vec![Kind::Dynia],
         _ => vec![Kind::Haproxy, Kind::Dynia],
@@ -340,6 +348,8 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
     let dynia_admin = next_local()?;
     let spec_listen = next_local()?;
     let spec_admin = next_local()?;
+    let log_listen = next_local()?;
+    let log_admin = next_local()?;
 
     let names = ["bench-one", "bench-two", "bench-three"];
     let members3: Vec<Member> = names
@@ -433,6 +443,22 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
                 let p = Proc::spawn("dynia", cmd, &tmp.path.join("dynia.log"))?;
                 start_target(kind, p, dynia_listen, Some(dynia_admin), members2)?
             }
+            Kind::DyniaLog => {
+                let dir = tmp.path.join("dynia-log");
+                let files = configs::dynia_files(
+                    &dir,
+                    log_listen,
+                    log_admin,
+                    free_udp_port(ip(2))?,
+                    members2,
+                    std::slice::from_ref(&web),
+                )?;
+                configs::access_log_on(&files, &dir.join("access.log"))?;
+                let mut cmd = pinned(pin.proxy, &dynia_bin);
+                cmd.arg("run").arg("-c").arg(&files.node_file);
+                let p = Proc::spawn("dynia+log", cmd, &tmp.path.join("dynia-log.log"))?;
+                start_target(kind, p, log_listen, Some(log_admin), members2)?
+            }
         };
         targets.push(t);
     }
@@ -490,7 +516,7 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
 
     // SPEC §9 idle memory: a dynia with 2 services and 3 members, after start.
     let mut spec_rss: Option<u64> = None;
-    if want_dynia && !args.smoke {
+    if want_dynia && !args.smoke && !args.access_log {
         let dir = tmp.path.join("dynia-spec");
         let files = configs::dynia_files(
             &dir,
@@ -741,6 +767,9 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
     } else {
         println!("ratios: n/a (only one proxy ran)");
     }
+    if let (Some((_, off, _)), Some((_, on, _))) = (get(Kind::Dynia), get(Kind::DyniaLog)) {
+        access_log_ratios(targets, off, on);
+    }
     if let Some((_, _, t)) = get(Kind::Dynia) {
         let idle = t.rss_idle_kib as f64 / MIB;
         println!(
@@ -761,6 +790,38 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
         );
     }
     ok
+}
+
+/// The access log's cost: requests per proxy CPU-second with the log on
+/// over off, for the median rounds and for each round's back-to-back pair.
+fn access_log_ratios(targets: &[Target], off: &Run, on: &Run) {
+    let ratio = on.per_cpu_second() / off.per_cpu_second();
+    println!(
+        "req/CPU-s   dynia+log/dynia = {ratio:.3}  ({:.0} vs {:.0}; target >= 0.95)  {}",
+        on.per_cpu_second(),
+        off.per_cpu_second(),
+        mark(ratio >= 0.95)
+    );
+    let find = |k: Kind| targets.iter().find(|t| t.kind == k);
+    let (Some(a), Some(b)) = (find(Kind::Dynia), find(Kind::DyniaLog)) else {
+        return;
+    };
+    let mut pairs: Vec<f64> = a
+        .runs
+        .iter()
+        .filter_map(|r| {
+            let l = b.runs.iter().find(|x| x.round == r.round)?;
+            Some(l.per_cpu_second() / r.per_cpu_second())
+        })
+        .collect();
+    pairs.sort_by(f64::total_cmp);
+    let list: Vec<String> = pairs.iter().map(|p| format!("{p:.3}")).collect();
+    if let Some(m) = pairs.get(pairs.len().saturating_sub(1) / 2) {
+        println!(
+            "req/CPU-s   dynia+log/dynia per round: {} (median {m:.3})",
+            list.join(" ")
+        );
+    }
 }
 
 /// Ratios of the two runs of each round (back to back, so under the same

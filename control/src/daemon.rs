@@ -97,6 +97,8 @@ pub struct Daemon {
     election: Option<ElectionHandle>,
     /// One cluster-document change at a time (compare-and-set in `apply::apply_document`).
     apply_lock: tokio::sync::Mutex<()>,
+    /// Per-member rates over the last minute, for the status views.
+    rates: Arc<crate::rates::Rates>,
 }
 
 pub use crate::wire::Reloaded;
@@ -106,7 +108,11 @@ impl Daemon {
     pub async fn start(node_path: &Path, loaded: Loaded) -> Result<Arc<Daemon>, DaemonError> {
         let registry = Registry::new();
         let metrics = ControlMetrics::new(&registry)?;
+        crate::node_metrics::register(&registry, &loaded.cluster.cluster, &loaded.node.node.id)?;
         let proxy = Proxy::start(proxy_config(&loaded.node, &loaded.cluster), &registry).await?;
+        if let Err(e) = crate::logging::set_access_log(&proxy, &loaded.node.log) {
+            tracing::warn!(error = %e, "access log not started");
+        }
         metrics.generation.set(loaded.cluster.generation as i64);
         let election = match crate::wiring::election_settings(&loaded)? {
             Some(settings) => {
@@ -122,6 +128,7 @@ impl Daemon {
             }
             None => None,
         };
+        let rates = crate::rates::spawn_sampler(&proxy);
         Ok(Arc::new(Daemon {
             node_path: node_path.to_path_buf(),
             proxy,
@@ -133,6 +140,7 @@ impl Daemon {
             stop: CancellationToken::new(),
             election,
             apply_lock: tokio::sync::Mutex::new(()),
+            rates,
         }))
     }
 
@@ -175,6 +183,12 @@ impl Daemon {
         });
         match result {
             Ok(new) => {
+                if new.node.log != self.loaded().node.log {
+                    crate::logging::set_format(new.node.log.format);
+                    if let Err(e) = crate::logging::set_access_log(&self.proxy, &new.node.log) {
+                        tracing::warn!(error = %e, "access log not started");
+                    }
+                }
                 if let (Some(e), Ok(Some(settings))) =
                     (&self.election, crate::wiring::election_settings(&new))
                 {
@@ -288,13 +302,7 @@ impl Daemon {
                             .map(|rt| {
                                 rt.members
                                     .iter()
-                                    .map(|m| ServiceMemberStatus {
-                                        id: m.id.clone(),
-                                        address: m.addr.to_string(),
-                                        health: m.health.as_str().into(),
-                                        state: m.state.as_str().into(),
-                                        inflight: m.inflight,
-                                    })
+                                    .map(|m| ServiceMemberStatus::new(&s.name, m, &self.rates))
                                     .collect()
                             })
                             .unwrap_or_default(),
@@ -314,6 +322,8 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: self.started.elapsed().as_secs(),
             drift: Vec::new(),
+            lost: Vec::new(),
+            transitions: crate::logging::transitions(),
         })
     }
 }

@@ -54,11 +54,14 @@ pub fn render(v: &ClusterStatus) -> String {
     for line in v.split_brain_lines() {
         let _ = write!(h, "<p class=\"down\"><b>{}</b></p>", escape(&line));
     }
+    for line in v.lost_lines() {
+        let _ = write!(h, "<p class=\"lost down\"><b>{}</b></p>", escape(&line));
+    }
     match v.drift_line(None) {
         Some(line) => {
             let _ = write!(h, "<p id=\"drift\" class=\"down\"><b>{}</b></p>", escape(&line));
         }
-        None => h.push_str("<p id=\"drift\" class=\"up\">in sync: every member answered with this generation and hash</p>"),
+        None => h.push_str("<p id=\"drift\" class=\"up\">no drift: every member that answered has this generation and hash</p>"),
     }
     let _ = write!(
         h,
@@ -70,7 +73,10 @@ pub fn render(v: &ClusterStatus) -> String {
         let (up, total) = v.services_up(&m.id);
         let drift = if s.drift.contains(&m.id) { " *" } else { "" };
         let note = match v.unreachable(&m.id) {
-            Some(e) => format!("<span class=\"down\">unreachable: {}</span>", escape(e)),
+            Some(e) => format!(
+                "<span class=\"down\">lost — unreachable: {}</span>",
+                escape(e)
+            ),
             None if !drift.is_empty() => "<span class=\"down\">drift</span>".into(),
             None => String::new(),
         };
@@ -93,7 +99,8 @@ pub fn render(v: &ClusterStatus) -> String {
         let _ = write!(
             h,
             "<h2>Service {} <small>({} up of {}, port {}, hosts {})</small></h2>\
-             <table class=\"service\"><tr><th>member</th><th>address</th><th>health</th><th>state</th><th>in flight</th></tr>",
+             <table class=\"service\"><tr><th>member</th><th>address</th><th>health</th><th>state</th><th>in flight</th>\
+             <th>last minute</th></tr>",
             escape(&svc.name),
             up,
             svc.members.len(),
@@ -103,18 +110,29 @@ pub fn render(v: &ClusterStatus) -> String {
         for m in &svc.members {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&m.id),
                 escape(&m.address),
                 escape(&m.health),
-                escape(&m.health),
+                escape(&m.health_text()),
                 escape(&m.state),
-                m.inflight
+                m.inflight,
+                escape(&m.rates_text()),
             );
         }
         h.push_str("</table>");
     }
-    h.push_str("</body></html>");
+    h.push_str("<h2>Election</h2><table id=\"transitions\"><tr><th>when</th><th>became</th><th>why</th></tr>");
+    for t in s.transitions.iter().rev() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&t.at),
+            escape(&t.role),
+            escape(&t.reason)
+        );
+    }
+    h.push_str("</table></body></html>");
     h
 }
 

@@ -15,6 +15,7 @@ use crate::loaded::{load, Loaded};
 /// worker threads, serves, reloads on SIGHUP.
 pub fn run(node_path: &Path) -> Result<(), DaemonError> {
     let loaded = load(node_path)?;
+    crate::logging::set_format(loaded.node.log.format);
     // One worker: a current-thread runtime. Every task then runs on one event
     // loop that drains all ready sockets before writing, as HAProxy's does;
     // the multi-thread scheduler instead runs a woken upstream task at once,

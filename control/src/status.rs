@@ -1,4 +1,4 @@
-//! `/status.json`: the public, machine-readable view of a node (SPEC §6),
+//! `/status.json`: the public, machine-readable view of a node (fields in docs/control.md),
 //! and [`ClusterStatus`], the whole cluster as `dynia status` and the
 //! `/status` page show it (every member's own `/status.json`, read at once).
 //!
@@ -13,12 +13,18 @@ pub use crate::wire::{
     ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
 };
 
-/// Fills [`Status::drift`] from the members' advertised generations and hashes.
+/// A member whose last advert is older than this is lost (every member
+/// adverts several times a second; this is well past any Master_Down_Interval
+/// of the default timing).
+pub const LOST_AFTER_MS: u64 = 3000;
+
+/// Fills [`Status::drift`] and [`Status::lost`] from the members' adverts.
 pub fn with_drift(mut s: Status) -> Status {
-    s.drift = s
-        .members
-        .iter()
-        .filter(|m| m.id != s.node)
+    let others = || s.members.iter().filter(|m| m.id != s.node);
+    let lost = |m: &MemberStatus| m.last_seen_ms.is_some_and(|t| t > LOST_AFTER_MS);
+    s.lost = others().filter(|m| lost(m)).map(|m| m.id.clone()).collect();
+    s.drift = others()
+        .filter(|m| !lost(m))
         .filter(|m| {
             m.generation.is_some_and(|g| g != s.generation)
                 || m.config_hash.as_ref().is_some_and(|h| *h != s.config_hash)
@@ -33,6 +39,52 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl ServiceMemberStatus {
+    /// The entry of member `m` of `service`, with its rates from `rates`.
+    pub fn new(service: &str, m: &dynia_proxy::MemberStatus, rates: &crate::rates::Rates) -> Self {
+        let r = rates.of(service, &m.id, &m.counts);
+        let (reason, at) = match &m.last_change {
+            Some((why, at)) => (
+                Some(why.clone()),
+                Some(dynia_proxy::access::encode::rfc3339(*at)),
+            ),
+            None => (None, None),
+        };
+        ServiceMemberStatus {
+            id: m.id.clone(),
+            address: m.addr.to_string(),
+            health: m.health.as_str().into(),
+            state: m.state.as_str().into(),
+            inflight: m.inflight,
+            health_reason: reason,
+            health_changed_at: at,
+            requests_per_second: r.map(|r| r.requests_per_second),
+            error_rate: r.map(|r| r.error_rate),
+            p99_ms: r.and_then(|r| r.p99_ms),
+        }
+    }
+
+    /// "12.0 req/s, 0.0% errors, p99 3.1 ms" (or "no figures yet").
+    pub fn rates_text(&self) -> String {
+        match (self.requests_per_second, self.error_rate) {
+            (Some(rps), Some(err)) => format!(
+                "{rps:.1} req/s, {:.1}% errors, p99 {}",
+                err * 100.0,
+                self.p99_ms.map_or("-".into(), |p| format!("{p:.1} ms"))
+            ),
+            _ => "no figures yet".into(),
+        }
+    }
+
+    /// "down since 2026-12-04T03:47:59.123Z: status 500" (or just the health).
+    pub fn health_text(&self) -> String {
+        match (&self.health_changed_at, &self.health_reason) {
+            (Some(at), Some(why)) => format!("{} since {at}: {why}", self.health),
+            _ => self.health.clone(),
+        }
+    }
+}
+
 /// A member whose `/status.json` could not be read.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Unreachable {
@@ -40,14 +92,15 @@ pub struct Unreachable {
     pub error: String,
 }
 
-/// The cluster in one view: this node's status document (every SPEC §6
+/// The cluster in one view: this node's status document (every public
 /// field) in which each other member's `role`, `priority`, `generation` and
 /// `config_hash` come from that member's own `/status.json`, read just now.
 ///
-/// `drift` lists every member not confirmed to have this node's generation
-/// and hash: those that answered with another, and those that did not
-/// answer (their entry keeps the generation they last advertised to this
-/// node, if any, and `role` "unknown"). `reserved_ip_holders` are the members
+/// `drift` lists the members that answered with another generation or hash:
+/// two reachable members with different documents, which `dynia sync`
+/// fixes. Members that did not answer are `unreachable` (their entry keeps
+/// the generation they last advertised to this node, if any, and `role`
+/// "unknown"), never drift: a dead node is not fixed by a sync. `reserved_ip_holders` are the members
 /// whose own status says they hold the Reserved IP (`reserved_ip.held`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterStatus {
@@ -126,10 +179,9 @@ pub fn combine(mut s: Status, answers: Vec<(String, Result<Status, String>)>) ->
         .members
         .iter()
         .filter(|m| m.id != s.node)
+        .filter(|m| !unreachable.iter().any(|u| u.id == m.id))
         .filter(|m| {
-            unreachable.iter().any(|u| u.id == m.id)
-                || m.generation != Some(s.generation)
-                || m.config_hash.as_ref() != Some(&s.config_hash)
+            m.generation != Some(s.generation) || m.config_hash.as_ref() != Some(&s.config_hash)
         })
         .map(|m| m.id.clone())
         .collect();
@@ -181,8 +233,58 @@ impl ClusterStatus {
             .collect()
     }
 
-    /// One line naming the members in drift and the command that fixes it;
-    /// `None` when every member answered with this node's document.
+    /// One line per (service, member): health with its reason and since
+    /// when, in-flight requests and the last minute's figures.
+    pub fn service_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for svc in &self.status.services {
+            for m in &svc.members {
+                out.push(format!(
+                    "service {} member {}: {}; {} in flight; {}",
+                    svc.name,
+                    m.id,
+                    m.health_text(),
+                    m.inflight,
+                    m.rates_text()
+                ));
+            }
+        }
+        out
+    }
+
+    /// This node's last election transitions, newest first.
+    pub fn transition_lines(&self) -> Vec<String> {
+        self.status
+            .transitions
+            .iter()
+            .rev()
+            .map(|t| format!("{} became {}: {}", t.at, t.role, t.reason))
+            .collect()
+    }
+
+    /// One line per unreachable member: lost, with why and when last heard;
+    /// no advice to sync (a sync cannot reach it).
+    pub fn lost_lines(&self) -> Vec<String> {
+        self.unreachable
+            .iter()
+            .map(|u| {
+                let seen = self
+                    .status
+                    .members
+                    .iter()
+                    .find(|m| m.id == u.id)
+                    .and_then(|m| m.last_seen_ms)
+                    .map_or("never heard".into(), |ms| {
+                        format!("last heard {:.1} s ago", ms as f64 / 1000.0)
+                    });
+                format!("lost: {} is unreachable ({}; {seen})", u.id, u.error)
+            })
+            .collect()
+    }
+
+    /// One line naming the reachable members in drift and the command that
+    /// fixes it; `None` when every member that answered has this node's
+    /// document.
     pub fn drift_line(&self, node_path: Option<&Path>) -> Option<String> {
         let s = &self.status;
         if s.drift.is_empty() {
@@ -196,17 +298,11 @@ impl ClusterStatus {
             .filter(|m| s.drift.contains(&m.id))
             .map(|m| {
                 let generation = m.generation.map_or("?".into(), |g| g.to_string());
-                match self.unreachable(&m.id) {
-                    Some(_) => format!(
-                        "{} (unreachable; last advertised generation {generation})",
-                        m.id
-                    ),
-                    None => format!(
-                        "{} (generation {generation} hash {})",
-                        m.id,
-                        short(m.config_hash.as_deref())
-                    ),
-                }
+                format!(
+                    "{} (generation {generation} hash {})",
+                    m.id,
+                    short(m.config_hash.as_deref())
+                )
             })
             .collect();
         Some(format!(
@@ -257,7 +353,19 @@ mod tests {
             version: "0".into(),
             uptime_seconds: 1,
             drift: Vec::new(),
+            lost: Vec::new(),
+            transitions: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_member_not_heard_lately_is_lost_not_drift() {
+        let mut s = node("a-fox", 2, "h2", "master", true);
+        s.members[1].last_seen_ms = Some(LOST_AFTER_MS + 1); // b-owl: gen 1, silent
+        s.members[2].last_seen_ms = Some(10); // c-elk: gen 1, heard just now
+        let s = with_drift(s);
+        assert_eq!(s.lost, vec!["b-owl".to_string()]);
+        assert_eq!(s.drift, vec!["c-elk".to_string()]);
     }
 
     #[test]
@@ -270,18 +378,22 @@ mod tests {
                 ("c-elk".into(), Err("connection refused".into())),
             ],
         );
-        // The local view heard b-owl at generation 1, but b-owl says 2: in sync.
-        assert_eq!(c.status.drift, vec!["c-elk".to_string()]);
+        // The local view heard b-owl at generation 1, but b-owl says 2: in
+        // sync. c-elk does not answer: lost, not drift (a sync cannot fix it).
+        assert!(c.status.drift.is_empty());
         assert_eq!(c.status.members[1].role, "master");
         assert_eq!(c.status.members[2].role, "unknown");
         assert_eq!(c.reserved_ip_holders, vec!["b-owl".to_string()]);
         assert_eq!(c.unreachable("c-elk"), Some("connection refused"));
-        let line = c.drift_line(None).unwrap();
+        assert_eq!(c.drift_line(None), None);
+        let lost = c.lost_lines();
+        assert_eq!(lost.len(), 1);
         assert!(
-            line.starts_with("drift: c-elk (unreachable; last advertised generation 1)"),
-            "{line}"
+            lost[0].starts_with("lost: c-elk is unreachable (connection refused"),
+            "{lost:?}"
         );
-        // The JSON keeps every SPEC §6 field at the top level.
+        assert!(!lost[0].contains("sync"));
+        // The JSON keeps every public field at the top level.
         let v = serde_json::to_value(&c).unwrap();
         for k in [
             "node",
@@ -316,10 +428,8 @@ mod tests {
                 ),
             ],
         );
-        assert_eq!(
-            c.status.drift,
-            vec!["b-owl".to_string(), "c-elk".to_string()]
-        );
+        // c-elk's address answers as another node: unreachable, not drift.
+        assert_eq!(c.status.drift, vec!["b-owl".to_string()]);
         assert_eq!(c.reserved_ip_holders, vec!["a-fox".to_string()]);
         assert!(c.unreachable("c-elk").unwrap().contains("wrong-id"));
     }

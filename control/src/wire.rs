@@ -22,11 +22,18 @@ pub struct Status {
     pub listeners: Vec<ListenerStatus>,
     pub version: String,
     pub uptime_seconds: u64,
-    /// Ids of members whose cluster document (generation or hash, as last
-    /// advertised) differs from this node's; empty when in sync. A member
-    /// never heard from is not counted (its `generation` is `null`).
+    /// Ids of members heard lately whose cluster document (generation or
+    /// hash, as last advertised) differs from this node's; empty when in
+    /// sync. A member never heard from, or lost, is not drift.
     #[serde(default)]
     pub drift: Vec<String>,
+    /// Ids of members heard from once but not for over [`LOST_AFTER_MS`]
+    /// (down or cut off): shown as lost, never as drift.
+    #[serde(default)]
+    pub lost: Vec<String>,
+    /// This node's last election transitions with their reasons, oldest first.
+    #[serde(default)]
+    pub transitions: Vec<Transition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +81,18 @@ pub struct ServiceMemberStatus {
     pub health: String,
     pub state: String,
     pub inflight: usize,
+    /// Why the health last changed (the check's finding), and when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_changed_at: Option<String>,
+    /// Over the last minute (see `rates`); absent until a minute's samples exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -81,6 +100,15 @@ pub struct ListenerStatus {
     pub name: String,
     pub address: String,
     pub serving: bool,
+}
+
+/// One election state change of this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub role: String,
+    pub reason: String,
 }
 
 /// Body of `PUT /v1/cluster`.

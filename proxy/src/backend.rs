@@ -78,6 +78,8 @@ pub struct Backend {
     pub metrics: MemberMetrics,
     /// Woken by a passive failure so the checker looks at once.
     pub check_now: Notify,
+    /// The reason and time of the last health change, for the status page.
+    last_change: std::sync::Mutex<Option<(String, std::time::SystemTime)>>,
 }
 
 impl Backend {
@@ -96,11 +98,26 @@ impl Backend {
             pool: ConnPool::new(),
             metrics,
             check_now: Notify::new(),
+            last_change: std::sync::Mutex::new(None),
         }
     }
 
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    /// Records why the health just changed (the checker's reason).
+    pub(crate) fn note_change(&self, reason: &str) {
+        let now = std::time::SystemTime::now();
+        *self.last_change.lock().unwrap_or_else(|p| p.into_inner()) = Some((reason.into(), now));
+    }
+
+    /// The reason and time of the last health change, if any.
+    pub fn last_change(&self) -> Option<(String, std::time::SystemTime)> {
+        self.last_change
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub(crate) fn set_health(&self, h: Health) {
@@ -121,6 +138,7 @@ impl Backend {
     /// Records a connect error, reset or timeout seen by a request.
     pub(crate) fn passive_failure(&self) {
         self.metrics.failures.inc();
+        self.metrics.errors.inc();
         self.check_now.notify_one();
     }
 

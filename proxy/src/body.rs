@@ -80,6 +80,8 @@ pub struct Upload {
     /// Milliseconds since `start` of the last frame (or of the end).
     last_ms: AtomicU64,
     state: AtomicU8,
+    /// Body bytes pulled from the client so far.
+    bytes: AtomicU64,
     /// The frames sent and their size while they are kept for a resend;
     /// `None` when not asked for, or past [`REPLAY_MAX`], or with trailers.
     replay: Mutex<Option<(Vec<Bytes>, usize)>>,
@@ -91,6 +93,7 @@ impl Upload {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             state: AtomicU8::new(0),
+            bytes: AtomicU64::new(0),
             replay: Mutex::new(None),
         }
     }
@@ -109,7 +112,15 @@ impl Upload {
         lock(&self.replay).take().map(|(frames, _)| frames.into())
     }
 
+    /// Body bytes pulled from the client so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     fn record(&self, frame: &Frame<Bytes>) {
+        if let Some(d) = frame.data_ref() {
+            self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
         let mut kept = lock(&self.replay);
         let Some((frames, size)) = kept.as_mut() else {
             return;

@@ -40,6 +40,9 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access::counted::Counted;
+use crate::access::record::{Hook, Record};
+use crate::access::Term;
 use crate::backend::{Backend, Upstream, POOL_IDLE_MAX, UNSAFE_REUSE_IDLE};
 use crate::body::{ReqBody, RespBody, Upload, UploadState};
 use crate::config::{Limits, ServiceConfig};
@@ -67,28 +70,35 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Handles one request against `snap`; never fails (errors become responses).
-/// `conn` is the client connection it came on.
+/// `conn` is the client connection it came on; `rec` its access-log record
+/// when the log is on.
 pub(crate) async fn handle(
     snap: Arc<Snapshot>,
     req: Request<Incoming>,
     info: ConnInfo,
     conn: &Arc<ConnState>,
+    rec: &mut Option<Box<Record>>,
 ) -> Response<RespBody> {
     let started = Instant::now();
     let host = request_host(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let Some(idx) = host_str.and_then(|h| snap.router.route(h)) else {
         snap.unrouted.count(404);
+        rec.end(Term::LOCAL);
         return local(StatusCode::NOT_FOUND, "no service for this host\n");
     };
     let svc = &snap.services[idx];
     let cfg = &snap.config.services[idx];
+    rec.service(&svc.name);
     let mut resp = match info.https_port.filter(|_| !info.tls) {
         Some(port) => match redirect_https(port, cfg, &req, host_str) {
-            Some(r) => r,
-            None => forward(&snap, svc, req, host, info, conn).await,
+            Some(r) => {
+                rec.end(Term::LOCAL);
+                r
+            }
+            None => forward(&snap, svc, req, host, info, conn, rec).await,
         },
-        None => forward(&snap, svc, req, host, info, conn).await,
+        None => forward(&snap, svc, req, host, info, conn, rec).await,
     };
     if let (true, Some(hsts)) = (info.tls, &cfg.hsts) {
         resp.headers_mut()
@@ -155,6 +165,7 @@ async fn forward(
     host: Option<HeaderValue>,
     info: ConnInfo,
     client: &Arc<ConnState>,
+    rec: &mut Option<Box<Record>>,
 ) -> Response<RespBody> {
     let (mut parts, body) = req.into_parts();
     let upgrade = is_upgrade(&parts.headers);
@@ -164,6 +175,7 @@ async fn forward(
         None
     };
     prepare_request(&mut parts, host.as_ref(), info, upgrade);
+    rec.request_id(parts.headers.get(&X_REQUEST_ID));
 
     // A request without a body can be sent again as it is.
     let mut body = if body_is_empty(&parts.headers, &body) {
@@ -172,6 +184,9 @@ async fn forward(
         ReqBody::stream(body)
     };
     let upload = body.upload();
+    let upload_bytes = upload.clone();
+    let mut rec = Uploaded(rec, upload_bytes);
+    let rec = &mut rec;
     let twice_ok = may_send_twice(&parts);
     let replayable = matches!(body, ReqBody::Empty) && twice_ok;
     let max_idle = if twice_ok {
@@ -183,15 +198,23 @@ async fn forward(
     let limits = snap.limits;
     let mut tried = Tried::default();
     let mut last_error = StatusCode::SERVICE_UNAVAILABLE;
+    // Why the previous attempt failed, for the retry counters.
+    let mut reset_before = false;
 
     for attempt in 0..attempts {
         let Some((i, backend)) = svc.pick(tried) else {
             break;
         };
         tried.add(i);
+        rec.0.trying(&backend.member, attempt > 0);
         if attempt > 0 {
-            svc.metrics.retries.inc();
+            let r = &svc.metrics.retries;
+            match reset_before {
+                true => r.reset.inc(),
+                false => r.connect.inc(),
+            }
         }
+        reset_before = false;
         let conn = if upgrade {
             backend
                 .connect(limits.connect_timeout, true)
@@ -201,7 +224,10 @@ async fn forward(
             backend.connection(limits.connect_timeout, max_idle).await
         };
         let (mut up, reused) = match conn {
-            Ok(c) => c,
+            Ok(c) => {
+                rec.0.connected();
+                c
+            }
             Err(e) => {
                 tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
                 if !e.is_local() {
@@ -226,6 +252,7 @@ async fn forward(
                 u.keep_for_replay();
             }
         }
+        let sent_at = Instant::now();
         let outcome = loop {
             let this_body = std::mem::replace(&mut body, ReqBody::Empty);
             let sent_upload = this_body.upload();
@@ -263,6 +290,7 @@ async fn forward(
                 other => break other,
             };
             fresh_left = false;
+            svc.metrics.retries.resend.inc();
             tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
             match backend.connect(limits.connect_timeout, false).await {
                 Ok(u) => up = u,
@@ -274,8 +302,17 @@ async fn forward(
         };
         match outcome {
             Outcome::Response(mut resp) => {
+                rec.0.first_byte();
+                rec.0.end(Term::NORMAL); // an earlier attempt's failure was retried
+                let m = &backend.metrics;
+                m.requests.inc();
+                m.latency.observe(sent_at.elapsed().as_secs_f64());
+                if resp.status().is_server_error() {
+                    m.errors.inc();
+                }
                 if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    return tunnel(resp, client_upgrade, backend.clone(), client, &limits);
+                    let log = rec.0.take();
+                    return tunnel(resp, client_upgrade, backend.clone(), client, &limits, log);
                 }
                 let reusable = !upgrade;
                 strip_hop_by_hop(resp.headers_mut());
@@ -295,36 +332,53 @@ async fn forward(
                 // The client's body broke off: neither the member's fault nor
                 // worth an answer anyone reads.
                 tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "client request body failed");
+                rec.0.end(Term::CLIENT_REQUEST_ABORT);
                 return local(StatusCode::BAD_REQUEST, "request body failed\n");
             }
             Outcome::Failed(e) => {
-                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream request failed");
+                tracing::warn!(service = %svc.name, member = %backend.member, error = %e, "upstream request failed");
                 backend.passive_failure();
+                rec.0.end(Term::MEMBER_ERROR_HEAD);
                 last_error = StatusCode::BAD_GATEWAY;
+                reset_before = true;
                 if !keep_parts {
                     break;
                 }
             }
             Outcome::MemberTimeout => {
-                tracing::debug!(service = %svc.name, member = %backend.member, "upstream response timed out");
+                tracing::warn!(service = %svc.name, member = %backend.member, "upstream response timed out");
                 backend.passive_failure();
+                rec.0.end(Term::MEMBER_TIMEOUT_HEAD);
                 // A slow member is not retried: the request may be running there.
                 return local(StatusCode::GATEWAY_TIMEOUT, "upstream response timed out\n");
             }
             Outcome::ClientTimeout => {
                 tracing::debug!(service = %svc.name, member = %backend.member, "client stopped sending its request body");
+                rec.0.end(Term::CLIENT_TIMEOUT);
                 return local(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
             }
         }
     }
     // No member could be reached (or none was available): like HAProxy, 503.
     if last_error == StatusCode::SERVICE_UNAVAILABLE {
+        rec.0.end(Term::NO_MEMBER);
         let mut r = local(StatusCode::SERVICE_UNAVAILABLE, "no member available\n");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(svc.retry_after));
         return r;
     }
     local(last_error, "upstream failed\n")
+}
+
+/// The record with the upload whose bytes it gets when `forward` returns.
+struct Uploaded<'a>(&'a mut Option<Box<Record>>, Option<Arc<Upload>>);
+
+impl Drop for Uploaded<'_> {
+    fn drop(&mut self) {
+        if let Some(u) = &self.1 {
+            self.0.bytes_in(u.bytes());
+        }
+    }
 }
 
 /// Whether `e` means the member's connection ended before any response byte
@@ -419,49 +473,85 @@ fn tunnel(
     backend: Arc<Backend>,
     conn: &Arc<ConnState>,
     limits: &Limits,
+    mut rec: Option<Box<Record>>,
 ) -> Response<RespBody> {
     let Some(client) = client else {
+        rec.end(Term::MEMBER_ERROR_HEAD);
+        if let Some(mut r) = rec {
+            r.status = 502;
+            r.first_byte = None;
+            crate::access::writer::finish(&conn.shared, r);
+        }
         return local(StatusCode::BAD_GATEWAY, "upgrade not possible\n");
     };
+    if let Some(r) = &mut rec {
+        r.status = 101;
+        r.tunnel = true;
+    }
     let upstream = hyper::upgrade::on(&mut resp);
     let inflight = backend.start_request();
     let idle: Duration = limits.idle_timeout;
     let state = conn.clone();
     conn.shared.tracker.spawn(async move {
         let _inflight = inflight;
-        let joined = tokio::select! {
-            j = async { tokio::try_join!(client, upstream) } => j,
-            _ = state.shared.kill.cancelled() => return,
-            _ = tokio::time::sleep(idle) => {
-                tracing::debug!(member = %backend.member, "upgrade never completed");
-                return;
-            }
-        };
-        let (c, u) = match joined {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(member = %backend.member, error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut c = TokioIo::new(c);
-        let mut u = TokioIo::new(u);
-        tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut c, &mut u) => {
-                if let Err(e) = r {
-                    tracing::debug!(member = %backend.member, error = %e, "tunnel ended");
-                }
-            }
-            _ = state.idle_for(idle) => {
-                tracing::debug!(member = %backend.member, idle = ?idle, "tunnel idle; closed");
-            }
-            _ = state.shared.kill.cancelled() => {
-                tracing::debug!(member = %backend.member, "tunnel cut: shutdown grace period over");
-            }
+        let term = run_tunnel(client, upstream, &backend, &state, idle, &mut rec).await;
+        if let Some(mut r) = rec {
+            r.term = term;
+            crate::access::writer::finish(&state.shared, r);
         }
     });
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, RespBody::empty())
+}
+
+/// Runs a tunnel to its end; tells how it ended and counts its bytes.
+async fn run_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    backend: &Backend,
+    state: &ConnState,
+    idle: Duration,
+    rec: &mut Option<Box<Record>>,
+) -> Term {
+    let joined = tokio::select! {
+        j = async { tokio::try_join!(client, upstream) } => j,
+        _ = state.shared.kill.cancelled() => return Term::KILLED,
+        _ = tokio::time::sleep(idle) => {
+            tracing::debug!(member = %backend.member, "upgrade never completed");
+            return Term::TUNNEL_IDLE;
+        }
+    };
+    let (c, u) = match joined {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(member = %backend.member, error = %e, "upgrade failed");
+            return Term::MEMBER_ERROR_DATA;
+        }
+    };
+    let mut c = Counted::new(TokioIo::new(c));
+    let mut u = TokioIo::new(u);
+    let term = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut c, &mut u) => match r {
+            Ok(_) => Term::NORMAL,
+            Err(e) => {
+                tracing::debug!(member = %backend.member, error = %e, "tunnel ended");
+                Term::MEMBER_ERROR_DATA
+            }
+        },
+        _ = state.idle_for(idle) => {
+            tracing::debug!(member = %backend.member, idle = ?idle, "tunnel idle; closed");
+            Term::TUNNEL_IDLE
+        }
+        _ = state.shared.kill.cancelled() => {
+            tracing::debug!(member = %backend.member, "tunnel cut: shutdown grace period over");
+            Term::KILLED
+        }
+    };
+    if let Some(r) = rec {
+        r.bytes_in += c.read;
+        r.bytes_out += c.written;
+    }
+    term
 }
 
 /// A response made by the proxy itself.

@@ -168,6 +168,7 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
                 return;
             }
             backend.pool.purge(POOL_IDLE_MAX);
+            let began = std::time::Instant::now();
             let result = check_once(&backend, &cfg).await;
             if let CheckResult::NotRun(why) = &result {
                 tracing::debug!(service = %backend.service, member = %backend.member, reason = %why, "health check not run");
@@ -175,6 +176,7 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
                 continue;
             }
             let ok = matches!(result, CheckResult::Pass(_));
+            (backend.metrics.check_duration).observe(began.elapsed().as_secs_f64());
             if ok {
                 backend.metrics.checks_ok.inc();
             } else {
@@ -187,15 +189,28 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
                     CheckResult::Pass(code) => format!("status {code}"),
                     CheckResult::Fail(why) | CheckResult::NotRun(why) => why.clone(),
                 };
-                tracing::info!(
-                    service = %backend.service,
-                    member = %backend.member,
-                    addr = %backend.addr,
-                    from = before.as_str(),
-                    to = now.as_str(),
-                    reason = %reason,
-                    "member health changed"
-                );
+                backend.note_change(&reason);
+                if now == Health::Down {
+                    tracing::warn!(
+                        service = %backend.service,
+                        member = %backend.member,
+                        addr = %backend.addr,
+                        from = before.as_str(),
+                        to = now.as_str(),
+                        reason = %reason,
+                        "member health changed"
+                    );
+                } else {
+                    tracing::info!(
+                        service = %backend.service,
+                        member = %backend.member,
+                        addr = %backend.addr,
+                        from = before.as_str(),
+                        to = now.as_str(),
+                        reason = %reason,
+                        "member health changed"
+                    );
+                }
             } else if backend.health() != judge.state() {
                 backend.set_health(judge.state());
             }

@@ -33,6 +33,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ActivityIo<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            let n = (buf.filled().len() - before) as u64;
+            this.state.shared.metrics.received_bytes.inc_by(n);
             this.state.on_read();
         }
         r
@@ -48,7 +50,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         match r {
-            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(n),
             Poll::Pending => this.state.on_write_blocked(),
             _ => {}
         }
@@ -63,7 +65,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ActivityIo<S> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         match r {
-            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(),
+            Poll::Ready(Ok(n)) if n > 0 => this.state.on_write(n),
             Poll::Pending => this.state.on_write_blocked(),
             _ => {}
         }

@@ -10,6 +10,7 @@
 //! does a proxy whose runtime stopped running tasks (a heartbeat task stamps
 //! the time every 100 ms; a stamp older than a second means stalled).
 
+pub mod access;
 pub mod backend;
 pub mod body;
 pub mod config;
@@ -80,6 +81,8 @@ pub(crate) struct Shared {
     heartbeat_ms: AtomicU64,
     /// Acceptors of the TLS listeners, swapped on apply.
     pub(crate) tls: tls::Tls,
+    /// The access log, when the node file switches it on.
+    pub(crate) access: arc_swap::ArcSwapOption<access::AccessLog>,
     registry: Mutex<Registry>,
     listeners: Mutex<Vec<Running>>,
 }
@@ -179,6 +182,10 @@ pub struct MemberStatus {
     pub health: Health,
     pub state: AdminState,
     pub inflight: usize,
+    /// Why and when the health last changed (none since start).
+    pub last_change: Option<(String, std::time::SystemTime)>,
+    /// Counters since start, for rates over a window (see `metrics`).
+    pub counts: metrics::MemberCounts,
 }
 
 impl Proxy {
@@ -207,6 +214,7 @@ impl Proxy {
             epoch: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
             tls,
+            access: arc_swap::ArcSwapOption::empty(),
             registry: Mutex::new(reg),
             listeners: Mutex::new(Vec::new()),
         });
@@ -294,6 +302,17 @@ impl Proxy {
         Ok(())
     }
 
+    /// Switches the access log on (`Some`) or off (`None`), at once for new
+    /// requests. See [`access`].
+    pub fn set_access_log(&self, log: Option<access::AccessLog>) {
+        self.shared.access.store(log.map(Arc::new));
+    }
+
+    /// The proxy's metric handles (for the access log's drop counter).
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.shared.metrics
+    }
+
     /// The configuration currently served.
     pub fn config(&self) -> Arc<ProxyConfig> {
         self.shared.snapshot.load().config.clone()
@@ -334,6 +353,8 @@ impl Proxy {
                         health: m.backend.health(),
                         state: m.state,
                         inflight: m.backend.inflight(),
+                        last_change: m.backend.last_change(),
+                        counts: m.backend.metrics.counts(),
                     })
                     .collect(),
             })

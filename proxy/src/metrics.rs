@@ -28,7 +28,21 @@ pub struct ProxyMetrics {
     pub connections_active: IntGauge,
     pub connections_refused: IntCounter,
     pub connections_total: IntCounter,
+    member_requests: IntCounterVec,
+    member_errors: IntCounterVec,
+    member_latency: HistogramVec,
+    check_duration: HistogramVec,
+    /// Client-side bytes (headers, bodies, tunnels; TLS records on TLS listeners).
+    pub received_bytes: IntCounter,
+    pub sent_bytes: IntCounter,
+    /// Access-log lines lost because the writer's queue was full.
+    pub access_log_dropped: IntCounter,
 }
+
+/// Buckets of the latency histograms, in seconds.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl ProxyMetrics {
     /// Creates the families and registers them in `registry`.
@@ -46,10 +60,7 @@ impl ProxyMetrics {
                     "dynia_request_duration_seconds",
                     "Time from receiving a request head to sending the response head.",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0,
-                ]),
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["service"],
             )?,
             upstream_up: IntGaugeVec::new(
@@ -76,9 +87,9 @@ impl ProxyMetrics {
             retries: IntCounterVec::new(
                 Opts::new(
                     "dynia_upstream_retries_total",
-                    "Requests retried on another member.",
+                    "Requests sent again, by service and reason: `connect` (the member refused or timed out the connection, next member), `reset` (closed before any response byte, next member), `resend` (a pooled connection the member closed, same member).",
                 ),
-                &["service"],
+                &["service", "reason"],
             )?,
             connections_active: IntGauge::new(
                 "dynia_connections_active",
@@ -92,6 +103,48 @@ impl ProxyMetrics {
                 "dynia_connections_total",
                 "Client connections accepted.",
             )?,
+            member_requests: IntCounterVec::new(
+                Opts::new(
+                    "dynia_member_requests_total",
+                    "Requests a member answered (a response head came back), by service and member.",
+                ),
+                &["service", "member"],
+            )?,
+            member_errors: IntCounterVec::new(
+                Opts::new(
+                    "dynia_member_errors_total",
+                    "Requests to a member that failed: a 5xx answer, a reset, a timeout or a refused connection.",
+                ),
+                &["service", "member"],
+            )?,
+            member_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "dynia_member_response_seconds",
+                    "Time from sending a request to a member to its response head.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["service", "member"],
+            )?,
+            check_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "dynia_health_check_duration_seconds",
+                    "Time an active health check took, by service and member.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["service", "member"],
+            )?,
+            received_bytes: IntCounter::new(
+                "dynia_client_received_bytes_total",
+                "Bytes read from clients (every listener).",
+            )?,
+            sent_bytes: IntCounter::new(
+                "dynia_client_sent_bytes_total",
+                "Bytes written to clients (every listener).",
+            )?,
+            access_log_dropped: IntCounter::new(
+                "dynia_access_log_dropped_total",
+                "Access-log lines dropped because the writer's queue was full.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
@@ -102,6 +155,13 @@ impl ProxyMetrics {
         registry.register(Box::new(m.connections_active.clone()))?;
         registry.register(Box::new(m.connections_refused.clone()))?;
         registry.register(Box::new(m.connections_total.clone()))?;
+        registry.register(Box::new(m.member_requests.clone()))?;
+        registry.register(Box::new(m.member_errors.clone()))?;
+        registry.register(Box::new(m.member_latency.clone()))?;
+        registry.register(Box::new(m.check_duration.clone()))?;
+        registry.register(Box::new(m.received_bytes.clone()))?;
+        registry.register(Box::new(m.sent_bytes.clone()))?;
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
         Ok(m)
     }
 
@@ -114,7 +174,11 @@ impl ProxyMetrics {
             service: service.into(),
             by_code: (100..600).map(|_| OnceLock::new()).collect(),
             duration: self.duration.with_label_values(&[service]),
-            retries: self.retries.with_label_values(&[service]),
+            retries: RetryReasons {
+                connect: self.retries.with_label_values(&[service, "connect"]),
+                reset: self.retries.with_label_values(&[service, "reset"]),
+                resend: self.retries.with_label_values(&[service, "resend"]),
+            },
             forgotten: AtomicBool::new(false),
         }
     }
@@ -130,6 +194,10 @@ impl ProxyMetrics {
                 .health_checks
                 .with_label_values(&[service, member, "failure"]),
             failures: self.upstream_failures.with_label_values(&[service, member]),
+            requests: self.member_requests.with_label_values(&[service, member]),
+            errors: self.member_errors.with_label_values(&[service, member]),
+            latency: self.member_latency.with_label_values(&[service, member]),
+            check_duration: self.check_duration.with_label_values(&[service, member]),
         }
     }
 
@@ -139,6 +207,10 @@ impl ProxyMetrics {
         let _ = self
             .upstream_failures
             .remove_label_values(&[service, member]);
+        let _ = self.member_requests.remove_label_values(&[service, member]);
+        let _ = self.member_errors.remove_label_values(&[service, member]);
+        let _ = self.member_latency.remove_label_values(&[service, member]);
+        let _ = self.check_duration.remove_label_values(&[service, member]);
         for r in ["success", "failure"] {
             let _ = self
                 .health_checks
@@ -155,7 +227,7 @@ pub struct ServiceMetrics {
     service: Box<str>,
     by_code: Box<[OnceLock<IntCounter>]>,
     pub duration: Histogram,
-    pub retries: IntCounter,
+    pub retries: RetryReasons,
     /// The service left the configuration: its series are gone, and requests
     /// still finishing on an old snapshot must not bring them back.
     forgotten: AtomicBool,
@@ -189,12 +261,51 @@ impl ServiceMetrics {
             }
         }
         let _ = self.durations.remove_label_values(&[&*self.service]);
-        let _ = self.retries_vec.remove_label_values(&[&*self.service]);
+        for reason in ["connect", "reset", "resend"] {
+            let _ = self
+                .retries_vec
+                .remove_label_values(&[&*self.service, reason]);
+        }
     }
 }
 
 fn itoa_code(code: u16) -> String {
     code.to_string()
+}
+
+/// A member's counters at one instant: answered requests, errors, and the
+/// response-time histogram as (upper bound in seconds, cumulative count).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberCounts {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Vec<(f64, u64)>,
+}
+
+impl MemberMetrics {
+    /// The counters now.
+    pub fn counts(&self) -> MemberCounts {
+        use prometheus::core::Metric;
+        let m = self.latency.metric();
+        let latency = m
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        MemberCounts {
+            requests: self.requests.get(),
+            errors: self.errors.get(),
+            latency,
+        }
+    }
+}
+
+/// A service's retry counters, one per reason.
+pub struct RetryReasons {
+    pub connect: IntCounter,
+    pub reset: IntCounter,
+    pub resend: IntCounter,
 }
 
 /// Per-(service, member) handles.
@@ -203,6 +314,10 @@ pub struct MemberMetrics {
     pub checks_ok: IntCounter,
     pub checks_failed: IntCounter,
     pub failures: IntCounter,
+    pub requests: IntCounter,
+    pub errors: IntCounter,
+    pub latency: Histogram,
+    pub check_duration: Histogram,
 }
 
 /// Renders `registry` in the Prometheus text format (version 0.0.4).

@@ -47,6 +47,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::access::record::{ConnFacts, Pending, TlsInfo};
+use crate::access::Term;
 use crate::body::{BodyError, RespBody};
 use crate::config::Limits;
 use crate::forward::{handle, ConnInfo};
@@ -238,8 +240,9 @@ impl ConnState {
         }
     }
 
-    /// Bytes went to the client.
-    pub(crate) fn on_write(&self) {
+    /// `n` bytes went to the client.
+    pub(crate) fn on_write(&self, n: usize) {
+        self.shared.metrics.sent_bytes.inc_by(n as u64);
         self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
         if self.write_blocked_ms.load(Ordering::Relaxed) != NOT_BLOCKED {
             self.write_blocked_ms.store(NOT_BLOCKED, Ordering::Relaxed);
@@ -369,14 +372,44 @@ impl Drop for InflightReq {
 pub(crate) struct Tracked {
     body: RespBody,
     req: InflightReq,
+    /// The access-log record, sent when this body is dropped.
+    log: Pending,
     /// Watched by the connection (HTTP/1: one response at a time).
     watched: bool,
 }
 
 impl Tracked {
-    fn new(body: RespBody, req: InflightReq) -> Tracked {
+    fn new(body: RespBody, req: InflightReq, mut log: Pending) -> Tracked {
         let watched = !req.0.is_h2();
-        Tracked { body, req, watched }
+        log.done = body.is_end_stream();
+        Tracked {
+            body,
+            req,
+            log,
+            watched,
+        }
+    }
+
+    /// Notes a frame for the access log: bytes, the end, or why it broke off.
+    fn log_frame(&mut self, r: &Poll<Option<Result<Frame<Bytes>, BodyError>>>) {
+        if self.log.rec.is_none() {
+            return;
+        }
+        match r {
+            Poll::Ready(Some(Ok(f))) => {
+                self.log.sent(f.data_ref().map_or(0, |d| d.len()));
+                self.log.done = self.body.is_end_stream();
+            }
+            Poll::Ready(None) => self.log.done = true,
+            Poll::Ready(Some(Err(e))) => {
+                let term = match e {
+                    BodyError::Stalled(_) => Term::MEMBER_TIMEOUT_DATA,
+                    BodyError::Upstream(_) => Term::MEMBER_ERROR_DATA,
+                };
+                crate::access::record::Hook::end(&mut self.log.rec, term);
+            }
+            Poll::Pending => {}
+        }
     }
 }
 
@@ -390,6 +423,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.body).poll_frame(cx);
+        this.log_frame(&r);
         if this.watched {
             let conn = &this.req.0;
             let waiting = conn.member_wait_ms.load(Ordering::Relaxed) != NOT_BLOCKED;
@@ -424,6 +458,7 @@ impl Drop for Tracked {
         if since != NOT_BLOCKED && conn.now_ms().saturating_sub(since) >= limit {
             // Cut by the watcher because the member stalled.
             self.body.blame_member();
+            crate::access::record::Hook::end(&mut self.log.rec, Term::MEMBER_TIMEOUT_DATA);
         }
     }
 }
@@ -460,14 +495,19 @@ async fn serve_connection(
         Ordering::Relaxed,
     );
     let io = ActivityIo::new(stream, state.clone());
+    let name: Arc<str> = listener.into();
     let Some(tls) = shared.tls.listener(listener) else {
+        let facts = Arc::new(ConnFacts {
+            listener: name,
+            tls: None,
+        });
         let info = ConnInfo {
             peer,
             tls: false,
             redirect_https,
             https_port: None,
         };
-        return serve_http(shared, io, info, state, limits, Http::Auto).await;
+        return serve_http(shared, io, info, state, limits, Http::Auto, facts).await;
     };
     let handshake = shared
         .tls
@@ -480,6 +520,14 @@ async fn serve_connection(
         _ = shared.stop.cancelled() => return,
     };
     drop(tls);
+    let session = stream.get_ref().1;
+    let facts = Arc::new(ConnFacts {
+        listener: name,
+        tls: Some(TlsInfo {
+            version: tls_version(session.protocol_version()),
+            sni: session.server_name().map(Into::into),
+        }),
+    });
     let http = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Http::H2,
         _ => Http::Auto,
@@ -490,7 +538,15 @@ async fn serve_connection(
         redirect_https: false,
         https_port: None,
     };
-    serve_http(shared, stream, info, state, limits, http).await
+    serve_http(shared, stream, info, state, limits, http, facts).await
+}
+
+fn tls_version(v: Option<rustls::ProtocolVersion>) -> &'static str {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    }
 }
 
 async fn serve_http<I>(
@@ -500,6 +556,7 @@ async fn serve_http<I>(
     state: Arc<ConnState>,
     limits: Limits,
     http: Http,
+    facts: Arc<ConnFacts>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -516,9 +573,17 @@ async fn serve_http<I>(
                 .and_then(|h| svc_shared.tls.https_port_for(h.to_str().ok()?));
         }
         let guard = svc_state.begin_request(req.version() == http::Version::HTTP_2);
+        let rec = svc_shared.access.load().is_some().then(|| {
+            let open = svc_shared.connections.load(Ordering::Relaxed);
+            crate::access::Record::begin(peer, facts.clone(), &req, open)
+        });
+        let mut log = Pending::new(rec, &svc_shared);
         async move {
-            let resp = handle(snap, req, info, guard.conn()).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, guard)))
+            let resp = handle(snap, req, info, guard.conn(), &mut log.rec).await;
+            if let Some(r) = &mut log.rec {
+                r.status = resp.status().as_u16();
+            }
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, guard, log)))
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

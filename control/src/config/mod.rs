@@ -32,8 +32,8 @@ pub use cluster::{ClusterDoc, ClusterElection, Health, Member, MemberState, Serv
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigErrors, ConfigProblem, Location};
 pub use node::{
-    Admin, Certificate, Driver, Hooks, Limits, Listener, Node, NodeElection, NodeFile, Origin,
-    PrivateIp, ReservedIp,
+    AccessFormat, Admin, Certificate, Driver, Hooks, Limits, Listener, Log, LogFormat, Node,
+    NodeElection, NodeFile, Origin, PrivateIp, ReservedIp,
 };
 pub use secret::{read_secret, write_secret, SecretBytes};
 

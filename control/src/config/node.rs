@@ -41,6 +41,9 @@ pub struct NodeFile {
     /// `[hooks]`: executables run on election state changes.
     #[serde(default)]
     pub hooks: Hooks,
+    /// `[log]`: the daemon's log format and the access log.
+    #[serde(default)]
+    pub log: Log,
     /// The file this was parsed from, so that [`super::validate_pair`] can
     /// point at its lines. `Origin::default()` for a node file built in
     /// memory; never serialized, ignored by `==`.
@@ -378,4 +381,41 @@ pub struct Hooks {
     /// Run on entering FAULT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_fault: Option<PathBuf>,
+}
+
+/// `[log]`: how the daemon logs (see `docs/observability.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// The daemon's own lines on stderr: `text` (key=value) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// One line per request or tunnel: `off` (default), `logfmt`, `json` or
+    /// `haproxy` (HAProxy's httplog layout).
+    #[serde(default)]
+    pub access: AccessFormat,
+    /// Where access-log lines go (appended); default stdout (the journal
+    /// under systemd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_file: Option<PathBuf>,
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log] access`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    #[default]
+    Off,
+    Logfmt,
+    Json,
+    Haproxy,
 }

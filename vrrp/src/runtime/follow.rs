@@ -154,7 +154,7 @@ impl FollowCtx {
             }
             Done::Claim(Err(e), _) => {
                 self.metrics.claims.with_label_values(&["failure"]).inc();
-                tracing::error!(driver = name, error = %e, "reserved ip claim failed; reconcile will retry");
+                tracing::warn!(driver = name, error = %e, "reserved ip claim failed; reconcile will retry");
                 FollowerInput::Claimed { ok: false }
             }
             Done::Holder(Err(e)) => {
