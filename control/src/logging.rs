@@ -62,7 +62,8 @@ struct Transitions;
 
 impl<S: Subscriber> Layer<S> for Transitions {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if !event.metadata().target().contains("election") {
+        // The election runs in `dynia_vrrp` (its runtime logs the change).
+        if !event.metadata().target().starts_with("dynia_vrrp") {
             return;
         }
         let mut f = Fields::default();
