@@ -1,5 +1,5 @@
 //! Failover benchmark: dynia vs keepalived on the same netns rig, same run
-//! (SPEC §5, §9 "failover, master lost" and "false failovers", §10 rig).
+//! (`docs/targets.md`: "node loss" and "false failovers"; the rig: `docs/testing.md`).
 //!
 //! ```text
 //! cargo build --release -p dynia --bin dynia
@@ -43,7 +43,7 @@ use dynia_testkit::netns;
 use crate::procs;
 use rigs::{Config, Ctx, SoakReport, Trial};
 
-/// SPEC §9: failover target with default settings.
+/// Failover target with default settings (`docs/targets.md`).
 const TARGET: Duration = Duration::from_millis(600);
 
 #[derive(clap::Args)]
@@ -290,7 +290,7 @@ fn report(results: &[(Config, Vec<Trial>)], soaks: &[SoakReport]) {
     if let Some(d) = dynia {
         println!();
         println!(
-            "dynia target (SPEC §9): <= {} with default settings: median {} {}, max {} {}",
+            "dynia target (docs/targets.md): <= {} with default settings: median {} {}, max {} {}",
             ms(TARGET),
             ms(d.median),
             if d.median <= TARGET { "ok" } else { "MISS" },

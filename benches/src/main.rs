@@ -1,4 +1,4 @@
-//! dynia vs HAProxy, side by side, on this machine (SPEC §9).
+//! dynia vs HAProxy, side by side, on this machine (`docs/targets.md`).
 //!
 //! Run it from the workspace root:
 //!
@@ -51,7 +51,7 @@ use procs::{nap, Proc};
 use wrk::WrkReport;
 
 const MIB: f64 = 1024.0;
-/// SPEC §9: idle memory target.
+/// Idle memory target (`docs/targets.md`).
 const IDLE_RSS_TARGET_MIB: f64 = 12.0;
 
 #[derive(Parser)]
@@ -372,7 +372,7 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
         port: api_port,
     };
 
-    println!("dynia vs HAProxy (SPEC §9)");
+    println!("dynia vs HAProxy (targets: docs/targets.md)");
     println!(
         "machine: nproc={} ({}), {}",
         cpus.len(),
@@ -514,7 +514,7 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
         }
     }
 
-    // SPEC §9 idle memory: a dynia with 2 services and 3 members, after start.
+    // Idle memory (docs/targets.md): a dynia with 2 services and 3 members, after start.
     let mut spec_rss: Option<u64> = None;
     if want_dynia && !args.smoke && !args.access_log {
         let dir = tmp.path.join("dynia-spec");
@@ -780,7 +780,7 @@ fn report(args: &BenchArgs, targets: &[Target], spec_rss: Option<u64>) -> bool {
     if let Some(kib) = spec_rss {
         let mib = kib as f64 / MIB;
         println!(
-            "idle RSS    dynia = {mib:.1} MiB after start, 2 services, 3 members (SPEC §9 shape)  (target <= {IDLE_RSS_TARGET_MIB} MiB)  {}",
+            "idle RSS    dynia = {mib:.1} MiB after start, 2 services, 3 members  (target <= {IDLE_RSS_TARGET_MIB} MiB)  {}",
             mark(mib <= IDLE_RSS_TARGET_MIB)
         );
     }

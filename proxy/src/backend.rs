@@ -17,8 +17,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::body::ReqBody;
 use crate::metrics::MemberMetrics;
+use crate::upload::ReqBody;
 
 /// Idle upstream connections kept per backend.
 pub const POOL_CAPACITY: usize = 256;

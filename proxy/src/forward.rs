@@ -1,33 +1,7 @@
 //! Forwarding one client request: route, pick a member, rewrite headers, send,
-//! retry on another member when that is safe, stream the answer back.
-//!
-//! Retry rules (SPEC §4): a connect failure never sent anything, so it is
-//! always retried; so is a request the upstream connection gave back unsent
-//! (hyper's `try_send_request`: the connection closed before the request was
-//! written). On a pooled connection that is the member closing an idle
-//! keep-alive connection, so the request goes again on a new connection to
-//! the same member, uncounted. A reset or close before any response byte is
-//! retried when the request may be sent twice and had no body (so it can be
-//! sent again as is). On a pooled connection such a close is most likely the
-//! member's keep-alive close crossing the request, so a request that may be
-//! sent twice goes again on a new connection to the same member, body kept
-//! whole up to 64 KiB. "May be sent twice": an idempotent method (RFC 9110
-//! §9.2.2) or an `Idempotency-Key` header (draft-ietf-httpapi-idempotency-
-//! key-header); as nginx and HAProxy do by default, anything else (a POST)
-//! is never sent again once written, since the member may have acted on it:
-//! it gets 502 instead, and to make the crossing rare it only takes pooled
-//! connections idle for less than `backend::UNSAFE_REUSE_IDLE`. Every other
-//! failure counts as a passive failure of that member, except those of this
-//! node (out of descriptors) or of the client.
-//!
-//! Timeouts: `response_timeout` runs from the end of the request body (so a
-//! long upload is not cut), and while uploading it bounds the time the member
-//! takes no body bytes; `idle_timeout` bounds the time the client sends none
-//! (408). After the response head, `response_timeout` bounds the time between
-//! body frames (see `body` and `server`). A WebSocket tunnel holds the client's connection
-//! slot, ends after `idle_timeout` without a byte either way (HAProxy's
-//! `timeout tunnel`; there is no separate setting), and is cut when the
-//! shutdown grace period is over.
+//! retry on another member when that is safe, stream the answer back. The retry
+//! rules (a POST is never sent twice once written), the timeouts and WebSocket
+//! tunnels: `docs/proxy.md`, "Forwarding, retries and request timeouts".
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,10 +18,12 @@ use crate::access::counted::Counted;
 use crate::access::record::{Hook, Record};
 use crate::access::Term;
 use crate::backend::{Backend, Upstream, POOL_IDLE_MAX, UNSAFE_REUSE_IDLE};
-use crate::body::{ReqBody, RespBody, Upload, UploadState};
+use crate::body::RespBody;
 use crate::config::{Limits, ServiceConfig};
-use crate::server::ConnState;
+use crate::conn::ConnState;
+use crate::route::request_host;
 use crate::state::{ServiceRt, Snapshot, Tried};
+use crate::upload::{ReqBody, Upload, UploadState};
 
 /// Facts about the client connection a request came on.
 #[derive(Clone, Copy)]
@@ -145,17 +121,6 @@ fn redirect_https(
     let mut r = local(StatusCode::PERMANENT_REDIRECT, "moved to https\n");
     r.headers_mut().insert(header::LOCATION, location);
     Some(r)
-}
-
-/// The request's host: the `Host` header (a cheap clone of the received
-/// bytes), else the URI authority (HTTP/2).
-pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(h) = req.headers().get(header::HOST) {
-        return Some(h.clone());
-    }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
 async fn forward(

@@ -1,16 +1,6 @@
-//! Active health checks with HAProxy's `httpchk` semantics.
-//!
-//! One task per (service, member) that is not in MAINT: `GET path` every
-//! `interval` (with ±10% jitter so checks spread out), a `timeout` covering
-//! connect and response head, the status compared with `expect_status`.
-//! `fall` consecutive failures turn an UP member DOWN, `rise` consecutive
-//! successes turn a DOWN member UP. The first check decides an unknown
-//! member's state at once. A passive failure seen by a request wakes the
-//! checker early. Each round also closes the member's idle pooled
-//! connections that have expired. A check this node could not even start
-//! (no file descriptor left) judges nothing: the member is not to blame, and
-//! the election learns of the shortage from the listeners (`can_serve`). The counting is a pure function ([`Judge`]) so it is tested
-//! without sockets.
+//! Active health checks with HAProxy's `httpchk` semantics: one task per
+//! (service, member), `fall`/`rise` counting as a pure function ([`Judge`])
+//! tested without sockets. `docs/proxy.md`, "Health checks".
 
 use std::sync::Arc;
 use std::time::Duration;

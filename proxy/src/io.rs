@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::server::ConnState;
+use crate::conn::ConnState;
 
 /// Wraps a client stream; every successful read or write touches the state.
 pub(crate) struct ActivityIo<S> {

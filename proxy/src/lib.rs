@@ -14,6 +14,7 @@ pub mod access;
 pub mod backend;
 pub mod body;
 pub mod config;
+mod conn;
 pub mod forward;
 pub mod health;
 mod io;
@@ -22,6 +23,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod upload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 
+use http::{header, HeaderValue, Request};
+use hyper::body::Incoming;
+
 use crate::config::HostPattern;
 
 /// Maps a host to an index into the configuration's service list.
@@ -109,4 +112,15 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("h:abc"), "h:abc");
     }
+}
+
+/// The request's host: the `Host` header (a cheap clone of the received
+/// bytes), else the URI authority (HTTP/2).
+pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }

@@ -1,16 +1,7 @@
-//! The swappable runtime state of the proxy and how a new config becomes one.
-//!
-//! A [`Snapshot`] is immutable: routing table, services with their member
-//! lists (each pointing at a long-lived [`Backend`]) and the limits. Requests
-//! load it once through `ArcSwap` and finish on it, whatever is stored later.
-//! The [`Registry`] of backends lives across snapshots: a (service, member,
-//! address) that remains keeps its backend, hence its health and pool; one that
-//! disappears has its checker cancelled, its idle connections closed and its
-//! metric series dropped, while requests already holding it finish. A service
-//! keeps its round-robin position across snapshots (a reload does not send
-//! the next requests to the first member again); a service that disappears
-//! has its metric series dropped, so label cardinality stays bounded by what
-//! is configured.
+//! The swappable runtime state of the proxy: an immutable [`Snapshot`]
+//! (routes, services, limits) requests load once through `ArcSwap`, and the
+//! [`Registry`] of backends that keeps health, pools and round-robin position
+//! across reloads. `docs/proxy.md`, "Snapshots and reloads".
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

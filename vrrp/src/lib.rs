@@ -5,7 +5,8 @@
 //! * [`election`]: the RFC 5798 state machine, pure (clock and events injected).
 //! * [`reconcile`]: what a master does about who holds the Reserved IP, pure.
 //! * [`follower`]: how the Reserved IP follows the role (claim, check, yield, release), pure.
-//! * [`runtime`]: the election thread and its [`runtime::ElectionHandle`].
+//! * [`runtime`]: the election thread and its [`runtime::ElectionHandle`];
+//!   [`settings`]: what it runs on and why it may not start.
 //! * [`transport`]: the `dynia` UDP and `vrrp3` raw IP wires; [`advert`] and
 //!   [`vrrp3`] their codecs. [`hooks`] and `metrics`: beside the transitions.
 //! * [`driver`]: what moves the Reserved IP (DigitalOcean API, L2 address + gratuitous ARP, none).
@@ -18,6 +19,7 @@ pub mod hooks;
 mod metrics;
 pub mod reconcile;
 pub mod runtime;
+pub mod settings;
 pub mod transport;
 pub mod vrrp3;
 

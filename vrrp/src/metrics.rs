@@ -8,7 +8,7 @@ use prometheus::{
 
 use crate::advert::DropReason;
 use crate::election::Role;
-use crate::runtime::TransportKind;
+use crate::settings::TransportKind;
 use crate::transport::VRRP3_DROP_REASONS;
 
 /// Buckets of `dynia_election_advert_gap_seconds`: around the default

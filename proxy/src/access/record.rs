@@ -88,7 +88,7 @@ impl Record {
         req: &http::Request<hyper::body::Incoming>,
         connections: usize,
     ) -> Box<Record> {
-        let host = crate::forward::request_host(req);
+        let host = crate::route::request_host(req);
         Box::new(Record {
             time: SystemTime::now(),
             start: Instant::now(),

@@ -8,15 +8,13 @@
 mod follow;
 mod handover;
 mod realtime;
-mod settings;
 mod shell;
 mod transitions;
 mod view;
 
-pub use settings::{ElectionPeer, ElectionSettings, TransportKind};
+pub use crate::settings::{ElectionError, ElectionPeer, ElectionSettings, TransportKind};
 pub use view::{ElectionView, PeerSeen};
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,29 +33,6 @@ enum Command {
     Reconfigure(Box<ElectionSettings>),
     /// Resign (priority 0), hand over, release; answer when done.
     Shutdown(oneshot::Sender<()>),
-}
-
-/// Why the election could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ElectionError {
-    #[error("election: cannot bind UDP {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("election: {0}")]
-    Config(String),
-    #[error("election: transport \"vrrp3\" needs a raw IP socket (protocol 112), which needs root or CAP_NET_RAW (e.g. AmbientCapabilities=CAP_NET_RAW in the unit): {0}")]
-    RawSocketPermission(std::io::Error),
-    #[error("election: cannot open the vrrp3 raw socket on {addr}: {source}")]
-    RawSocket {
-        addr: std::net::Ipv4Addr,
-        source: std::io::Error,
-    },
-    #[error("election: cannot start its thread: {0}")]
-    Thread(std::io::Error),
-    #[error("election metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 /// Handle to the running election.

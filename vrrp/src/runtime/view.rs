@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use crate::advert::SenderRole;
 use crate::election::Role;
-use crate::runtime::ElectionPeer;
+use crate::settings::ElectionPeer;
 
 /// What one peer last told us.
 #[derive(Debug, Clone)]

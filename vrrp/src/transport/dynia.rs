@@ -12,7 +12,7 @@ use super::{member_set, AdvertHeard, Received};
 use crate::advert::{
     encode, Advert, ClusterId, ReceiveFilter, SendCounter, SenderRole, ADVERT_LEN,
 };
-use crate::runtime::{ElectionError, ElectionSettings};
+use crate::settings::{ElectionError, ElectionSettings};
 
 pub(crate) struct Dynia {
     socket: UdpSocket,

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::advert::{MemberSet, SenderRole};
-use crate::runtime::{ElectionError, ElectionSettings, TransportKind};
+use crate::settings::{ElectionError, ElectionSettings, TransportKind};
 
 pub use vrrp3::{accept_vrrp3, Vrrp3Accepted, VRRP3_DROP_REASONS};
 

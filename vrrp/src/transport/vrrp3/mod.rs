@@ -14,7 +14,7 @@ use tokio::io::Interest;
 
 use super::{member_set, vip_list, Received, SEND_WAIT};
 use crate::advert::MemberSet;
-use crate::runtime::{ElectionError, ElectionSettings};
+use crate::settings::{ElectionError, ElectionSettings};
 use crate::vrrp3::{self, ChecksumDst};
 
 pub(crate) use accept::VRRP_TTL;

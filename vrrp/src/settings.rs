@@ -1,8 +1,9 @@
-//! What the election runs on: [`ElectionSettings`], rebuilt by the caller
-//! from its configuration on every reload (see `docs/election.md`,
-//! "Settings and reloads").
+//! What the election runs on: [`ElectionSettings`] (rebuilt by the caller
+//! from its configuration on every reload) and why it may not start
+//! ([`ElectionError`]). A leaf: the transports, metrics and runtime read it.
+//! See `docs/election.md`, "Settings and reloads".
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::advert::AdvertKey;
@@ -79,4 +80,27 @@ impl ElectionSettings {
         self.port = from.port;
         self.transport = from.transport;
     }
+}
+
+/// Why the election could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("election: cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("election: {0}")]
+    Config(String),
+    #[error("election: transport \"vrrp3\" needs a raw IP socket (protocol 112), which needs root or CAP_NET_RAW (e.g. AmbientCapabilities=CAP_NET_RAW in the unit): {0}")]
+    RawSocketPermission(std::io::Error),
+    #[error("election: cannot open the vrrp3 raw socket on {addr}: {source}")]
+    RawSocket {
+        addr: std::net::Ipv4Addr,
+        source: std::io::Error,
+    },
+    #[error("election: cannot start its thread: {0}")]
+    Thread(std::io::Error),
+    #[error("election metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
