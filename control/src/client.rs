@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::SecretBytes;
-use crate::wire::{Applied, ApplyRequest, ConflictBody, ErrorBody, Reloaded, Snapshot, Status};
+use crate::wire::{Applied, ApplyRequest, ConflictBody, ErrorBody, KeptDocument, Reloaded, Status};
 
 /// Largest answer read from a daemon.
 const MAX_ANSWER: usize = 8 << 20;
@@ -211,7 +211,7 @@ impl AdminClient {
     }
 
     /// `GET /v1/snapshots`: kept snapshots, newest first.
-    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, ClientError> {
+    pub async fn snapshots(&self) -> Result<Vec<KeptDocument>, ClientError> {
         let b = self
             .call(Method::GET, "/v1/snapshots", Bytes::new())
             .await?;

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dynia_proxy::metrics::MemberCounts;
-use dynia_proxy::ServiceStatus;
+use dynia_proxy::PoolView;
 
 /// How often the counters are sampled.
 pub const EVERY: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ pub struct MemberRates {
 
 impl Rates {
     /// Records the counters of every member now.
-    pub fn sample(&self, services: &[ServiceStatus], now: Instant) {
+    pub fn sample(&self, services: &[PoolView], now: Instant) {
         let counts = services
             .iter()
             .flat_map(|s| {

@@ -41,7 +41,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 impl ServiceMemberStatus {
     /// The entry of member `m` of `service`, with its rates from `rates`.
-    pub fn new(service: &str, m: &dynia_proxy::MemberStatus, rates: &crate::rates::Rates) -> Self {
+    pub fn new(
+        service: &str,
+        m: &dynia_proxy::PoolMemberView,
+        rates: &crate::rates::Rates,
+    ) -> Self {
         let r = rates.of(service, &m.id, &m.counts);
         let (reason, at) = match &m.last_change {
             Some((why, at)) => (

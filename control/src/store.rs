@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// Snapshots kept in `state_dir/snapshots/`.
 pub const KEEP: usize = 10;
 
-pub use crate::wire::Snapshot;
+pub use crate::wire::KeptDocument;
 
 /// The cluster document file and its snapshots directory.
 pub struct Store {
@@ -51,11 +51,11 @@ impl Store {
     }
 
     /// Kept snapshots, newest first.
-    pub fn list(&self) -> Vec<(Snapshot, PathBuf)> {
+    pub fn list(&self) -> Vec<(KeptDocument, PathBuf)> {
         let Ok(dir) = fs::read_dir(&self.snapshots) else {
             return Vec::new();
         };
-        let mut out: Vec<(Snapshot, PathBuf)> = dir
+        let mut out: Vec<(KeptDocument, PathBuf)> = dir
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
@@ -70,7 +70,7 @@ impl Store {
                     .ok()?
                     .as_millis() as u64;
                 Some((
-                    Snapshot {
+                    KeptDocument {
                         generation: g.parse().ok()?,
                         config_hash: h.to_owned(),
                         replaced_at_ms: at,

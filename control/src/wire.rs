@@ -146,7 +146,7 @@ pub struct Reloaded {
 
 /// One kept previous document.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Snapshot {
+pub struct KeptDocument {
     pub generation: u64,
     pub config_hash: String,
     /// Milliseconds since the Unix epoch when it was replaced.

@@ -59,7 +59,7 @@ impl Drop for ConnState {
 
 /// What the connection's deadlines ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(crate) enum DeadlineVerdict {
     /// Idle too long: finish gracefully.
     Graceful,
     /// A head too slow, a client not reading, or nothing moving: close now.
@@ -146,7 +146,12 @@ impl ConnState {
     /// phase that begins later (idle after a response, a head after idling,
     /// a blocked write) has its deadline at least that far from its start, so
     /// looking again by then is never late.
-    pub(crate) fn check(&self, l: &Limits, graceful: bool, now: u64) -> Result<Verdict, u64> {
+    pub(crate) fn check(
+        &self,
+        l: &Limits,
+        graceful: bool,
+        now: u64,
+    ) -> Result<DeadlineVerdict, u64> {
         let ms = |d: Duration| d.as_millis() as u64;
         let (idle, header) = (ms(l.idle_timeout), ms(l.header_read_timeout));
         let response = ms(l.response_timeout);
@@ -158,7 +163,7 @@ impl ConnState {
             if blocked != NOT_BLOCKED {
                 let due = blocked.saturating_add(idle);
                 if now >= due {
-                    return Ok(Verdict::Close("client stopped reading"));
+                    return Ok(DeadlineVerdict::Close("client stopped reading"));
                 }
                 wait = wait.min(due - now);
             }
@@ -166,13 +171,13 @@ impl ConnState {
             if waiting != NOT_BLOCKED {
                 let due = waiting.saturating_add(response);
                 if now >= due {
-                    return Ok(Verdict::Close("member stalled mid-body"));
+                    return Ok(DeadlineVerdict::Close("member stalled mid-body"));
                 }
                 wait = wait.min(due - now);
             }
             let due = last.saturating_add(idle + response);
             if now >= due {
-                return Ok(Verdict::Close("no traffic with requests in flight"));
+                return Ok(DeadlineVerdict::Close("no traffic with requests in flight"));
             }
             return Err(wait.min(due - now));
         }
@@ -182,7 +187,7 @@ impl ConnState {
                 .load(Ordering::Relaxed)
                 .saturating_add(header);
             if now >= due {
-                return Ok(Verdict::Close("request head not received in time"));
+                return Ok(DeadlineVerdict::Close("request head not received in time"));
             }
             return Err((due - now).min(cap));
         }
@@ -193,11 +198,11 @@ impl ConnState {
         if graceful {
             return Err(cap); // asked already; hyper closes it
         }
-        Ok(Verdict::Graceful)
+        Ok(DeadlineVerdict::Graceful)
     }
 
     /// Resolves with the first deadline that passes.
-    pub(crate) async fn watch(&self, l: &Limits, graceful: bool) -> Verdict {
+    pub(crate) async fn watch(&self, l: &Limits, graceful: bool) -> DeadlineVerdict {
         loop {
             match self.check(l, graceful, self.now_ms()) {
                 Ok(v) => return v,

@@ -162,7 +162,7 @@ pub struct Proxy {
 
 /// One listener as it runs.
 #[derive(Debug, Clone)]
-pub struct ListenerStatus {
+pub struct ListenerView {
     pub name: String,
     pub local: SocketAddr,
     pub serving: bool,
@@ -170,15 +170,15 @@ pub struct ListenerStatus {
 
 /// A service's pool as the proxy sees it now.
 #[derive(Debug, Clone)]
-pub struct ServiceStatus {
+pub struct PoolView {
     pub name: String,
     pub hosts: Vec<String>,
-    pub members: Vec<MemberStatus>,
+    pub members: Vec<PoolMemberView>,
 }
 
 /// One member of a service's pool.
 #[derive(Debug, Clone)]
-pub struct MemberStatus {
+pub struct PoolMemberView {
     pub id: String,
     pub addr: SocketAddr,
     pub health: Health,
@@ -324,12 +324,12 @@ impl Proxy {
     /// listener whose accept loop stopped or has been failing for over
     /// [`ACCEPT_FAILING_LIMIT`], and for every listener while the proxy
     /// runtime is stalled.
-    pub fn listeners(&self) -> Vec<ListenerStatus> {
+    pub fn listeners(&self) -> Vec<ListenerView> {
         let now = self.shared.now_ms();
         let runtime = self.shared.runtime_alive(now);
         lock(&self.shared.listeners)
             .iter()
-            .map(|r| ListenerStatus {
+            .map(|r| ListenerView {
                 name: r.name.to_string(),
                 local: r.local,
                 serving: runtime && r.health.serving(now),
@@ -338,18 +338,18 @@ impl Proxy {
     }
 
     /// Every service's pool with health, admin state and in-flight counts.
-    pub fn status(&self) -> Vec<ServiceStatus> {
+    pub fn status(&self) -> Vec<PoolView> {
         let snap = self.shared.snapshot.load();
         snap.services
             .iter()
             .zip(&snap.config.services)
-            .map(|(rt, cfg)| ServiceStatus {
+            .map(|(rt, cfg)| PoolView {
                 name: rt.name.to_string(),
                 hosts: cfg.hosts.iter().map(|h| h.to_string()).collect(),
                 members: rt
                     .members
                     .iter()
-                    .map(|m| MemberStatus {
+                    .map(|m| PoolMemberView {
                         id: m.backend.member.to_string(),
                         addr: m.backend.addr,
                         health: m.backend.health(),

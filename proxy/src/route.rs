@@ -79,6 +79,17 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The request's host: the `Host` header (a cheap clone of the received
+/// bytes), else the URI authority (HTTP/2).
+pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,15 +123,4 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("h:abc"), "h:abc");
     }
-}
-
-/// The request's host: the `Host` header (a cheap clone of the received
-/// bytes), else the URI authority (HTTP/2).
-pub(crate) fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
-    if let Some(h) = req.headers().get(header::HOST) {
-        return Some(h.clone());
-    }
-    req.uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::record::{ConnFacts, Pending, TlsInfo};
 use crate::config::Limits;
-use crate::conn::{ConnState, Tracked, Verdict};
+use crate::conn::{ConnState, DeadlineVerdict, Tracked};
 use crate::forward::{handle, ConnInfo};
 use crate::io::ActivityIo;
 use crate::{AcceptHealth, Shared};
@@ -319,11 +319,11 @@ async fn drive<C, E>(
             }
             _ = shared.kill.cancelled() => return,
             v = state.watch(limits, graceful) => match v {
-                Verdict::Graceful => {
+                DeadlineVerdict::Graceful => {
                     graceful_shutdown(conn.as_mut());
                     graceful = true;
                 }
-                Verdict::Close(why) => {
+                DeadlineVerdict::Close(why) => {
                     tracing::debug!(%peer, reason = why, "client connection closed");
                     return;
                 }

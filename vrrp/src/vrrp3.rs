@@ -1,32 +1,8 @@
-//! RFC 5798 VRRPv3 advertisement codec for IPv4 (the IP protocol 112 payload).
-//!
-//! This module owns the keepalived-compatible wire format so the optional
-//! `vrrp3` transport (`crate::transport::vrrp3`, docs/election.md) can run beside keepalived nodes during a
-//! migration. It handles only the VRRP message, not the IPv4 header: the
-//! shell's raw socket supplies/receives that, and passes the source and
-//! destination addresses that the checksum's pseudo-header covers.
-//!
-//! ```text
-//!  0                   1                   2                   3
-//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |Version| Type  | Virtual Rtr ID|   Priority    |Count IPvX Addr|
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |(rsvd) |     Max Adver Int     |          Checksum             |
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |                       IPv4 Address(es)                        |
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! ```
-//! Checksum (§5.2.8): the 16-bit one's complement of the one's complement sum
-//! of the VRRP message and an IPv4 pseudo-header (source, destination, zero,
-//! protocol 112, VRRP length), as keepalived computes it. With multicast the
-//! destination is 224.0.0.18; with unicast peers current keepalived uses the
-//! peer's address, while keepalived before the fix for its issue #642 (and
-//! later ones with `old_unicast_checksum`) put 224.0.0.18 there even for
-//! unicast. [`encode`] takes `dst` from the shell; [`decode_unicast`] accepts
-//! either and says which one verified.
-//!
-//! Decoding borrows the datagram: no allocation per packet.
+//! RFC 5798 VRRPv3 advertisement codec for IPv4 (the IP protocol 112
+//! payload, not the IPv4 header), keepalived-compatible, for the `vrrp3`
+//! transport. Decoding borrows the datagram (no allocation per packet). The
+//! layout and the two checksum conventions keepalived uses:
+//! `docs/election.md`, "The VRRPv3 wire format".
 
 use std::net::Ipv4Addr;
 

@@ -163,7 +163,7 @@ pub struct Service {
     pub retries: u32,
     /// `[service.health]`: the health check.
     #[serde(default)]
-    pub health: Health,
+    pub health: HealthChecks,
     /// `Strict-Transport-Security` on this service's HTTPS answers (never on
     /// plain HTTP): the header value, `"max-age=31536000; includeSubDomains"`,
     /// or a duration, `"8760h"` meaning `"max-age=31536000"`. Default: none.
@@ -227,7 +227,7 @@ fn default_retries() -> u32 {
 /// `[service.health]`: HAProxy semantics; every key has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Health {
+pub struct HealthChecks {
     /// Path of the `GET`. Default `/dynia-health`.
     pub path: String,
     /// Statuses that count as up. Default `[200]`.
@@ -242,11 +242,11 @@ pub struct Health {
     pub rise: u32,
 }
 
-impl Default for Health {
+impl Default for HealthChecks {
     /// The data plane's own defaults: one source of truth.
     fn default() -> Self {
         let p = dynia_proxy::HealthConfig::default();
-        Health {
+        HealthChecks {
             path: p.path,
             expect_status: p.expect_status,
             interval: p.interval.into(),

@@ -28,12 +28,14 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
-pub use cluster::{ClusterDoc, ClusterElection, Health, Member, MemberState, Service, Transport};
+pub use cluster::{
+    ClusterDoc, ClusterElection, HealthChecks, Member, MemberState, Service, Transport,
+};
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigErrors, ConfigProblem, Location};
 pub use node::{
-    AccessFormat, Admin, Certificate, Driver, Hooks, Limits, Listener, Log, LogFormat, Node,
-    NodeElection, NodeFile, Origin, PrivateIp, ReservedIp,
+    AccessFormat, Admin, Certificate, Driver, Hooks, Listener, Log, LogFormat, Node, NodeElection,
+    NodeFile, NodeLimits, Origin, PrivateIp, ReservedIp,
 };
 pub use secret::{read_secret, write_secret, SecretBytes};
 

@@ -31,7 +31,7 @@ pub struct NodeFile {
     pub listeners: Vec<Listener>,
     /// `[limits]`: timeouts and limits of the proxy.
     #[serde(default)]
-    pub limits: Limits,
+    pub limits: NodeLimits,
     /// `[election]`: this node's side of the election.
     #[serde(default)]
     pub election: NodeElection,
@@ -216,7 +216,7 @@ pub struct Certificate {
 /// `[limits]`: every key has a safe default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Limits {
+pub struct NodeLimits {
     /// Time to read a request's headers. Default 10s.
     pub header_read_timeout: Duration,
     /// Idle keep-alive time of a client connection. Default 60s.
@@ -233,11 +233,11 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
-impl Default for Limits {
+impl Default for NodeLimits {
     /// The data plane's own defaults: one source of truth.
     fn default() -> Self {
         let p = dynia_proxy::Limits::default();
-        Limits {
+        NodeLimits {
             header_read_timeout: p.header_read_timeout.into(),
             idle_timeout: p.idle_timeout.into(),
             connect_timeout: p.connect_timeout.into(),

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use dynia_proxy::HostPattern;
 
-use super::cluster::{hsts_header, ClusterDoc, Health, Service, Transport};
+use super::cluster::{hsts_header, ClusterDoc, HealthChecks, Service, Transport};
 use super::duration::{divides, Duration};
 use super::node::{Driver, NodeFile, PrivateIp};
 use super::source::{kp, KeyPath, Problems};
@@ -447,7 +447,7 @@ fn service<'a>(
     }
 }
 
-fn health(p: &mut Problems, i: usize, h: &Health) {
+fn health(p: &mut Problems, i: usize, h: &HealthChecks) {
     if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         p.push(
             kp!["service", i, "health", "path"],

@@ -10,7 +10,7 @@ use super::plan::{at, diff, Agreed, DeployPlan};
 use super::push::{gate, push_each, statuses};
 use super::{Ctx, Event, OpsError, Progress};
 use crate::client::ClientError;
-use crate::config::{ClusterDoc, Health, Member, Service};
+use crate::config::{ClusterDoc, HealthChecks, Member, Service};
 use crate::wire::ApplyRequest;
 
 /// Arguments of `dynia deploy`.
@@ -34,7 +34,7 @@ pub enum Deployed {
 }
 
 fn service(a: &DeployArgs) -> Service {
-    let mut health = Health::default();
+    let mut health = HealthChecks::default();
     if let Some(p) = &a.health {
         health.path = p.clone();
     }

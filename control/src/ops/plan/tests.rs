@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::config::{ClusterDoc, Health, Member, MemberState, Service};
+use crate::config::{ClusterDoc, HealthChecks, Member, MemberState, Service};
 
 fn member(id: &str, last: u8, priority: u8) -> Member {
     Member {
@@ -36,7 +36,7 @@ fn service(name: &str, port: u16) -> Service {
         hosts: vec!["app.example.com".into()],
         port,
         retries: 2,
-        health: Health::default(),
+        health: HealthChecks::default(),
         hsts: None,
     }
 }
