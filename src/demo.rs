@@ -1,15 +1,9 @@
 //! `dynia demo`: the product on a fresh machine, without root or cloud access.
 //!
-//! It starts a three-node cluster on loopback: three `dynia run` processes
-//! (this same binary) on 127.0.0.2-4, each with a built-in demo app on its
-//! private IP, and a local DigitalOcean API simulator that plays the Reserved
-//! IP. It shows the election placing the Reserved IP on the master, round
-//! robin over every member from there, then SIGKILLs the master and shows a
-//! backup take the Reserved IP over and serve. Everything it starts is
-//! stopped at the end (and on error, by `Drop`); the temporary directory is
-//! removed. Every wait is bounded. Also `dynia upstream`, the demo app alone.
-//! The simulator and the app come from `dynia-testkit` (docs/testing.md),
-//! which only this binary, never a library crate, links.
+//! Three `dynia run` processes on 127.0.0.2-4, each with a demo app, and a local
+//! DigitalOcean API simulator: the Reserved IP lands on the master, requests go
+//! round robin, the master is SIGKILLed and a backup takes over. Every wait is
+//! bounded; everything started is stopped (on error too, by `Drop`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

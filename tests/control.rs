@@ -25,7 +25,7 @@ const IDS: [&str; 4] = ["north-fox", "east-owl", "south-elk", "west-yak"];
 
 struct Rig {
     nodes: Vec<ClusterNode>,
-    daemons: Vec<Option<Daemon>>,
+    daemons: Vec<Option<DaemonProcess>>,
     apps: Vec<DemoUpstream>,
     app_port: u16,
 }
@@ -136,7 +136,7 @@ impl Rig {
             .collect();
         let mut daemons = Vec::new();
         for n in &nodes {
-            daemons.push(Some(Daemon::start(&n.files).await));
+            daemons.push(Some(DaemonProcess::start(&n.files).await));
         }
         Rig {
             nodes,
@@ -403,7 +403,7 @@ async fn a_document_the_reload_refuses_is_put_back_and_a_node_without_token_answ
         .collect();
     assert_ne!(no_token, node_text);
     std::fs::write(&rig.nodes[0].files.node_file, no_token).unwrap();
-    rig.daemons[0] = Some(Daemon::start(&rig.nodes[0].files).await);
+    rig.daemons[0] = Some(DaemonProcess::start(&rig.nodes[0].files).await);
     for token in [Some(TOKEN), None] {
         let (code, text) = admin_call(admin, "PUT", "/v1/cluster", token, body.as_bytes()).await;
         assert_eq!(code, 403, "{text}");
@@ -642,7 +642,7 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     assert_eq!(v["members"][0]["role"], "master", "{v}");
 
     // It returns and catches up by itself; the drift is gone.
-    rig.daemons[2] = Some(Daemon::start(&rig.nodes[2].files).await);
+    rig.daemons[2] = Some(DaemonProcess::start(&rig.nodes[2].files).await);
     let admin = rig.admin(2);
     eventually_async(WAIT, || async move {
         let s = status(admin).await;
@@ -1364,7 +1364,7 @@ async fn init_writes_a_node_that_checks_and_runs() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let daemon = Daemon { child, log };
+    let daemon = DaemonProcess { child, log };
     let admin: std::net::SocketAddr = format!("127.0.8.2:{}", ports.1).parse().unwrap();
     eventually_async(WAIT, || async move {
         get(admin, "localhost", "/status.json")
@@ -1494,7 +1494,7 @@ async fn node_remove_of_a_dead_member_finishes_and_it_stops_when_it_returns() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut back = Daemon { child, log };
+    let mut back = DaemonProcess { child, log };
     let code = back.wait_exit(WAIT).await;
     let log = back.log_text();
     assert_eq!(code, Some(0), "{log}");

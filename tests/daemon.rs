@@ -49,7 +49,7 @@ async fn status_json_and_metrics_follow_member_health() {
         &cluster_doc(7, &specs(), port, ""),
         "",
     );
-    let _d = Daemon::start(&files).await;
+    let _d = DaemonProcess::start(&files).await;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
         eventually_async(WAIT, || async move { health(admin, id).await == "up" })
@@ -103,7 +103,7 @@ async fn promtool_accepts_metrics() {
         &cluster_doc(1, &specs(), port, ""),
         "",
     );
-    let _d = Daemon::start(&files).await;
+    let _d = DaemonProcess::start(&files).await;
     // Traffic of several codes so every family has samples.
     let _ = get(files.proxy_addr, HOST, "/").await.unwrap();
     let _ = get(files.proxy_addr, "unknown.example.org", "/")
@@ -162,7 +162,7 @@ async fn twenty_reloads_under_load_fail_no_request() {
     let all = specs();
     let two = vec![all[0].clone(), all[1].clone()];
     let files = NodeFiles::new("reloads", "alpha-one", &cluster_doc(1, &all, port, ""), "");
-    let d = Daemon::start(&files).await;
+    let d = DaemonProcess::start(&files).await;
     let proxy = files.proxy_addr;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -252,7 +252,7 @@ async fn invalid_reload_changes_nothing_and_says_where() {
         &cluster_doc(3, &specs(), port, ""),
         "",
     );
-    let d = Daemon::start(&files).await;
+    let d = DaemonProcess::start(&files).await;
     let good_hash = status(files.admin_addr).await["config_hash"].clone();
     // A misspelt key on line 5.
     let bad = cluster_doc(4, &specs(), port, "").replacen(
@@ -338,7 +338,7 @@ async fn sigterm_refuses_new_connections_finishes_inflight_request_then_exits_ze
         &cluster_doc(1, &specs(), port, ""),
         "",
     );
-    let mut d = Daemon::start(&files).await;
+    let mut d = DaemonProcess::start(&files).await;
     let proxy = files.proxy_addr;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
@@ -403,7 +403,7 @@ async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_
         &cluster_doc(1, &specs(), port, ""),
         "",
     );
-    let d = Daemon::start(&files).await;
+    let d = DaemonProcess::start(&files).await;
     let admin = files.admin_addr;
     for id in ["alpha-one", "brave-two", "calm-three"] {
         eventually_async(WAIT, || async move { health(admin, id).await == "up" })
@@ -484,7 +484,8 @@ async fn systemd_readiness_is_notified_once_listening() {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     let _d =
-        Daemon::start_with_env(&files, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]).await;
+        DaemonProcess::start_with_env(&files, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())])
+            .await;
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("no sd_notify message");
     let msg = String::from_utf8_lossy(&buf[..n]);
@@ -503,7 +504,7 @@ async fn streaming_100_megabytes_keeps_memory_bounded() {
         &cluster_doc(1, &specs(), port, ""),
         "",
     );
-    let d = Daemon::start(&files).await;
+    let d = DaemonProcess::start(&files).await;
     let n: u64 = 100 * 1024 * 1024;
     let mut s = tokio::net::TcpStream::connect(files.proxy_addr)
         .await

@@ -17,7 +17,7 @@ const DO_TOKEN: &str = "dop_v1_simulated_token_never_logged_7f3a";
 
 struct Rig {
     nodes: Vec<ClusterNode>,
-    daemons: Vec<Option<Daemon>>,
+    daemons: Vec<Option<DaemonProcess>>,
     _apps: Vec<DemoUpstream>,
 }
 
@@ -61,7 +61,7 @@ impl Rig {
             .collect();
         let mut daemons = Vec::new();
         for n in &nodes {
-            daemons.push(Some(Daemon::start(&n.files).await));
+            daemons.push(Some(DaemonProcess::start(&n.files).await));
         }
         Rig {
             nodes,
@@ -93,7 +93,7 @@ impl Rig {
     }
 
     async fn restart(&mut self, i: usize) {
-        self.daemons[i] = Some(Daemon::start(&self.nodes[i].files).await);
+        self.daemons[i] = Some(DaemonProcess::start(&self.nodes[i].files).await);
     }
 
     fn logs(&self) -> String {

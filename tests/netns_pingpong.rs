@@ -123,7 +123,7 @@ struct Split {
     sim: DoSim,
     vip: IpAddr,
     nodes: Vec<ClusterNode>,
-    daemons: Vec<Option<Daemon>>,
+    daemons: Vec<Option<DaemonProcess>>,
     ports: (u16, u16, u16),
     _dir: TempDir,
 }
@@ -168,7 +168,7 @@ impl Split {
             .collect();
         let mut daemons = Vec::new();
         for n in &nodes {
-            daemons.push(Some(Daemon::start(&n.files).await));
+            daemons.push(Some(DaemonProcess::start(&n.files).await));
         }
         let s = Split {
             sim,

@@ -36,7 +36,7 @@ async fn under_journald_a_warn_line_carries_priority_4_and_access_lines_are_writ
         access.display()
     );
     let (files, _up) = node_with_a_dead_member("journal", &log).await;
-    let d = Daemon::start_with_env(&files, &[("JOURNAL_STREAM", "8:12345")]).await;
+    let d = DaemonProcess::start_with_env(&files, &[("JOURNAL_STREAM", "8:12345")]).await;
     let admin = files.admin_addr;
     eventually_async(WAIT, || async move {
         health(admin, "brave-two").await == "down"
@@ -79,7 +79,7 @@ async fn under_journald_a_warn_line_carries_priority_4_and_access_lines_are_writ
 #[tokio::test]
 async fn json_format_writes_one_object_per_line() {
     let (files, _up) = node_with_a_dead_member("jsonlog", "\n[log]\nformat = \"json\"\n").await;
-    let d = Daemon::start(&files).await;
+    let d = DaemonProcess::start(&files).await;
     let admin = files.admin_addr;
     eventually_async(WAIT, || async move {
         health(admin, "brave-two").await == "down"
@@ -106,7 +106,7 @@ async fn json_format_writes_one_object_per_line() {
 #[tokio::test]
 async fn status_shows_health_reasons_rates_and_election_transitions() {
     let (files, _up) = node_with_a_dead_member("statusrates", "").await;
-    let _d = Daemon::start(&files).await;
+    let _d = DaemonProcess::start(&files).await;
     let admin = files.admin_addr;
     eventually_async(WAIT, || async move {
         health(admin, "brave-two").await == "down"

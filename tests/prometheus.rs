@@ -108,7 +108,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 /// listener on node 0, and a member app on each.
 struct Cluster {
     // Dropped first: the daemons stop before their files go.
-    daemons: Vec<Daemon>,
+    daemons: Vec<DaemonProcess>,
     nodes: Vec<ClusterNode>,
     _apps: Vec<DemoUpstream>,
 }
@@ -164,7 +164,7 @@ async fn cluster(dir: &TempDir, sim: &DoSim) -> Cluster {
             ));
         }
         let node = cluster_node("prom", IDS[i], ip, &cluster, ports, &extra);
-        daemons.push(Daemon::start(&node.files).await);
+        daemons.push(DaemonProcess::start(&node.files).await);
         nodes.push(node);
     }
     Cluster {

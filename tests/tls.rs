@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dynia_testkit::daemon::{bin, HOST, TOKEN};
 use dynia_testkit::daemon::{
-    free_ports, health, metrics, write_secret, Daemon, NodeFiles, TempDir,
+    free_ports, health, metrics, write_secret, DaemonProcess, NodeFiles, TempDir,
 };
 use dynia_testkit::eventually_async;
 use dynia_testkit::tls::{curl, https_get, Ca, HttpsConn, KeyKind, Leaf, Validity};
@@ -138,7 +138,7 @@ async fn daemon_serves_h2_redirects_and_renews_certificates_under_load() {
         Validity::EndsIn(Duration::from_secs(5 * 86_400)),
     );
     let node = TlsNode::new("tlsd", ca, &first, port);
-    let d = Daemon::start(&node.files).await;
+    let d = DaemonProcess::start(&node.files).await;
     let admin = node.files.admin_addr;
     eventually_async(
         WAIT,
@@ -339,7 +339,7 @@ async fn expiry_warning_only_within_14_days_and_a_not_yet_valid_certificate_is_s
     let ca = Ca::new("dynia test CA");
     let year = ca.issue(HOST, &[HOST], KeyKind::EcdsaPkcs8, Validity::Year);
     let node = TlsNode::new("tlsexpiry", ca, &year, port);
-    let d = Daemon::start(&node.files).await;
+    let d = DaemonProcess::start(&node.files).await;
     let admin = node.files.admin_addr;
     eventually_async(
         WAIT,

@@ -21,14 +21,14 @@ pub const HEALTH_PATH: &str = "/dynia-health";
 
 /// An upstream (a cluster member): id and private IP. All share one port.
 #[derive(Clone, Debug)]
-pub struct Member {
+pub struct BenchMember {
     pub id: String,
     pub ip: Ipv4Addr,
 }
 
 /// A service: name, host, port on every member.
 #[derive(Clone, Debug)]
-pub struct Service {
+pub struct BenchService {
     pub name: String,
     pub host: String,
     pub port: u16,
@@ -41,7 +41,7 @@ pub struct Service {
 /// send the first request of every client connection over a connection of its
 /// own. With these upstreams (which never close an idle connection) `always`
 /// carries no risk, and it is the setting that favours HAProxy here.
-pub fn haproxy_cfg(listen: SocketAddr, members: &[Member], svc: &Service) -> String {
+pub fn haproxy_cfg(listen: SocketAddr, members: &[BenchMember], svc: &BenchService) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -110,8 +110,8 @@ pub fn dynia_files(
     listen: SocketAddr,
     admin: SocketAddr,
     election_port: u16,
-    members: &[Member],
-    services: &[Service],
+    members: &[BenchMember],
+    services: &[BenchService],
 ) -> Result<DyniaFiles> {
     let state_dir = dir.join("state");
     std::fs::create_dir_all(&state_dir)?;

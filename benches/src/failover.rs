@@ -41,7 +41,7 @@ use anyhow::{bail, Context, Result};
 use dynia_testkit::netns;
 
 use crate::procs;
-use rigs::{Config, Ctx, SoakReport, Trial};
+use rigs::{Config, RigCtx, SoakReport, Trial};
 
 /// Failover target with default settings (`docs/targets.md`).
 const TARGET: Duration = Duration::from_millis(600);
@@ -151,7 +151,7 @@ fn run(args: &FailoverArgs) -> Result<()> {
     };
     let tmp = std::env::temp_dir().join(format!("dynia-failbench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let ctx = Ctx {
+    let ctx = RigCtx {
         dynia,
         keepalived,
         wrk,

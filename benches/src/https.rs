@@ -36,7 +36,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme};
 
-use crate::configs::{self, Member, Service, HOST};
+use crate::configs::{self, BenchMember, BenchService, HOST};
 use crate::procs::{self, nap, Proc};
 use crate::wrk::{self, WrkReport};
 use crate::{BenchArgs, Kind, Pinning, TmpDir};
@@ -160,15 +160,15 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let dynia_listen = next_local()?;
     let dynia_admin = next_local()?;
 
-    let members: Vec<Member> = ["bench-one", "bench-two"]
+    let members: Vec<BenchMember> = ["bench-one", "bench-two"]
         .iter()
         .zip(2u8..)
-        .map(|(id, d)| Member {
+        .map(|(id, d)| BenchMember {
             id: id.to_string(),
             ip: ip(d),
         })
         .collect();
-    let web = Service {
+    let web = BenchService {
         name: "web".into(),
         host: HOST.into(),
         port: web_port,
@@ -393,8 +393,8 @@ fn make_cert(openssl: &Path, dir: &Path, rsa: bool) -> Result<CertFiles> {
 /// The HTTP benchmark's HAProxy configuration, terminating TLS on the bind.
 fn haproxy_https_cfg(
     listen: SocketAddr,
-    members: &[Member],
-    svc: &Service,
+    members: &[BenchMember],
+    svc: &BenchService,
     combined: &Path,
 ) -> Result<String> {
     let plain = configs::haproxy_cfg(listen, members, svc);
@@ -439,7 +439,7 @@ fn start(
     mut proc: Proc,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
-    members: &[Member],
+    members: &[BenchMember],
     client: &Client,
 ) -> Result<Target> {
     let name = proc.name.clone();

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use configs::{Member, Service, HOST};
+use configs::{BenchMember, BenchService, HOST};
 use procs::{nap, Proc};
 use wrk::WrkReport;
 
@@ -352,21 +352,21 @@ fn run(args: &BenchArgs) -> Result<ExitCode> {
     let log_admin = next_local()?;
 
     let names = ["bench-one", "bench-two", "bench-three"];
-    let members3: Vec<Member> = names
+    let members3: Vec<BenchMember> = names
         .iter()
         .zip(2u8..)
-        .map(|(id, d)| Member {
+        .map(|(id, d)| BenchMember {
             id: id.to_string(),
             ip: ip(d),
         })
         .collect();
     let members2 = &members3[..2];
-    let web = Service {
+    let web = BenchService {
         name: "web".into(),
         host: HOST.into(),
         port: web_port,
     };
-    let api = Service {
+    let api = BenchService {
         name: "api".into(),
         host: format!("api.{HOST}"),
         port: api_port,
@@ -560,7 +560,7 @@ fn start_target(
     mut proc: Proc,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
-    members: &[Member],
+    members: &[BenchMember],
 ) -> Result<Target> {
     let name = proc.name.clone();
     if let Some(admin) = admin {

@@ -1,13 +1,7 @@
-//! Log setup: one line per event to stderr, `text` (key=value) or `json`
-//! (`[log] format` in the node file, switched once the daemon has read it).
-//! Under systemd (`JOURNAL_STREAM` set) each line starts with its syslog
-//! priority, `<3>` ERROR, `<4>` WARN, `<6>` INFO, `<7>` DEBUG/TRACE
-//! (sd-daemon(3)), so `journalctl -p warning` works. `RUST_LOG` filters as
-//! usual (default `info`; e.g. `RUST_LOG=info,dynia_proxy=debug`). The
-//! access log is set up here too (see `dynia_proxy::access`); both are
-//! described in `docs/observability.md`. The last election transitions,
-//! with their reasons, are kept from the election's own log events (whatever
-//! `RUST_LOG` says) for the status views: [`transitions`].
+//! Log setup: one key=value or JSON line per event to stderr, syslog priority
+//! prefixes under systemd, `RUST_LOG` filtering, the access log's writer, and
+//! the election transitions kept for the status views ([`transitions`]).
+//! What an operator sees and why: docs/observability.md, "The daemon's log".
 
 use std::fmt::Write as _;
 use std::io::Write;

@@ -180,7 +180,7 @@ pub fn election_settings(
 pub async fn driver(
     loaded: &crate::loaded::Loaded,
 ) -> Result<dynia_vrrp::driver::Driver, dynia_vrrp::driver::DriverError> {
-    use crate::config::Driver as Kind;
+    use crate::config::DriverKind as Kind;
     use dynia_vrrp::driver::{
         DigitalOcean, DigitalOceanConfig, Driver, DriverError, L2Config, NoneDriver, Secret, L2,
     };

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use dynia_control::config::{
     cluster_doc_path, load_cluster_doc, load_node_file, parse_cluster_doc, parse_node_file,
-    read_secret, validate_pair, write_secret, ConfigErrors, ConfigProblem, Driver, Duration,
+    read_secret, validate_pair, write_secret, ConfigErrors, ConfigProblem, DriverKind, Duration,
     MemberState, NodeFile, PrivateIp, Transport,
 };
 
@@ -137,7 +137,7 @@ fn node_example_parses() {
     assert_eq!(n.limits.header_read_timeout, Duration::from_secs(10));
     assert_eq!(n.limits.max_header_bytes, 65536);
     assert_eq!(n.election.port, 5405);
-    assert_eq!(n.reserved_ip.driver, Driver::DigitalOcean);
+    assert_eq!(n.reserved_ip.driver, DriverKind::DigitalOcean);
     assert_eq!(n.reserved_ip.api_url, "https://api.digitalocean.com");
     assert_eq!(n.reserved_ip.metadata_url, "http://169.254.169.254");
     assert_eq!(n.reserved_ip.prefix_len(), Some(32));
@@ -193,7 +193,7 @@ fn defaults_fill_omitted_sections() {
     )
     .unwrap();
     assert_eq!(n, full);
-    assert_eq!(n.reserved_ip.driver, Driver::None);
+    assert_eq!(n.reserved_ip.driver, DriverKind::None);
     assert!(n.listeners.is_empty());
 
     let d = parse_cluster_doc(CLUSTER_MIN, "cluster.toml").unwrap();

@@ -1,14 +1,9 @@
 //! dynia's data plane: the L7 proxy that replaces HAProxy on every node.
 //!
-//! [`Proxy`] owns the listeners, the swappable [`state::Snapshot`] the data
-//! path reads through `ArcSwap`, and the registry of backends whose health
-//! survives reloads. The control layer builds a [`ProxyConfig`] from the node
-//! file and the cluster document and calls [`Proxy::start`] / [`Proxy::apply`];
-//! it reads [`Proxy::status`] for `/status.json` and [`Proxy::can_serve`] for
-//! election tracking. `can_serve` is truthful: a listener whose accept has
-//! been failing for over a second (EMFILE, ENFILE) does not serve, and neither
-//! does a proxy whose runtime stopped running tasks (a heartbeat task stamps
-//! the time every 100 ms; a stamp older than a second means stalled).
+//! [`Proxy`] owns the listeners, the swappable [`state::Snapshot`] the data path
+//! reads, and the backends whose health survives reloads. Control calls
+//! [`Proxy::start`] / [`Proxy::apply`] and reads [`Proxy::status`] and
+//! [`Proxy::can_serve`] (docs/proxy.md, "Can this node serve?").
 
 pub mod access;
 pub mod backend;

@@ -127,7 +127,7 @@ impl Rig {
     }
 }
 
-fn count_by_member(answers: &[dynia_testkit::web::Answer]) -> HashMap<String, usize> {
+fn count_by_member(answers: &[dynia_testkit::web::WebAnswer]) -> HashMap<String, usize> {
     let mut m = HashMap::new();
     for a in answers {
         *m.entry(a.member().unwrap_or("-").to_string()).or_default() += 1;

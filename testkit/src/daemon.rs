@@ -219,18 +219,18 @@ impl NodeFiles {
 }
 
 /// A `dynia run` process; killed on drop.
-pub struct Daemon {
+pub struct DaemonProcess {
     pub child: Child,
     pub log: PathBuf,
 }
 
-impl Daemon {
+impl DaemonProcess {
     /// Starts `dynia run` and waits until its admin listener answers.
-    pub async fn start(files: &NodeFiles) -> Daemon {
+    pub async fn start(files: &NodeFiles) -> DaemonProcess {
         Self::start_with_env(files, &[]).await
     }
 
-    pub async fn start_with_env(files: &NodeFiles, env: &[(&str, &str)]) -> Daemon {
+    pub async fn start_with_env(files: &NodeFiles, env: &[(&str, &str)]) -> DaemonProcess {
         let log = files.dir.0.join("daemon.log");
         let mut cmd = Command::new(bin());
         cmd.arg("run")
@@ -244,7 +244,7 @@ impl Daemon {
             cmd.env(k, v);
         }
         let child = cmd.spawn().unwrap();
-        let mut d = Daemon { child, log };
+        let mut d = DaemonProcess { child, log };
         let admin = files.admin_addr;
         let ready = eventually_async(Duration::from_secs(20), || {
             if let Some(status) = d.child.try_wait().unwrap() {
@@ -297,7 +297,7 @@ impl Daemon {
     }
 }
 
-impl Drop for Daemon {
+impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -1,30 +1,7 @@
-//! The netns cluster (docs/testing.md): network namespaces joined by a bridge, one
-//! namespace per node, one client namespace, with faults (kill, pause,
-//! partition, heal) and cleanup that always runs.
-//!
-//! Layout of one cluster with prefix `P` (`dynia-<pid>-<n>`) and subnet `X`:
-//!
-//! ```text
-//!   P-sw  (the "VPC" switch: nothing of the host is touched)
-//!     br0 ── v0 ─┐  ── v1 ─┐  …  ── vc ─┐
-//!   P-n0: eth0 ◄─┘  P-n1: eth0 ◄┘     P-c: eth0 ◄┘
-//!         10.99.X.10/24     10.99.X.11/24   10.99.X.200/24
-//! ```
-//!
-//! Every veth is created from inside the switch namespace with its peer
-//! moved straight into the node's namespace, so interface names only have to
-//! be unique per namespace (`br0`, `v<i>`, `vc`, `eth0`) and the root
-//! namespace never sees any of it. Deleting the namespaces deletes
-//! everything (a veth dies with either end's namespace).
-//!
-//! Traffic stays inside these namespaces: the only addresses are 10.99.X.0/24
-//! ones that exist nowhere but here.
-//!
-//! Cleanup: `Drop` SIGKILLs every process still in one of the cluster's
-//! namespaces (`ip netns pids`), then deletes the namespaces; it runs on
-//! panic too. `NetnsCluster::new` first removes what a crashed earlier run
-//! left behind: namespaces named `dynia-<pid>-…` whose `<pid>` is no longer a
-//! live process.
+//! The netns cluster: network namespaces joined by a bridge, one namespace per
+//! node, one client namespace, with faults (kill, pause, partition, heal) and a
+//! cleanup that always runs, on panic too. Layout, addresses and cleanup rules:
+//! docs/testing.md, "The netns cluster".
 
 use std::fs::{self, File};
 use std::io::{self, Read};

@@ -13,13 +13,13 @@ use tokio::net::TcpStream;
 
 /// An answer as a user sees it.
 #[derive(Debug)]
-pub struct Answer {
+pub struct WebAnswer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: String,
 }
 
-impl Answer {
+impl WebAnswer {
     pub fn member(&self) -> Option<&str> {
         self.headers
             .get("x-dynia-member")
@@ -42,7 +42,7 @@ impl Client {
         Ok(Client { sender })
     }
 
-    pub async fn get(&mut self, host: &str, path: &str) -> Result<Answer, String> {
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<WebAnswer, String> {
         self.send(http::Method::GET, host, path, Bytes::new()).await
     }
 
@@ -52,7 +52,7 @@ impl Client {
         host: &str,
         path: &str,
         body: Bytes,
-    ) -> Result<Answer, String> {
+    ) -> Result<WebAnswer, String> {
         self.send_with(method, host, path, &[], body).await
     }
 
@@ -64,7 +64,7 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
         body: Bytes,
-    ) -> Result<Answer, String> {
+    ) -> Result<WebAnswer, String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let mut req = http::Request::builder()
             .method(method)
@@ -80,7 +80,7 @@ impl Client {
             .await
             .map_err(|e| e.to_string())?;
         let (status, headers, body) = read_response(resp).await?;
-        Ok(Answer {
+        Ok(WebAnswer {
             status,
             headers,
             body,
@@ -104,7 +104,7 @@ pub async fn read_response(
 }
 
 /// A GET on a new connection.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<Answer, String> {
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Result<WebAnswer, String> {
     let mut c = Client::connect(addr).await.map_err(|e| e.to_string())?;
     c.get(host, path).await
 }

@@ -1,43 +1,10 @@
 //! The `dynia` transport's advert: wire codec, replay guard, receive filter.
 //!
-//! This module owns the bytes that travel between members over UDP unicast
-//! (docs/election.md, "Transports": authenticated with HMAC-SHA256 under the cluster key,
-//! replay-protected per sender by boot epoch + sequence, non-members
-//! dropped, carrying the sender's cluster-document generation and hash).
-//! It does no I/O; the shell hands received datagrams to
-//! [`ReceiveFilter::accept`] and feeds the resulting [`Advert`] (via
-//! [`Advert::to_input`]) to the election.
-//!
-//! # Wire layout, version 1 (all integers big-endian, [`ADVERT_LEN`] = 124 bytes)
-//! ```text
-//! off len  field
-//!   0   4  magic "DYNV"
-//!   4   1  version = 1
-//!   5   1  vrid
-//!   6   1  priority (0 = resign, 1..=254)
-//!   7   1  address family of the sender: 4 or 6
-//!   8   4  advert interval, ms (10..=40950)
-//!  12   8  cluster id (ClusterId::from_name)
-//!  20  16  sender address (IPv4: 4 bytes then 12 zero bytes)
-//!  36   8  boot epoch (strictly increases across restarts of the sender)
-//!  44   8  sequence (strictly increases within an epoch)
-//!  52   8  cluster-document generation
-//!  60  32  cluster-document hash (SHA-256)
-//!  92   1  sender's role: 1 master, 2 backup, 3 fault (see [`SenderRole`])
-//!  93   1  flags: bit 0 = the sender holds the Reserved IP (its claim is
-//!          done: address assigned, first gratuitous ARP out); other bits zero
-//!  94   2  reserved, zero
-//!  96  32  HMAC-SHA256(cluster key, bytes 0..96)
-//! ```
-//! Only a master's adverts drive the election (RFC 5798: backups are silent
-//! to the state machine). Backups and faulted nodes still send a slower
-//! heartbeat with their role, so every member knows when it last heard every
-//! other one and at which generation it is (drift without polling).
-//! ```text
-//! ```
-//! A datagram of any other length, magic or version is refused before the
-//! MAC is computed; the MAC is verified (constant time) before any other
-//! field is trusted.
+//! Owns the bytes members exchange over UDP unicast: HMAC-SHA256 under the
+//! cluster key, replay guard per sender (boot epoch + sequence), non-members
+//! dropped. No I/O: the shell hands datagrams to [`ReceiveFilter::accept`] and
+//! feeds [`Advert::to_input`] to the election. Layout and reasoning:
+//! docs/election.md, "The dynia advert wire format".
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

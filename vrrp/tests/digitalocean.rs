@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dynia_testkit::dosim::{Call, DoSim, Fault, SameDropletAssign, Service};
+use dynia_testkit::dosim::{Call, CallTarget, DoSim, Fault, SameDropletAssign};
 use dynia_vrrp::driver::{
     ClaimOutcome, DigitalOcean, DigitalOceanConfig, Driver, ErrorKind, Holder, PollPolicy,
     ReleaseOutcome, RetryPolicy, Secret, Timeouts,
@@ -353,7 +353,7 @@ async fn metadata_discovers_droplet_id_and_private_ip() {
         .calls()
         .iter()
         .filter(|c| {
-            c.service == Service::Metadata { droplet_id: ME } && c.path == "/metadata/v1/id"
+            c.service == CallTarget::Metadata { droplet_id: ME } && c.path == "/metadata/v1/id"
         })
         .count();
     assert_eq!(id_reads, 1, "the droplet id is read once and kept");

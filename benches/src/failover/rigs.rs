@@ -35,7 +35,7 @@ impl Drop for TmpDir {
     }
 }
 
-pub struct Ctx {
+pub struct RigCtx {
     pub dynia: PathBuf,
     pub keepalived: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
@@ -354,7 +354,7 @@ impl Drop for DyniaRig {
 }
 
 impl DyniaRig {
-    pub fn up(ctx: &Ctx, tag: &str) -> Result<DyniaRig> {
+    pub fn up(ctx: &RigCtx, tag: &str) -> Result<DyniaRig> {
         let mut c = NetnsCluster::new(3);
         let vip = c.addr(100);
         let dir = ctx.tmp.0.join(tag);
@@ -494,7 +494,7 @@ fn keepalived_conf(cfg: Config, i: usize, ips: &[Ipv4Addr], vip: Ipv4Addr) -> St
 }
 
 /// `keepalived --config-test` on both configurations before any trial.
-pub fn check_keepalived_config(ctx: &Ctx) -> Result<()> {
+pub fn check_keepalived_config(ctx: &RigCtx) -> Result<()> {
     let ka = ctx.keepalived.as_ref().context("no keepalived")?;
     let ips: Vec<Ipv4Addr> = (0..3).map(|i| Ipv4Addr::new(10, 99, 1, 10 + i)).collect();
     for cfg in [Config::KeepalivedV2, Config::KeepalivedV3] {
@@ -522,7 +522,7 @@ pub fn check_keepalived_config(ctx: &Ctx) -> Result<()> {
 }
 
 impl KeepalivedRig {
-    pub fn up(ctx: &Ctx, cfg: Config, tag: &str) -> Result<KeepalivedRig> {
+    pub fn up(ctx: &RigCtx, cfg: Config, tag: &str) -> Result<KeepalivedRig> {
         let ka = ctx
             .keepalived
             .as_ref()
@@ -618,7 +618,7 @@ impl KeepalivedRig {
     }
 }
 
-pub fn failover_trial(ctx: &Ctx, cfg: Config, k: u32) -> Result<Trial> {
+pub fn failover_trial(ctx: &RigCtx, cfg: Config, k: u32) -> Result<Trial> {
     let tag = format!("{cfg:?}-{k}");
     match cfg {
         Config::Dynia => dynia_trial(ctx, &tag),
@@ -662,7 +662,7 @@ fn failed_between(samples: &[client::Sample], t0: Instant, t1: Instant) -> usize
         .count()
 }
 
-fn dynia_trial(ctx: &Ctx, tag: &str) -> Result<Trial> {
+fn dynia_trial(ctx: &RigCtx, tag: &str) -> Result<Trial> {
     let mut rig = DyniaRig::up(ctx, tag)?;
     let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
     wait_client_stable(&rig.c, &load, None)?;
@@ -704,7 +704,7 @@ fn dynia_trial(ctx: &Ctx, tag: &str) -> Result<Trial> {
     })
 }
 
-fn keepalived_trial(ctx: &Ctx, cfg: Config, tag: &str) -> Result<Trial> {
+fn keepalived_trial(ctx: &RigCtx, cfg: Config, tag: &str) -> Result<Trial> {
     let mut rig = KeepalivedRig::up(ctx, cfg, tag)?;
     let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
     wait_client_stable(&rig.c, &load, Some(IDS[0]))?;
@@ -896,7 +896,7 @@ fn soak_loop(wrk: &mut Child, duration: Duration, mut poll: impl FnMut(f64)) -> 
 
 fn spawn_wrk(
     c: &mut NetnsCluster,
-    ctx: &Ctx,
+    ctx: &RigCtx,
     vip: Ipv4Addr,
     duration: Duration,
     connections: u32,
@@ -931,7 +931,7 @@ fn wrk_output(c: &NetnsCluster) -> String {
 }
 
 /// dynia under saturation: transitions and roles of every node.
-pub fn soak(ctx: &Ctx, duration: Duration, connections: u32) -> Result<SoakReport> {
+pub fn soak(ctx: &RigCtx, duration: Duration, connections: u32) -> Result<SoakReport> {
     println!(
         "soak: {} s of wrk -c{connections} on the dynia master's proxy…",
         duration.as_secs()
@@ -1064,7 +1064,7 @@ fn keepalived_states(c: &NetnsCluster, i: usize) -> Vec<String> {
 
 /// keepalived (VRRPv3, advert_int 0.2) while its master's HTTP server is
 /// saturated: state changes from its log, VIP holders polled every second.
-pub fn keepalived_soak(ctx: &Ctx, duration: Duration, connections: u32) -> Result<SoakReport> {
+pub fn keepalived_soak(ctx: &RigCtx, duration: Duration, connections: u32) -> Result<SoakReport> {
     let cfg = Config::KeepalivedV3;
     println!(
         "soak: {} s of wrk -c{connections} on the {} master's HTTP server…",

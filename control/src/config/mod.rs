@@ -34,8 +34,8 @@ pub use cluster::{
 pub use duration::{Duration, DurationError};
 pub use error::{ConfigErrors, ConfigProblem, Location};
 pub use node::{
-    AccessFormat, Admin, Certificate, Driver, Hooks, Listener, Log, LogFormat, Node, NodeElection,
-    NodeFile, NodeLimits, Origin, PrivateIp, ReservedIp,
+    AccessFormat, Admin, Certificate, DriverKind, Hooks, Listener, Log, LogFormat, Node,
+    NodeElection, NodeFile, NodeLimits, Origin, PrivateIp, ReservedIp,
 };
 pub use secret::{read_secret, write_secret, SecretBytes};
 

@@ -290,7 +290,7 @@ impl Default for NodeElection {
 /// `reserved_ip.driver`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Driver {
+pub enum DriverKind {
     /// The DigitalOcean API assigns the Reserved IP.
     #[serde(rename = "digitalocean")]
     DigitalOcean,
@@ -307,7 +307,7 @@ pub enum Driver {
 pub struct ReservedIp {
     /// `"digitalocean"`, `"l2"` or `"none"`. Default `"none"`.
     #[serde(default)]
-    pub driver: Driver,
+    pub driver: DriverKind,
     /// The Reserved IP; required by `digitalocean` and `l2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
@@ -343,7 +343,7 @@ fn default_metadata_url() -> String {
 impl Default for ReservedIp {
     fn default() -> Self {
         ReservedIp {
-            driver: Driver::None,
+            driver: DriverKind::None,
             address: None,
             token_file: None,
             droplet_id: None,

@@ -13,7 +13,7 @@ use dynia_proxy::HostPattern;
 
 use super::cluster::{hsts_header, ClusterDoc, HealthChecks, Service, Transport};
 use super::duration::{divides, Duration};
-use super::node::{Driver, NodeFile, PrivateIp};
+use super::node::{DriverKind, NodeFile, PrivateIp};
 use super::source::{kp, KeyPath, Problems};
 
 /// Most worker threads accepted; more is a typo, not a machine.
@@ -189,9 +189,9 @@ pub(crate) fn node_file(n: &NodeFile) -> Problems {
 fn reserved_ip(p: &mut Problems, n: &NodeFile) {
     let r = &n.reserved_ip;
     let driver_name = match r.driver {
-        Driver::DigitalOcean => "digitalocean",
-        Driver::L2 => "l2",
-        Driver::None => "none",
+        DriverKind::DigitalOcean => "digitalocean",
+        DriverKind::L2 => "l2",
+        DriverKind::None => "none",
     };
     let needs = |p: &mut Problems, key: &str, example: &str| {
         p.push(
@@ -202,7 +202,7 @@ fn reserved_ip(p: &mut Problems, n: &NodeFile) {
         );
     };
     match r.driver {
-        Driver::DigitalOcean => {
+        DriverKind::DigitalOcean => {
             if r.address.is_none() {
                 needs(p, "address", "\"203.0.113.10\"");
             }
@@ -211,7 +211,7 @@ fn reserved_ip(p: &mut Problems, n: &NodeFile) {
                 Some(f) => non_empty_path(p, kp!["reserved_ip", "token_file"], f),
             }
         }
-        Driver::L2 => {
+        DriverKind::L2 => {
             if r.address.is_none() {
                 needs(p, "address", "\"10.10.0.100\"");
             }
@@ -224,7 +224,7 @@ fn reserved_ip(p: &mut Problems, n: &NodeFile) {
                 Some(_) => {}
             }
         }
-        Driver::None => {}
+        DriverKind::None => {}
     }
     if let Some(prefix) = r.prefix {
         let max = match r.address {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::api::{api_error, json_response};
 use super::clock::rfc3339;
-use super::state::{Action, ActionKind, ActionStatus, ReservedIp};
+use super::state::{ActionKind, ActionStatus, SimAction, SimReservedIp};
 use super::{SameDropletAssign, World, SIM_REGION};
 
 pub(super) fn route(
@@ -128,7 +128,7 @@ fn post_action(
 }
 
 /// Why the API refuses `kind` on `rip` as it is now, if it does.
-fn refusal(w: &World, rip: &ReservedIp, kind: ActionKind) -> Option<&'static str> {
+fn refusal(w: &World, rip: &SimReservedIp, kind: ActionKind) -> Option<&'static str> {
     if rip.pending.is_some() {
         return Some("The reserved IP already has a pending event.");
     }
@@ -150,7 +150,7 @@ fn refusal(w: &World, rip: &ReservedIp, kind: ActionKind) -> Option<&'static str
 fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -> Value {
     let id = w.next_action;
     w.next_action += 1;
-    let a = Action {
+    let a = SimAction {
         id,
         ip,
         kind,
@@ -184,7 +184,7 @@ fn not_found() -> Response<Full<Bytes>> {
     )
 }
 
-fn action_json(a: &Action) -> Value {
+fn action_json(a: &SimAction) -> Value {
     let (ty, status) = (
         match a.kind {
             ActionKind::Assign(_) => "assign_ip",

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use super::actions::route;
 use super::clock::epoch_secs;
 use super::faults::{take_faults, Injected};
-use super::{Call, Service, Shared, MAX_BODY, RATE_LIMIT};
+use super::{Call, CallTarget, SimShared, MAX_BODY, RATE_LIMIT};
 
-pub(super) async fn api(s: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(super) async fn api(s: &SimShared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let auth_ok = {
@@ -81,7 +81,7 @@ pub(super) async fn api(s: &Shared, req: Request<Incoming>) -> Response<Full<Byt
         );
     }
     w.log(Call {
-        service: Service::Api,
+        service: CallTarget::Api,
         method: method.to_string(),
         path,
         action_type,

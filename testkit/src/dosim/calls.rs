@@ -8,7 +8,7 @@ use super::{DoSim, World, MAX_CALLS};
 
 /// Which server a logged call reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Service {
+pub enum CallTarget {
     /// The API (`/v2/…`).
     Api,
     /// The metadata service of this droplet.
@@ -22,7 +22,7 @@ pub enum Service {
 #[derive(Clone, Debug)]
 pub struct Call {
     /// API or metadata.
-    pub service: Service,
+    pub service: CallTarget,
     /// `GET`, `POST`…
     pub method: String,
     /// The path, without query.
@@ -74,7 +74,7 @@ impl DoSim {
     pub fn api_calls(&self) -> Vec<Call> {
         self.calls()
             .into_iter()
-            .filter(|c| c.service == Service::Api)
+            .filter(|c| c.service == CallTarget::Api)
             .collect()
     }
 

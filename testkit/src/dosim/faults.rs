@@ -10,7 +10,7 @@ use http_body_util::Full;
 
 use super::api::{api_error, text_response};
 use super::clock::epoch_secs;
-use super::{DoSim, Shared, RATE_LIMIT};
+use super::{DoSim, SimShared, RATE_LIMIT};
 
 /// A fault the simulator injects into the next API answer(s), in queue order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ impl DoSim {
 /// Pops the faults that apply to this request: the delay to add (latency and
 /// `Slow` faults) and what to answer instead, if anything. `PendingEvent`
 /// and `ErroredAction` wait for the next action POST.
-pub(super) fn take_faults(s: &Shared, is_action_post: bool) -> (Duration, Injected) {
+pub(super) fn take_faults(s: &SimShared, is_action_post: bool) -> (Duration, Injected) {
     let mut delay = s.world().latency;
     let mut injected = Injected::None;
     loop {

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::api::text_response;
-use super::{spawn_server, Call, DoSim, Service, Shared, SIM_REGION};
+use super::{spawn_server, Call, CallTarget, DoSim, SimShared, SIM_REGION};
 
 /// A running metadata server for one droplet (see [`DoSim::metadata_for`]).
 /// Dropping it stops the server.
@@ -74,7 +74,7 @@ impl DoSim {
     }
 }
 
-fn metadata(s: &Shared, droplet_id: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut w = s.world();
     let path = req.uri().path().to_owned();
     let private = w.droplets.get(&droplet_id).copied();
@@ -112,7 +112,7 @@ fn metadata(s: &Shared, droplet_id: u64, req: Request<Incoming>) -> Response<Ful
     };
     let status = resp.status().as_u16();
     w.log(Call {
-        service: Service::Metadata { droplet_id },
+        service: CallTarget::Metadata { droplet_id },
         method: req.method().to_string(),
         path,
         action_type: None,

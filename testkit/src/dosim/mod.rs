@@ -33,11 +33,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-pub use calls::{Call, Service};
+pub use calls::{Call, CallTarget};
 pub use faults::Fault;
 pub use metadata::MetadataServer;
 pub use state::SameDropletAssign;
-use state::{ReservedIp, Shared, World};
+use state::{SimReservedIp, SimShared, World};
 
 /// Most bytes the simulator reads from a request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -52,7 +52,7 @@ pub const SIM_REGION: &str = "fra1";
 
 /// The running simulator. Dropping it stops the API and metadata servers.
 pub struct DoSim {
-    shared: Arc<Shared>,
+    shared: Arc<SimShared>,
     addr: SocketAddr,
     server: JoinHandle<()>,
 }
@@ -76,7 +76,7 @@ impl DoSim {
     pub async fn start(bind: SocketAddr, token: &str) -> io::Result<DoSim> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(SimShared {
             world: Mutex::new(World {
                 token: token.to_owned(),
                 droplets: BTreeMap::new(),
@@ -135,7 +135,7 @@ impl DoSim {
     pub fn add_reserved_ip(&self, ip: IpAddr, holder: Option<u64>) {
         self.shared.world().ips.insert(
             ip,
-            ReservedIp {
+            SimReservedIp {
                 holder,
                 pending: None,
             },

@@ -34,7 +34,7 @@ pub(super) enum ActionStatus {
 }
 
 #[derive(Clone, Debug)]
-pub(super) struct Action {
+pub(super) struct SimAction {
     pub(super) id: u64,
     pub(super) ip: IpAddr,
     pub(super) kind: ActionKind,
@@ -46,7 +46,7 @@ pub(super) struct Action {
 }
 
 #[derive(Clone, Debug)]
-pub(super) struct ReservedIp {
+pub(super) struct SimReservedIp {
     pub(super) holder: Option<u64>,
     pub(super) pending: Option<u64>,
 }
@@ -56,8 +56,8 @@ pub(super) struct World {
     pub(super) droplets: BTreeMap<u64, Ipv4Addr>,
     /// Droplets whose `status` is not `active` (e.g. `off`).
     pub(super) droplet_status: BTreeMap<u64, &'static str>,
-    pub(super) ips: BTreeMap<IpAddr, ReservedIp>,
-    pub(super) actions: BTreeMap<u64, Action>,
+    pub(super) ips: BTreeMap<IpAddr, SimReservedIp>,
+    pub(super) actions: BTreeMap<u64, SimAction>,
     pub(super) next_action: u64,
     pub(super) action_delay: Duration,
     pub(super) same_droplet: SameDropletAssign,
@@ -102,13 +102,13 @@ impl World {
     }
 }
 
-pub(super) struct Shared {
+pub(super) struct SimShared {
     pub(super) world: Mutex<World>,
     /// TCP connections the API server accepted (keep-alive shows as few).
     pub(super) accepted: Arc<AtomicU64>,
 }
 
-impl Shared {
+impl SimShared {
     pub(super) fn world(&self) -> MutexGuard<'_, World> {
         let mut g = self.world.lock().unwrap_or_else(|p| p.into_inner());
         g.settle(Instant::now());

@@ -1,46 +1,10 @@
 //! The `digitalocean` Reserved-IP driver: moves a DigitalOcean Reserved IP to
 //! this droplet through the public API, and tells who holds it now.
 //!
-//! What the real API does, and where that is written (the behaviour the
-//! simulator in `dynia_testkit::dosim` reproduces):
-//! - Assign: `POST /v2/reserved_ips/{ip}/actions` with
-//!   `{"type":"assign","droplet_id":N}` answers an *action* object whose
-//!   `status` is `in-progress`; it becomes `completed` or `errored` later, and
-//!   is read back with `GET /v2/reserved_ips/{ip}/actions/{id}` or
-//!   `GET /v2/actions/{id}` (docs.digitalocean.com/reference/pydo/reference/
-//!   reserved_ips_actions/post; godo `ReservedIPActions.Assign` returns
-//!   `*godo.Action` with `id`, `status`, `type`…; doctl issue
-//!   digitalocean/doctl#493 shows `in-progress` → `completed` via
-//!   `doctl compute action wait`).
-//! - While an action is in flight the IP (or droplet) is locked and another
-//!   action is refused with 422 "… already has a pending event"
-//!   (digitalocean/doctl#493, digitalocean/terraform-provider-digitalocean#1034).
-//! - Assigning to the droplet that already holds the IP: clients in the wild
-//!   treat a non-2xx answer whose body says "is already assigned" as a no-op,
-//!   which implies the API refuses with 422. We accept either outcome: that
-//!   422, or an ordinary action. After the 422 we confirm with one
-//!   `GET /v2/reserved_ips/{ip}` rather than trusting wording.
-//! - Errors are JSON `{"id":"unprocessable_entity","message":"…","request_id":"…"}`
-//!   (DigitalOcean OpenAPI shared responses, e.g. `bad_request.yml`).
-//! - Every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and
-//!   `RateLimit-Reset` (epoch seconds); a 429 from the burst limit also carries
-//!   `Retry-After` in seconds (DigitalOcean release note "api-rate-limit",
-//!   2023-08-24). We honour `Retry-After` first, then `RateLimit-Reset`.
-//! - `GET /v2/reserved_ips/{ip}` → `{"reserved_ip":{"ip":…,"droplet":{…}|null,"locked":…}}`,
-//!   the droplet being the whole droplet object, `status` included
-//!   (`new`, `active`, `off`, `archive`): [`Holder::Other::running`].
-//! - Metadata service (docs.digitalocean.com/reference/api/metadata/):
-//!   `GET http://169.254.169.254/metadata/v1/id` (plain text droplet id) and
-//!   `/metadata/v1/interfaces/private/0/ipv4/address` (plain text IPv4).
-//!
-//! Bounds: every request has a connect and a whole-request timeout; a claim is
-//! bounded by [`RetryPolicy::max_attempts`] *and* [`RetryPolicy::max_total`];
-//! action polling by [`PollPolicy::max_polls`] and [`PollPolicy::max_total`];
-//! answers are read up to 64 KiB. No answer can panic the driver.
-//!
-//! The token lives in a [`Secret`] and, once, in a `HeaderValue` marked
-//! sensitive; text a server sends back is scrubbed of it before it is logged
-//! or kept in an error.
+//! Every request, claim and poll is bounded (timeouts, [`RetryPolicy`],
+//! [`PollPolicy`], 64 KiB answers); the token stays in a [`Secret`] and is
+//! scrubbed from anything logged. What the real API does, with sources:
+//! docs/digitalocean.md.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,7 +19,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
-use super::http::{Answer, HttpClient, HttpFailure};
+use super::http::{HttpAnswer, HttpClient, HttpFailure};
 use super::{ClaimOutcome, DriverError, Holder, ReleaseOutcome, Secret};
 
 /// The public API's base URL (node file `[reserved_ip] api_url`).
@@ -824,7 +788,7 @@ impl DigitalOcean {
         method: Method,
         path: &str,
         body: Option<String>,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<HttpAnswer, Failure> {
         let endpoint = format!("{method} {path}");
         let uri = self.inner.api.uri(path).map_err(Failure::Fatal)?;
         let mut b = Request::builder()
@@ -854,7 +818,7 @@ impl DigitalOcean {
     }
 
     /// Sort a non-success answer (other than a claim's 422) into retry or fatal.
-    fn classify(&self, endpoint: &str, a: &Answer) -> Failure {
+    fn classify(&self, endpoint: &str, a: &HttpAnswer) -> Failure {
         let code = a.status.as_u16();
         let msg = self.error_message(&a.body);
         let said = if msg.is_empty() {

@@ -1,14 +1,8 @@
 //! The warm HTTP(S) client the cloud drivers share, and its pinned DNS.
 //!
-//! Why it exists: a failover must not pay a cold start. The client keeps a
-//! keep-alive pool (hyper-util's legacy client), TLS is rustls with the
-//! webpki roots (no system trust store to go missing), and the API host's
-//! addresses are resolved ahead by hickory-resolver and refreshed in the
-//! background ([`PinnedResolver`]), so a claim never waits on a DNS lookup.
-//! An IP-literal URL needs no DNS at all (hyper-util skips the resolver).
-//!
-//! Every call is bounded: connect timeout, whole-request timeout (headers and
-//! body), and at most [`MAX_ANSWER_BYTES`] read from any answer.
+//! Keep-alive pool, rustls with webpki roots, API host resolved ahead and
+//! refreshed ([`PinnedResolver`]); every call bounded (connect, whole request,
+//! [`MAX_ANSWER_BYTES`]). Why: docs/digitalocean.md, "The warm client".
 
 use std::future::Future;
 use std::io;
@@ -41,7 +35,7 @@ const DNS_RETRY: Duration = Duration::from_secs(5);
 
 /// An answer, fully read (bounded).
 #[derive(Debug)]
-pub(crate) struct Answer {
+pub(crate) struct HttpAnswer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -119,7 +113,7 @@ impl HttpClient {
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
-    ) -> Result<Answer, HttpFailure> {
+    ) -> Result<HttpAnswer, HttpFailure> {
         let fut = async {
             let resp = self
                 .client
@@ -138,7 +132,7 @@ impl HttpClient {
                     }
                 })?
                 .to_bytes();
-            Ok(Answer {
+            Ok(HttpAnswer {
                 status: parts.status,
                 headers: parts.headers,
                 body,

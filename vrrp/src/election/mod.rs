@@ -119,16 +119,16 @@ impl ElectionConfig {
     }
 
     /// Checks every bound. [`Election::new`] calls it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), ElectionConfigError> {
         if self.local_addr.is_unspecified() {
-            return Err(ConfigError::UnspecifiedAddress);
+            return Err(ElectionConfigError::UnspecifiedAddress);
         }
         let ms = self.advert_interval.as_millis();
         if ms < u128::from(MIN_ADVERT_INTERVAL_MS) || ms > u128::from(MAX_ADVERT_INTERVAL_MS) {
-            return Err(ConfigError::AdvertInterval { ms });
+            return Err(ElectionConfigError::AdvertInterval { ms });
         }
         if self.preempt_delay.as_millis() > u128::from(MAX_HOLD_MS) {
-            return Err(ConfigError::PreemptDelay {
+            return Err(ElectionConfigError::PreemptDelay {
                 ms: self.preempt_delay.as_millis(),
             });
         }
@@ -138,7 +138,7 @@ impl ElectionConfig {
 
 /// Why an [`ElectionConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum ElectionConfigError {
     #[error("election.advert_interval is {ms}ms; it must be between {MIN_ADVERT_INTERVAL_MS}ms and {MAX_ADVERT_INTERVAL_MS}ms")]
     AdvertInterval { ms: u128 },
     #[error("election.preempt_delay is {ms}ms; it must be at most {MAX_HOLD_MS}ms (1h)")]
@@ -338,7 +338,7 @@ pub struct Election {
 
 impl Election {
     /// A machine in Init. Nothing happens until [`Input::Start`].
-    pub fn new(cfg: ElectionConfig) -> Result<Election, ConfigError> {
+    pub fn new(cfg: ElectionConfig) -> Result<Election, ElectionConfigError> {
         cfg.validate()?;
         let advert_interval_ms = u32::try_from(cfg.advert_interval.as_millis())
             .expect("validated: advert_interval fits u32");

@@ -445,7 +445,7 @@ fn config_bounds() {
     c.advert_interval = Duration::from_millis(5);
     assert!(matches!(
         Election::new(c.clone()),
-        Err(ConfigError::AdvertInterval { ms: 5 })
+        Err(ElectionConfigError::AdvertInterval { ms: 5 })
     ));
     c.advert_interval = Duration::from_secs(41);
     assert!(Election::new(c.clone()).is_err());
@@ -453,15 +453,15 @@ fn config_bounds() {
     c.preempt_delay = Duration::from_secs(3601);
     assert!(matches!(
         Election::new(c.clone()),
-        Err(ConfigError::PreemptDelay { .. })
+        Err(ElectionConfigError::PreemptDelay { .. })
     ));
     let c = ElectionConfig::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), prio(1));
     assert_eq!(
         Election::new(c).unwrap_err(),
-        ConfigError::UnspecifiedAddress
+        ElectionConfigError::UnspecifiedAddress
     );
     // Error messages say what to do.
-    let msg = ConfigError::AdvertInterval { ms: 5 }.to_string();
+    let msg = ElectionConfigError::AdvertInterval { ms: 5 }.to_string();
     assert!(msg.contains("advert_interval") && msg.contains("10ms"));
 }
 
