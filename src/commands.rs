@@ -167,8 +167,8 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
         v.holder_text()
     );
     println!(
-        "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}  NOTE",
-        "ID", "ROLE", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
+        "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  NOTE",
+        "ID", "ROLE", "LIVENESS", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
     );
     for m in &s.members {
         let (up, total) = v.services_up(&m.id);
@@ -184,9 +184,10 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
             note.push("holds the Reserved IP".to_string());
         }
         println!(
-            "{:<22} {:<8} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
+            "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
             format!("{}{}", m.id, me),
             m.role,
+            m.liveness,
             m.priority,
             m.private_ip,
             m.state,

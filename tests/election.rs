@@ -570,3 +570,84 @@ async fn election_thread_is_real_time_unless_turned_off() {
     let rest = &main[main.rfind(')').unwrap() + 2..];
     assert_eq!(rest.split(' ').nth(41 - 3), Some("0"), "main thread policy");
 }
+
+/// The liveness of member `id` in the `/status.json` of node `admin`.
+async fn liveness_of(admin: std::net::SocketAddr, id: &str) -> String {
+    let s = status(admin).await;
+    let m = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id);
+    m.and_then(|m| m["liveness"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Which members answer `n` requests through node `i`'s proxy (failures: `None`).
+async fn answers_through(rig: &Rig, i: usize, n: usize) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let a = get(rig.nodes[i].files.proxy_addr, HOST, "/").await;
+        out.push(a.ok().and_then(|a| a.member().map(str::to_string)));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_member_the_election_lost_gets_no_requests_until_heard_and_checked() {
+    let mut rig = Rig::new("alive", "127.0.7", |_| String::new(), |_| String::new()).await;
+    rig.wait_role(0, "master").await;
+    let (a0, a1) = (rig.admin(0), rig.admin(1));
+    for admin in [a0, a1] {
+        eventually_async(WAIT, || async move {
+            liveness_of(admin, "south-elk").await == "heard"
+        })
+        .await
+        .expect("south-elk heard");
+    }
+    // Its daemon dies; its app (in this process) still answers checks, so
+    // only the election can tell the others to stop choosing it.
+    let killed = Instant::now();
+    rig.daemons[2] = None;
+    for admin in [a0, a1] {
+        eventually_async(WAIT, || async move {
+            liveness_of(admin, "south-elk").await == "lost"
+        })
+        .await
+        .expect("south-elk lost");
+    }
+    let lost_after = killed.elapsed();
+    eprintln!("backup lost after {lost_after:?} (200 ms adverts: heartbeats every 400 ms)");
+    assert!(lost_after < Duration::from_secs(3), "{lost_after:?}");
+    let m = metrics(a0).await;
+    assert!(
+        m.contains("dynia_election_member_lost{member=\"south-elk\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("dynia_election_member_lost{member=\"east-owl\"} 0"),
+        "{m}"
+    );
+    for i in [0, 1] {
+        let got = answers_through(&rig, i, 12).await;
+        assert!(
+            got.iter().all(|m| m.is_some()),
+            "through {}: {got:?}",
+            IDS[i]
+        );
+        assert!(
+            !got.iter().any(|m| m.as_deref() == Some("south-elk")),
+            "{got:?}"
+        );
+    }
+    // Back: heard again, then a passing check, then chosen again.
+    rig.restart(2).await;
+    eventually_async(WAIT, || async {
+        let got = answers_through(&rig, 0, 6).await;
+        got.iter().any(|m| m.as_deref() == Some("south-elk"))
+    })
+    .await
+    .expect("south-elk chosen again");
+    assert_eq!(liveness_of(a0, "south-elk").await, "heard");
+}

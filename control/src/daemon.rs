@@ -117,12 +117,11 @@ impl Daemon {
         let election = match crate::wiring::election_settings(&loaded)? {
             Some(settings) => {
                 let driver = crate::wiring::driver(&loaded).await?;
-                let p = proxy.clone();
                 Some(ElectionHandle::start(
                     settings,
                     crate::election::boot_epoch(&loaded.node.node.state_dir),
                     driver,
-                    move || p.can_serve(),
+                    proxy_link(&proxy),
                     &registry,
                 )?)
             }
@@ -273,6 +272,11 @@ impl Daemon {
                     MemberStatus {
                         id: m.id.clone(),
                         private_ip: m.private_ip.to_string(),
+                        liveness: match (is_me, shared) {
+                            (true, _) => "self".into(),
+                            (false, Some(s)) => s.liveness(m.private_ip).as_str().into(),
+                            (false, None) => "unknown".into(),
+                        },
                         priority,
                         state: member_state(m.state).into(),
                         role: peer_role,
@@ -371,5 +375,16 @@ fn warn_restart_only(old: &NodeFile, new: &NodeFile) {
     }
     if old.node.id != new.node.id {
         tracing::warn!(key = "node.id", "change takes effect at the next restart");
+    }
+}
+
+/// The election's view of the proxy: tracking, and members it lost.
+fn proxy_link(proxy: &Proxy) -> dynia_vrrp::runtime::ProxyLink {
+    let (p, q) = (proxy.clone(), proxy.clone());
+    dynia_vrrp::runtime::ProxyLink {
+        can_serve: Box::new(move || p.can_serve()),
+        on_liveness: Box::new(move |id, l| {
+            q.set_member_lost(id, l == dynia_vrrp::liveness::PeerLiveness::Lost)
+        }),
     }
 }

@@ -68,7 +68,7 @@ pub fn render(v: &ClusterStatus) -> String {
         "<p>Reserved IP holder: <b id=\"holder\">{}</b></p>",
         escape(&v.holder_text())
     );
-    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th><th>services up</th><th>note</th></tr>");
+    h.push_str("<h2>Members</h2><table id=\"members\"><tr><th>id</th><th>role</th><th>liveness</th><th>priority</th><th>private IP</th><th>state</th><th>generation</th><th>last seen</th><th>services up</th><th>note</th></tr>");
     for m in &s.members {
         let (up, total) = v.services_up(&m.id);
         let drift = if s.drift.contains(&m.id) { " *" } else { "" };
@@ -82,10 +82,11 @@ pub fn render(v: &ClusterStatus) -> String {
         };
         let _ = write!(
             h,
-            "<tr class=\"member\" data-id=\"{}\"><td>{}{drift}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{up}/{total}</td><td>{note}</td></tr>",
+            "<tr class=\"member\" data-id=\"{}\"><td>{}{drift}</td><td>{}</td><td class=\"liveness\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{up}/{total}</td><td>{note}</td></tr>",
             escape(&m.id),
             escape(&m.id),
             escape(&m.role),
+            escape(&m.liveness),
             m.priority,
             escape(&m.private_ip),
             escape(&m.state),

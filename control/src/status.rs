@@ -13,15 +13,17 @@ pub use crate::wire::{
     ListenerStatus, MemberStatus, ReservedIpStatus, ServiceMemberStatus, ServiceStatus, Status,
 };
 
-/// A member whose last advert is older than this is lost (every member
-/// adverts several times a second; this is well past any Master_Down_Interval
-/// of the default timing).
+/// A member whose last advert is older than this is lost even where the
+/// election does not judge liveness (`vrrp3`, whose backups are silent).
+/// With `dynia` the election's own judgement (`liveness`) comes sooner.
 pub const LOST_AFTER_MS: u64 = 3000;
 
 /// Fills [`Status::drift`] and [`Status::lost`] from the members' adverts.
 pub fn with_drift(mut s: Status) -> Status {
     let others = || s.members.iter().filter(|m| m.id != s.node);
-    let lost = |m: &MemberStatus| m.last_seen_ms.is_some_and(|t| t > LOST_AFTER_MS);
+    let lost = |m: &MemberStatus| {
+        m.liveness == "lost" || m.last_seen_ms.is_some_and(|t| t > LOST_AFTER_MS)
+    };
     s.lost = others().filter(|m| lost(m)).map(|m| m.id.clone()).collect();
     s.drift = others()
         .filter(|m| !lost(m))
@@ -344,6 +346,7 @@ mod tests {
                 .map(|m| MemberStatus {
                     id: (*m).into(),
                     private_ip: "10.0.0.1".into(),
+                    liveness: "heard".into(),
                     priority: 1,
                     state: "active".into(),
                     role: "backup".into(),
@@ -370,6 +373,14 @@ mod tests {
         let s = with_drift(s);
         assert_eq!(s.lost, vec!["b-owl".to_string()]);
         assert_eq!(s.drift, vec!["c-elk".to_string()]);
+    }
+
+    #[test]
+    fn a_member_the_election_lost_is_lost_at_once() {
+        let mut s = node("a-fox", 2, "h2", "master", true);
+        s.members[1].liveness = "lost".into(); // b-owl, heard 5 ms ago
+        let s = with_drift(s);
+        assert_eq!(s.lost, vec!["b-owl".to_string()]);
     }
 
     #[test]

@@ -51,6 +51,11 @@ pub struct ReservedIpStatus {
 pub struct MemberStatus {
     pub id: String,
     pub private_ip: String,
+    /// `heard|lost|unknown` (this node hears the member's adverts or
+    /// heartbeats within its down interval; `unknown` before the first one or
+    /// with `vrrp3`), `self` for this node. A lost member gets no requests.
+    #[serde(default)]
+    pub liveness: String,
     pub priority: u8,
     /// `active|drain|maint`.
     pub state: String,

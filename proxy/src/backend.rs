@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::liveness::MemberLiveness;
 use crate::metrics::MemberMetrics;
 use crate::upload::ReqBody;
 
@@ -78,6 +79,8 @@ pub struct Backend {
     pub metrics: MemberMetrics,
     /// Woken by a passive failure so the checker looks at once.
     pub check_now: Notify,
+    /// Whether the election hears the member (see [`MemberLiveness`]).
+    pub liveness: MemberLiveness,
     /// The reason and time of the last health change, for the status page.
     last_change: std::sync::Mutex<Option<(String, std::time::SystemTime)>>,
 }
@@ -98,6 +101,7 @@ impl Backend {
             pool: ConnPool::new(),
             metrics,
             check_now: Notify::new(),
+            liveness: MemberLiveness::default(),
             last_change: std::sync::Mutex::new(None),
         }
     }

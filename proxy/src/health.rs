@@ -166,6 +166,9 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
                 continue;
             }
             let ok = matches!(result, CheckResult::Pass(_));
+            if ok {
+                backend.liveness.check_passed();
+            }
             (backend.metrics.check_duration).observe(began.elapsed().as_secs_f64());
             if ok {
                 backend.metrics.checks_ok.inc();

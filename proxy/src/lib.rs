@@ -13,6 +13,7 @@ mod conn;
 pub mod forward;
 pub mod health;
 mod io;
+pub mod liveness;
 pub mod metrics;
 pub mod route;
 pub mod server;
@@ -82,6 +83,9 @@ pub(crate) struct Shared {
     pub(crate) access: arc_swap::ArcSwapOption<access::AccessLog>,
     registry: Mutex<Registry>,
     listeners: Mutex<Vec<Running>>,
+    /// Members the election has lost (at most the cluster's 32): applied to
+    /// the backends of every new snapshot too.
+    lost_members: Mutex<Vec<String>>,
 }
 
 struct Running {
@@ -90,6 +94,16 @@ struct Running {
     local: SocketAddr,
     stop: CancellationToken,
     health: Arc<AcceptHealth>,
+}
+
+/// Marks member `id` lost or heard in every pool of `snap`; a change makes
+/// its checker look at once.
+fn mark_lost(snap: &Snapshot, id: &str, lost: bool) {
+    for m in snap.services.iter().flat_map(|s| s.members.iter()) {
+        if &*m.backend.member == id && m.backend.liveness.set_lost(lost) {
+            m.backend.check_now.notify_one();
+        }
+    }
 }
 
 /// How often the heartbeat task stamps the time on the proxy runtime.
@@ -214,6 +228,7 @@ impl Proxy {
             access: arc_swap::ArcSwapOption::empty(),
             registry: Mutex::new(reg),
             listeners: Mutex::new(Vec::new()),
+            lost_members: Mutex::new(Vec::new()),
         });
         let proxy = Proxy { shared };
         for (l, tcp) in listeners.iter().zip(bound) {
@@ -291,6 +306,9 @@ impl Proxy {
             tracing::info!(listener = %r.name, addr = %r.local, "listener closed");
         }
         let snapshot = lock(&self.shared.registry).build(config);
+        for id in lock(&self.shared.lost_members).iter() {
+            mark_lost(&snapshot, id, true);
+        }
         self.shared.tls.store(prepared);
         self.shared.snapshot.store(Arc::new(snapshot));
         for (l, tcp) in new.iter().zip(bound) {
@@ -373,11 +391,27 @@ impl Proxy {
         let snap = self.shared.snapshot.load();
         let some_member = snap.services.is_empty()
             || snap.services.iter().any(|s| {
-                s.members
-                    .iter()
-                    .any(|m| m.state != AdminState::Maint && m.backend.health() != Health::Down)
+                s.members.iter().any(|m| {
+                    m.state != AdminState::Maint
+                        && m.backend.health() != Health::Down
+                        && m.backend.liveness.routable()
+                })
             });
         listening && some_member
+    }
+
+    /// The election lost member `id` (`true`) or hears it again (`false`):
+    /// every pool skips it at once; heard again, it waits for a passing check.
+    /// Cheap and non-blocking (the election thread calls it).
+    pub fn set_member_lost(&self, id: &str, lost: bool) {
+        {
+            let mut ids = lock(&self.shared.lost_members);
+            ids.retain(|m| m != id);
+            if lost {
+                ids.push(id.to_string());
+            }
+        }
+        mark_lost(&self.shared.snapshot.load(), id, lost);
     }
 
     /// Client connections open now.

@@ -46,7 +46,9 @@ pub struct MemberRt {
 
 impl MemberRt {
     fn eligible(&self) -> bool {
-        self.state == AdminState::Active && self.backend.health() != Health::Down
+        self.state == AdminState::Active
+            && self.backend.health() != Health::Down
+            && self.backend.liveness.routable()
     }
 }
 

@@ -16,6 +16,7 @@ pub mod driver;
 pub mod election;
 pub mod follower;
 pub mod hooks;
+pub mod liveness;
 mod metrics;
 pub mod reconcile;
 pub mod runtime;

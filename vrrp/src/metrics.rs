@@ -28,6 +28,8 @@ pub(crate) struct ElectionMetrics {
     pub gap: Histogram,
     pub held: IntGauge,
     pub priority: IntGauge,
+    /// `dynia_election_member_lost{member}`.
+    pub lost: IntGaugeVec,
 }
 
 impl ElectionMetrics {
@@ -72,6 +74,13 @@ impl ElectionMetrics {
                 "dynia_election_priority",
                 "The priority this node takes part with now: its member priority, 0 while tracking says it cannot serve or after it resigned.",
             )?,
+            lost: IntGaugeVec::new(
+                Opts::new(
+                    "dynia_election_member_lost",
+                    "1 while this node has not heard the member within its down interval (no request goes to it), else 0.",
+                ),
+                &["member"],
+            )?,
         };
         m.preregister(transport);
         registry.register(Box::new(m.state.clone()))?;
@@ -83,6 +92,7 @@ impl ElectionMetrics {
         registry.register(Box::new(m.gap.clone()))?;
         registry.register(Box::new(m.held.clone()))?;
         registry.register(Box::new(m.priority.clone()))?;
+        registry.register(Box::new(m.lost.clone()))?;
         Ok(m)
     }
 

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::advert::AdvertKey;
-use crate::election::{ElectionConfig, Priority};
+use crate::election::{heartbeat_every_ms, ElectionConfig, Priority};
 use crate::hooks::ElectionHooks;
 
 /// How adverts travel (see `docs/election.md`, "Transports").
@@ -59,6 +59,10 @@ impl ElectionSettings {
         cfg.advert_interval = self.advert_interval;
         cfg.preempt = self.preempt;
         cfg.preempt_delay = self.preempt_delay;
+        if self.transport == TransportKind::Dynia {
+            let advert = u32::try_from(self.advert_interval.as_millis()).unwrap_or(u32::MAX);
+            cfg.start_grace = Duration::from_millis(heartbeat_every_ms(advert).into());
+        }
         cfg
     }
 

@@ -82,6 +82,13 @@ pub const fn skew_time_ms(priority: u8, master_adver_interval_ms: u32) -> u64 {
     ((256 - priority as u64) * master_adver_interval_ms as u64) / 256
 }
 
+/// How often a `dynia` node that is not master sends its heartbeat: twice
+/// the advert interval, between 200 ms and 1 s (docs/election.md, "Liveness").
+#[must_use]
+pub fn heartbeat_every_ms(advert_interval_ms: u32) -> u32 {
+    advert_interval_ms.saturating_mul(2).clamp(200, 1_000)
+}
+
 /// `Master_Down_Interval` in ms: `3 × Master_Adver_Interval + Skew_Time`.
 #[must_use]
 pub const fn master_down_interval_ms(priority: u8, master_adver_interval_ms: u32) -> u64 {
@@ -103,6 +110,10 @@ pub struct ElectionConfig {
     /// `preempt_delay`: how long we must have seen a lower master before we
     /// preempt it.
     pub preempt_delay: Duration,
+    /// Added to the first Master_Down timer after `Start`, so that members
+    /// that heartbeat (`dynia` transport) are heard once before anyone takes
+    /// over: a heartbeat period there, zero (RFC 5798 timing) otherwise.
+    pub start_grace: Duration,
 }
 
 impl ElectionConfig {
@@ -115,6 +126,7 @@ impl ElectionConfig {
             advert_interval: Duration::from_millis(200),
             preempt: true,
             preempt_delay: Duration::ZERO,
+            start_grace: Duration::ZERO,
         }
     }
 
@@ -190,6 +202,15 @@ pub struct AdvertIn {
     pub interval_ms: u32,
 }
 
+/// A non-master member's heartbeat, after the transport authenticated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerIn {
+    pub from: IpAddr,
+    pub priority: u8,
+    /// False when the member reports Fault (its proxy cannot serve).
+    pub serving: bool,
+}
+
 /// Everything that can happen to the election.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Input {
@@ -199,6 +220,9 @@ pub enum Input {
     Tick,
     /// An authenticated advert from another member. Our own adverts are ignored.
     Advert(AdvertIn),
+    /// A heartbeat from a member that is not master (`dynia` transport only):
+    /// at start, a higher one that can serve is left to become master first.
+    PeerHeard(PeerIn),
     /// Tracking result: can this node's proxy serve?
     Tracking { can_serve: bool },
     /// The member's priority changed (cluster document, make-active).
@@ -331,6 +355,8 @@ pub struct Election {
     /// Backup: since when we have been seeing a lower master (preempt_delay).
     lower_since: Option<Millis>,
     heard: Option<MasterHeard>,
+    /// The first-master rule at start (see [`start`]).
+    start: start::StartWindow,
     /// Latest `now` seen; time never goes backwards inside the machine.
     last_now: Millis,
     transitions: u64,
@@ -356,6 +382,7 @@ impl Election {
             down_deadline: None,
             lower_since: None,
             heard: None,
+            start: start::StartWindow::default(),
             last_now: Millis::ZERO,
             transitions: 0,
         })
@@ -439,6 +466,7 @@ impl Election {
             Input::Start => self.on_start(now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
             Input::Advert(a) => self.on_advert(now, a, &mut out),
+            Input::PeerHeard(p) => self.on_peer_heard(now, p),
             Input::Tracking { can_serve } => self.on_tracking(now, can_serve, &mut out),
             Input::SetPriority(p) => self.on_set_priority(now, p, &mut out),
             Input::Shutdown => self.on_shutdown(&mut out),
@@ -454,7 +482,8 @@ impl Election {
         self.master_adver_interval_ms = self.advert_interval_ms;
         self.heard = None;
         if self.can_serve {
-            self.enter_backup(now, self.master_down_interval_ms());
+            let first_down = self.open_start_window(now);
+            self.enter_backup(now, first_down);
             out.push(Action::BecomeBackup {
                 reason: Reason::Started,
             });
@@ -476,7 +505,9 @@ impl Election {
             }
             Role::Backup => {
                 let due = self.down_deadline.expect("backup has a down timer");
-                if now >= due {
+                if now >= due && self.defer_first_master(now) {
+                    self.down_deadline = Some(now.add_ms(self.master_down_interval_ms()));
+                } else if now >= due {
                     self.enter_master(now);
                     self.send_advert(now, out);
                     out.push(Action::BecomeMaster {
@@ -690,5 +721,6 @@ pub fn addr_greater(a: IpAddr, b: IpAddr) -> bool {
     a > b
 }
 
+mod start;
 #[cfg(test)]
 mod tests;

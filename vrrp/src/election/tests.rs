@@ -488,3 +488,91 @@ fn two_nodes_converge_on_the_higher_address_at_equal_priority() {
     a.step(t(722), adv(2, pb, 200));
     assert_eq!((a.role(), b.role()), (Role::Backup, Role::Master));
 }
+
+// ---- the first master at start (start.rs) ------------------------------------
+
+fn peer(from: u8, priority: u8, serving: bool) -> Input {
+    Input::PeerHeard(PeerIn {
+        from: ip(from),
+        priority,
+        serving,
+    })
+}
+
+#[test]
+fn the_first_down_timer_waits_one_heartbeat_more() {
+    let mut e = mk(ElectionConfig {
+        start_grace: Duration::from_millis(400),
+        ..cfg(1, 100)
+    });
+    e.step(t(0), Input::Start);
+    // 721 (master down at 200 ms) + 400 (heartbeat at 200 ms adverts).
+    assert_eq!(e.next_deadline(), Some(t(721 + 400)));
+}
+
+#[test]
+fn a_backup_heard_above_us_at_start_becomes_master_first() {
+    let mut e = mk(cfg(1, 100));
+    e.step(t(0), Input::Start);
+    e.step(t(50), peer(2, 150, true));
+    let d = e.next_deadline().unwrap();
+    e.step(t(d.0 - 100), peer(2, 150, true));
+    assert!(acts(e.step(d, Input::Tick)).is_empty(), "deferred");
+    assert_eq!(e.role(), Role::Backup);
+    // Then its advert arrives: we follow it; no second master ever.
+    assert!(acts(e.step(t(d.0 + 100), adv(2, 150, 200))).is_empty());
+    assert_eq!(e.role(), Role::Backup);
+}
+
+#[test]
+fn a_higher_member_in_fault_or_silent_is_not_waited_for() {
+    let mut e = mk(cfg(1, 100));
+    e.step(t(0), Input::Start);
+    e.step(t(50), peer(2, 150, true));
+    e.step(t(60), peer(2, 150, false));
+    let d = e.next_deadline().unwrap();
+    e.step(d, Input::Tick);
+    assert_eq!(e.role(), Role::Master, "a member in fault cannot serve");
+
+    let mut e = mk(cfg(1, 100));
+    e.step(t(0), Input::Start);
+    e.step(t(0), peer(2, 150, true));
+    e.step(t(1_200), Input::Tick); // deferred once: heard 1.2 s ago at most
+    e.step(t(1_200), peer(2, 150, true));
+    let d = e.next_deadline().unwrap();
+    e.step(d, Input::Tick);
+    assert_eq!(e.role(), Role::Backup, "heard 0.7 s ago: still waited for");
+    let d = e.next_deadline().unwrap();
+    e.step(d, Input::Tick);
+    e.step(e.next_deadline().unwrap(), Input::Tick);
+    assert_eq!(
+        e.role(),
+        Role::Master,
+        "silent for 3 heartbeats: not waited for"
+    );
+}
+
+#[test]
+fn lower_members_and_the_end_of_the_window_do_not_defer() {
+    let mut e = mk(cfg(1, 100));
+    e.step(t(0), Input::Start);
+    e.step(t(50), peer(3, 90, true));
+    let d = e.next_deadline().unwrap();
+    e.step(d, Input::Tick);
+    assert_eq!(e.role(), Role::Master);
+
+    // A higher member still only heard as backup after the window: take over.
+    let mut e = mk(cfg(1, 100));
+    e.step(t(0), Input::Start);
+    let mut now = 0;
+    while e.role() == Role::Backup && now < 20_000 {
+        now += 100;
+        e.step(t(now), peer(2, 150, true));
+        e.step(t(now), Input::Tick);
+    }
+    assert_eq!(e.role(), Role::Master);
+    assert!(
+        (start::START_WINDOW_MS..=start::START_WINDOW_MS + 800).contains(&now),
+        "{now}"
+    );
+}

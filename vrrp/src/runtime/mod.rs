@@ -5,6 +5,7 @@
 //! Reserved IP through the follower ([`crate::follower`]). The caller holds
 //! an [`ElectionHandle`]. See `docs/election.md`.
 
+mod alive;
 mod follow;
 mod handover;
 mod realtime;
@@ -23,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::Driver;
 use crate::election::Election;
+use crate::liveness::PeerLiveness;
 use crate::metrics::ElectionMetrics;
 use crate::transport::Opened;
 
@@ -35,6 +37,18 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// Told of a member (by id) lost or heard again; runs on the election thread.
+pub type OnLiveness = Box<dyn Fn(&str, PeerLiveness) + Send>;
+
+/// What the election asks of, and tells, the proxy beside it.
+pub struct ProxyLink {
+    /// Polled for tracking: can this node's proxy serve?
+    pub can_serve: Box<dyn Fn() -> bool + Send>,
+    /// A member (by id) was lost or heard again (`dynia` transport only).
+    /// Called on the election thread: it must not block.
+    pub on_liveness: OnLiveness,
+}
+
 /// Handle to the running election.
 pub struct ElectionHandle {
     view: Arc<ElectionView>,
@@ -44,13 +58,13 @@ pub struct ElectionHandle {
 
 impl ElectionHandle {
     /// Starts the election thread. `boot_epoch` must be higher than any
-    /// earlier run's (the caller persists it); `can_serve` is polled for
-    /// tracking; the metrics go to `registry`.
+    /// earlier run's (the caller persists it); `proxy` is polled for
+    /// tracking and told of lost members; the metrics go to `registry`.
     pub fn start(
         settings: ElectionSettings,
         boot_epoch: u64,
         driver: Driver,
-        can_serve: impl Fn() -> bool + Send + 'static,
+        proxy: ProxyLink,
         registry: &Registry,
     ) -> Result<ElectionHandle, ElectionError> {
         let election = Election::new(settings.election_config())
@@ -86,7 +100,7 @@ impl ElectionHandle {
                         }
                     };
                     let shell = shell::Shell::new(settings, election, wire, driver, v, metrics);
-                    shell.run(rx, Box::new(can_serve)).await;
+                    shell.run(rx, proxy).await;
                 });
             })
             .map_err(ElectionError::Thread)?;

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::follow::{self, Wakeups};
-use super::{Command, ElectionSettings, ElectionView, PeerSeen};
+use super::{Command, ElectionSettings, ElectionView, OnLiveness, PeerSeen, ProxyLink};
 use crate::advert::SenderRole;
 use crate::driver::Driver;
 use crate::election::{AdvertIn, Election, Input, Millis, Role};
-use crate::follower::{self, Want, HEARTBEAT};
+use crate::follower::{self, Want};
+use crate::liveness::Liveness;
 use crate::metrics::ElectionMetrics;
 use crate::transport::{AdvertHeard, Received, Wire};
 
@@ -31,6 +32,9 @@ pub(super) struct Shell {
     /// While backup, the master last heard and when: the gap to its next
     /// advert is observed in `dynia_election_advert_gap_seconds`.
     pub(super) last_master_advert: Option<(IpAddr, Instant)>,
+    /// Every member's liveness (`dynia` transport: every member sends).
+    pub(super) liveness: Liveness,
+    pub(super) on_liveness: OnLiveness,
 }
 
 impl Shell {
@@ -54,6 +58,8 @@ impl Shell {
             want,
             wake: Arc::new(Wakeups::default()),
             last_master_advert: None,
+            liveness: Liveness::default(),
+            on_liveness: Box::new(|_, _| {}),
         }
     }
 
@@ -80,11 +86,12 @@ impl Shell {
         ));
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        can_serve: Box<dyn Fn() -> bool + Send>,
-    ) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>, proxy: ProxyLink) {
+        let ProxyLink {
+            can_serve,
+            on_liveness,
+        } = proxy;
+        self.on_liveness = on_liveness;
         self.start_follower();
         let mut serving = can_serve();
         let now = self.now();
@@ -109,19 +116,16 @@ impl Shell {
             .min(Duration::from_millis(200));
         let mut track = tokio::time::interval(track_every);
         track.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut heartbeat = tokio::time::interval(self.heartbeat_every());
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let sleep_for = self
-                .election
-                .next_deadline()
-                .map(|d| Duration::from_millis(d.0.saturating_sub(self.now().0)))
-                .unwrap_or(Duration::from_secs(3600));
+            let sleep_for = self.next_wake();
             tokio::select! {
                 r = self.wire.recv() => self.received(r).await,
                 _ = tokio::time::sleep(sleep_for) => {
                     let a = self.election.step(self.now(), Input::Tick);
                     self.apply(a.as_slice()).await;
+                    self.liveness_tick();
                 }
                 _ = track.tick() => {
                     let now_serving = can_serve();
@@ -190,6 +194,7 @@ impl Shell {
             at,
         };
         self.view.record(h.sender, seen);
+        self.peer_heard(&h).await;
         if h.role != SenderRole::Master {
             return;
         }

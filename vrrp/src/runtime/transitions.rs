@@ -77,5 +77,7 @@ impl Shell {
         s.keep_restart_only(&self.settings);
         self.settings = s;
         self.view.set_members(&self.settings.peers);
+        let addrs: Vec<_> = self.settings.peers.iter().map(|p| p.addr).collect();
+        self.liveness.retain(&addrs);
     }
 }

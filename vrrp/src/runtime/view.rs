@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crate::advert::SenderRole;
 use crate::election::Role;
+use crate::liveness::PeerLiveness;
 use crate::settings::ElectionPeer;
 
 /// What one peer last told us.
@@ -30,6 +31,7 @@ pub struct ElectionView {
     /// Master in a split brain: the holder it stepped back from.
     stepped_back_from: Mutex<Option<IpAddr>>,
     peers: Mutex<HashMap<IpAddr, PeerSeen>>,
+    liveness: Mutex<HashMap<IpAddr, PeerLiveness>>,
     /// The other members as the cluster document lists them now (the
     /// follower maps a holder's droplet id to a member with it).
     members: Mutex<Arc<Vec<ElectionPeer>>>,
@@ -47,6 +49,7 @@ impl ElectionView {
             held: AtomicBool::new(false),
             stepped_back_from: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
+            liveness: Mutex::new(HashMap::new()),
             members: Mutex::new(Arc::new(members)),
         }
     }
@@ -109,6 +112,17 @@ impl ElectionView {
         lock(&self.peers).insert(addr, seen);
     }
 
+    /// Whether this node hears the member at `addr` (`unknown` with `vrrp3`,
+    /// whose backups are silent, and before it was ever heard).
+    pub fn liveness(&self, addr: IpAddr) -> PeerLiveness {
+        let l = lock(&self.liveness);
+        l.get(&addr).copied().unwrap_or(PeerLiveness::Unknown)
+    }
+
+    pub(crate) fn set_liveness(&self, addr: IpAddr, l: PeerLiveness) {
+        lock(&self.liveness).insert(addr, l);
+    }
+
     pub(crate) fn members(&self) -> Arc<Vec<ElectionPeer>> {
         lock(&self.members).clone()
     }
@@ -116,6 +130,7 @@ impl ElectionView {
     /// New member list: forgets peers no longer in it.
     pub(crate) fn set_members(&self, members: &[ElectionPeer]) {
         lock(&self.peers).retain(|a, _| members.iter().any(|p| p.addr == *a));
+        lock(&self.liveness).retain(|a, _| members.iter().any(|p| p.addr == *a));
         *lock(&self.members) = Arc::new(members.to_vec());
     }
 }

@@ -83,7 +83,7 @@ impl Dynia {
             cluster: ClusterId::from_name(&s.cluster),
             sender: s.local,
             priority,
-            interval_ms: s.advert_interval.as_millis() as u32,
+            interval_ms: declared_interval_ms(s, role),
             epoch,
             seq,
             generation: s.generation,
@@ -122,5 +122,16 @@ impl Dynia {
                 reason: r.as_str(),
             },
         }
+    }
+}
+
+/// A master declares its advert interval; a heartbeat its own period, which
+/// every member judges its liveness by (`crate::liveness`).
+fn declared_interval_ms(s: &ElectionSettings, role: SenderRole) -> u32 {
+    let advert = u32::try_from(s.advert_interval.as_millis()).unwrap_or(u32::MAX);
+    if role == SenderRole::Master {
+        advert
+    } else {
+        crate::election::heartbeat_every_ms(advert)
     }
 }
