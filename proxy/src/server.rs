@@ -234,9 +234,9 @@ async fn serve_http<I>(
                 .and_then(|h| svc_shared.tls.https_port_for(h.to_str().ok()?));
         }
         let guard = svc_state.begin_request(req.version() == http::Version::HTTP_2);
-        let rec = svc_shared.access.load().is_some().then(|| {
+        let rec = svc_shared.access.load().as_ref().map(|log| {
             let open = svc_shared.connections.load(Ordering::Relaxed);
-            crate::access::Record::begin(peer, facts.clone(), &req, open)
+            log.begin(peer, &facts, &req, open)
         });
         let mut log = Pending::new(rec, &svc_shared);
         async move {

@@ -32,7 +32,6 @@ fn ms(d: Option<Duration>) -> f64 {
 /// A field's value, borrowed from the record where it can be.
 enum Value<'a> {
     Str(&'a str),
-    Tried(&'a [std::sync::Arc<str>]),
     Show(&'a dyn std::fmt::Display),
     Num(f64),
     Bool(bool),
@@ -40,14 +39,13 @@ enum Value<'a> {
 
 /// Calls `f` with every field, in the documented order.
 fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
-    let tls = r.conn.tls.as_ref();
     f("time", Value::Str(time));
     f("client", Value::Show(&r.client));
-    f("listener", Value::Str(&r.conn.listener));
-    f("tls", Value::Str(tls.map_or("-", |t| t.version)));
+    f("listener", Value::Str(&r.listener));
+    f("tls", Value::Str(r.tls.unwrap_or("-")));
     f(
         "sni",
-        Value::Str(tls.and_then(|t| t.sni.as_deref()).unwrap_or("-")),
+        Value::Str(if r.sni.is_empty() { "-" } else { &r.sni }),
     );
     f("host", Value::Str(r.host()));
     f("method", Value::Str(r.method.as_str()));
@@ -56,9 +54,9 @@ fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
     f("status", Value::Num(f64::from(r.status)));
     f("bytes_in", Value::Num(r.bytes_in as f64));
     f("bytes_out", Value::Num(r.bytes_out as f64));
-    f("service", Value::Str(r.service.as_deref().unwrap_or("-")));
+    f("service", Value::Str(r.service().unwrap_or("-")));
     f("member", Value::Str(r.member().unwrap_or("-")));
-    f("tried", Value::Tried(&r.tried));
+    f("tried", Value::Str(&r.tried));
     f("retries", Value::Num(f64::from(r.retries)));
     f("connect_ms", Value::Num(ms(r.connect)));
     f("first_byte_ms", Value::Num(ms(r.first_byte)));
@@ -82,16 +80,6 @@ fn proto(v: http::Version) -> &'static str {
 fn value(v: Value<'_>, out: &mut String, text: fn(&str, &mut String)) {
     match v {
         Value::Str(s) => text(s, out),
-        Value::Tried(t) => {
-            let mut joined = String::new();
-            for (i, m) in t.iter().enumerate() {
-                if i > 0 {
-                    joined.push(',');
-                }
-                joined.push_str(m);
-            }
-            text(&joined, out)
-        }
         Value::Show(d) => text(&d.to_string(), out),
         Value::Num(n) => {
             let _ = write!(out, "{n}");
@@ -187,15 +175,15 @@ fn haproxy(r: &Record, out: &mut String) {
     let _ = write!(out, "{} [", r.client);
     haproxy_date_into(r.time, out);
     out.push_str("] ");
-    escape_ctl_into(&r.conn.listener, out);
-    if r.conn.tls.is_some() {
+    escape_ctl_into(&r.listener, out);
+    if r.tls.is_some() {
         out.push('~');
     }
     out.push(' ');
-    escape_ctl_into(r.service.as_deref().unwrap_or("<NOSRV>"), out);
+    escape_ctl_into(r.service().unwrap_or("<NOSRV>"), out);
     out.push('/');
     escape_ctl_into(r.member().unwrap_or("<NOSRV>"), out);
-    let redispatched = if r.tried.len() > 1 { "+" } else { "" };
+    let redispatched = if r.tried_count > 1 { "+" } else { "" };
     let _ = write!(
         out,
         " 0/0/{}/{tr}/{} {} {} - - {}-- {}/{}/0/0/{redispatched}{} 0/0 \"{} ",

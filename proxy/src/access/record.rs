@@ -43,37 +43,54 @@ pub struct TlsInfo {
     pub sni: Option<Box<str>>,
 }
 
-/// Facts of a client connection shared by its requests' records.
+/// Facts of a client connection, copied into each of its requests' records.
 #[derive(Debug)]
 pub struct ConnFacts {
     pub listener: Arc<str>,
     pub tls: Option<TlsInfo>,
 }
 
-/// One line of the access log.
+/// A record's texts keep at most this much capacity when it is reused.
+const KEEP_CAPACITY: usize = 4096;
+
+/// One line of the access log. Its texts are copies held in the record's own
+/// strings, which keep their capacity when the record is reused (see
+/// [`super::writer::AccessLog::begin`]): no allocation per request once
+/// warm, and nothing shared with the connection (no reference counts touched
+/// by the writer thread, no hold on hyper's read buffer).
 #[derive(Debug)]
 pub struct Record {
     pub time: SystemTime,
     pub start: Instant,
     pub client: SocketAddr,
-    pub conn: Arc<ConnFacts>,
-    /// The `Host` header (or the URI's authority), as received.
-    pub host: Option<http::HeaderValue>,
+    pub listener: String,
+    /// The TLS version of the client connection, `None` for plain HTTP.
+    pub tls: Option<&'static str>,
+    /// Empty when the client sent no SNI.
+    pub sni: String,
+    /// The `Host` header (or the URI's authority), as received; empty if none.
+    pub host: String,
     pub method: Method,
-    /// The request target as received (a cheap clone of hyper's bytes).
-    pub uri: http::Uri,
+    /// The request target's path and query, as received.
+    pub path: String,
     pub version: Version,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub service: Option<Arc<str>>,
-    /// Every member tried, in order; the last one answered if any did.
-    pub tried: Vec<Arc<str>>,
+    /// Empty until a service matched.
+    pub service: String,
+    /// Every member tried, in order, comma-separated; the last one answered
+    /// if any did.
+    pub tried: String,
+    /// How many members `tried` lists, and where the last one starts.
+    pub tried_count: u32,
+    last_tried_at: usize,
     pub retries: u32,
     pub connect: Option<Duration>,
     pub first_byte: Option<Duration>,
     pub total: Duration,
-    pub request_id: Option<http::HeaderValue>,
+    /// Empty before the request was forwarded.
+    pub request_id: String,
     pub term: Term,
     pub tunnel: bool,
     /// Client connections open when the request arrived.
@@ -81,65 +98,140 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record for a request whose head just arrived.
-    pub fn begin(
-        client: SocketAddr,
-        conn: Arc<ConnFacts>,
-        req: &http::Request<hyper::body::Incoming>,
-        connections: usize,
-    ) -> Box<Record> {
-        let host = crate::route::request_host(req);
+    /// An empty record (its strings grow on first use and are kept).
+    pub fn empty() -> Box<Record> {
         Box::new(Record {
-            time: SystemTime::now(),
+            time: SystemTime::UNIX_EPOCH,
             start: Instant::now(),
-            client,
-            conn,
-            host,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
+            client: SocketAddr::from(([0, 0, 0, 0], 0)),
+            listener: String::new(),
+            tls: None,
+            sni: String::new(),
+            host: String::new(),
+            method: Method::GET,
+            path: String::new(),
+            version: Version::HTTP_11,
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
-            service: None,
-            tried: Vec::new(),
+            service: String::new(),
+            tried: String::new(),
+            tried_count: 0,
+            last_tried_at: 0,
             retries: 0,
             connect: None,
             first_byte: None,
             total: Duration::ZERO,
-            request_id: None,
+            request_id: String::new(),
             term: Term::NORMAL,
             tunnel: false,
-            connections,
+            connections: 0,
         })
+    }
+
+    /// Fills `self` (an empty or reused record) for a request whose head
+    /// just arrived.
+    pub fn fill<B>(
+        &mut self,
+        client: SocketAddr,
+        conn: &ConnFacts,
+        req: &http::Request<B>,
+        connections: usize,
+    ) {
+        self.reset();
+        self.start = Instant::now();
+        self.time = SystemTime::now();
+        self.client = client;
+        self.listener.push_str(&conn.listener);
+        if let Some(t) = &conn.tls {
+            self.tls = Some(t.version);
+            self.sni.push_str(t.sni.as_deref().unwrap_or(""));
+        }
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .map(|h| h.to_str().ok());
+        let host = host.unwrap_or_else(|| req.uri().authority().map(|a| a.as_str()));
+        self.host.push_str(host.unwrap_or(""));
+        self.method = req.method().clone();
+        let uri = req.uri();
+        self.path.push_str(
+            uri.path_and_query()
+                .map_or_else(|| uri.path(), |p| p.as_str()),
+        );
+        self.version = req.version();
+        self.connections = connections;
+    }
+
+    /// Clears every field, keeping the strings' capacity (up to a bound).
+    pub fn reset(&mut self) {
+        for s in [
+            &mut self.listener,
+            &mut self.sni,
+            &mut self.host,
+            &mut self.path,
+            &mut self.service,
+            &mut self.tried,
+            &mut self.request_id,
+        ] {
+            s.clear();
+            s.shrink_to(KEEP_CAPACITY);
+        }
+        self.tls = None;
+        self.status = 0;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.tried_count = 0;
+        self.last_tried_at = 0;
+        self.retries = 0;
+        self.connect = None;
+        self.first_byte = None;
+        self.total = Duration::ZERO;
+        self.term = Term::NORMAL;
+        self.tunnel = false;
     }
 
     /// The request target's path and query.
     pub fn path(&self) -> &str {
-        self.uri
-            .path_and_query()
-            .map_or_else(|| self.uri.path(), |p| p.as_str())
+        &self.path
     }
 
     /// The host as text (`-` if none or not visible ASCII).
     pub fn host(&self) -> &str {
-        self.host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("-")
+        or_dash(&self.host)
     }
 
     /// The request id as text (empty before the request was forwarded).
     pub fn request_id(&self) -> &str {
-        self.request_id
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("")
+        &self.request_id
+    }
+
+    /// The service matched, if any.
+    pub fn service(&self) -> Option<&str> {
+        (!self.service.is_empty()).then_some(self.service.as_str())
     }
 
     /// The member that answered (the last one tried), if a response came.
     pub fn member(&self) -> Option<&str> {
-        self.first_byte.and(self.tried.last().map(|m| &**m))
+        self.first_byte
+            .and((self.tried_count > 0).then(|| &self.tried[self.last_tried_at..]))
+    }
+
+    fn push_tried(&mut self, member: &str) {
+        if self.tried_count > 0 {
+            self.tried.push(',');
+        }
+        self.last_tried_at = self.tried.len();
+        self.tried.push_str(member);
+        self.tried_count += 1;
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
     }
 }
 
@@ -157,12 +249,13 @@ pub(crate) trait Hook {
 impl Hook for Option<Box<Record>> {
     fn service(&mut self, name: &Arc<str>) {
         if let Some(r) = self {
-            r.service = Some(name.clone());
+            r.service.clear();
+            r.service.push_str(name);
         }
     }
     fn trying(&mut self, member: &Arc<str>, retry: bool) {
         if let Some(r) = self {
-            r.tried.push(member.clone());
+            r.push_tried(member);
             r.retries += u32::from(retry);
         }
     }
@@ -177,8 +270,9 @@ impl Hook for Option<Box<Record>> {
         }
     }
     fn request_id(&mut self, id: Option<&http::HeaderValue>) {
-        if let (Some(r), Some(id)) = (self, id) {
-            r.request_id = Some(id.clone());
+        if let (Some(r), Some(id)) = (self, id.and_then(|v| v.to_str().ok())) {
+            r.request_id.clear();
+            r.request_id.push_str(id);
         }
     }
     fn bytes_in(&mut self, n: u64) {

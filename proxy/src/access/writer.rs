@@ -6,6 +6,7 @@
 //! handle is gone.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crossbeam_queue::ArrayQueue;
 use prometheus::IntCounter;
 
 use super::encode::{encode, Format};
-use super::record::Record;
+use super::record::{ConnFacts, Record};
 
 /// Records waiting for the writer, at most.
 pub const QUEUE: usize = 8192;
@@ -24,6 +25,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 #[derive(Clone)]
 pub struct AccessLog {
     queue: Arc<ArrayQueue<Box<Record>>>,
+    /// Records the writer is done with, for [`AccessLog::begin`] to reuse.
+    free: Arc<ArrayQueue<Box<Record>>>,
     dropped: IntCounter,
 }
 
@@ -36,11 +39,30 @@ impl AccessLog {
         dropped: IntCounter,
     ) -> std::io::Result<AccessLog> {
         let queue = Arc::new(ArrayQueue::new(QUEUE));
-        let q = queue.clone();
+        let free = Arc::new(ArrayQueue::new(QUEUE));
+        let (q, f) = (queue.clone(), free.clone());
         std::thread::Builder::new()
             .name("dynia-access-log".into())
-            .spawn(move || run(format, out, q))?;
-        Ok(AccessLog { queue, dropped })
+            .spawn(move || run(format, out, q, f))?;
+        Ok(AccessLog {
+            queue,
+            free,
+            dropped,
+        })
+    }
+
+    /// A record for a request whose head just arrived: a reused one when
+    /// the writer has handed one back, else a new one.
+    pub fn begin<B>(
+        &self,
+        client: SocketAddr,
+        conn: &ConnFacts,
+        req: &http::Request<B>,
+        connections: usize,
+    ) -> Box<Record> {
+        let mut r = self.free.pop().unwrap_or_else(Record::empty);
+        r.fill(client, conn, req, connections);
+        r
     }
 
     /// Hands `r` to the writer, or drops and counts it when the queue is full.
@@ -51,7 +73,12 @@ impl AccessLog {
     }
 }
 
-fn run(format: Format, mut out: Box<dyn Write + Send>, q: Arc<ArrayQueue<Box<Record>>>) {
+fn run(
+    format: Format,
+    mut out: Box<dyn Write + Send>,
+    q: Arc<ArrayQueue<Box<Record>>>,
+    free: Arc<ArrayQueue<Box<Record>>>,
+) {
     let mut buf = String::with_capacity(256 * 1024);
     loop {
         // Only this thread holds the queue: every handle is gone (requests
@@ -60,7 +87,10 @@ fn run(format: Format, mut out: Box<dyn Write + Send>, q: Arc<ArrayQueue<Box<Rec
         // Bounded: at most the queue's capacity per pass.
         for _ in 0..QUEUE {
             match q.pop() {
-                Some(r) => encode(format, &r, &mut buf),
+                Some(r) => {
+                    encode(format, &r, &mut buf);
+                    let _ = free.push(r); // full: this one is freed instead
+                }
                 None => break,
             }
         }
