@@ -13,14 +13,17 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 
 use crate::access::counted::Counted;
 use crate::access::record::{Hook, Record};
 use crate::access::Term;
 use crate::backend::{Backend, Upstream, POOL_IDLE_MAX, UNSAFE_REUSE_IDLE};
 use crate::body::RespBody;
+use crate::config::MAX_RETRIES;
 use crate::config::{Limits, ServiceConfig};
 use crate::conn::ConnState;
+use crate::hedge::hedge_delay;
 use crate::route::request_host;
 use crate::state::{ServiceRt, Snapshot, Tried};
 use crate::upload::{ReqBody, Upload, UploadState};
@@ -159,49 +162,27 @@ async fn forward(
     } else {
         UNSAFE_REUSE_IDLE
     };
-    let attempts = 1 + svc.retries;
     let limits = snap.limits;
-    let mut tried = Tried::default();
+    let dial = Dial {
+        timeout: limits.connect_timeout,
+        upgrades: upgrade,
+        max_idle,
+    };
+    let mut tries = Tries::new(1 + svc.retries);
     let mut last_error = StatusCode::SERVICE_UNAVAILABLE;
-    // Why the previous attempt failed, for the retry counters.
-    let mut reset_before = false;
 
-    for attempt in 0..attempts {
-        let Some((i, backend)) = svc.pick(tried) else {
+    // Ends: every turn tries at least one more member, and `tries` is bounded.
+    loop {
+        let Some(Connected {
+            backend,
+            mut up,
+            reused,
+        }) = connect_any(svc, &mut tries, dial, rec.0).await
+        else {
             break;
         };
-        tried.add(i);
-        rec.0.trying(&backend.member, attempt > 0);
-        if attempt > 0 {
-            let r = &svc.metrics.retries;
-            match reset_before {
-                true => r.reset.inc(),
-                false => r.connect.inc(),
-            }
-        }
-        reset_before = false;
-        let conn = if upgrade {
-            backend
-                .connect(limits.connect_timeout, true)
-                .await
-                .map(|c| (c, false))
-        } else {
-            backend.connection(limits.connect_timeout, max_idle).await
-        };
-        let (mut up, reused) = match conn {
-            Ok(c) => {
-                rec.0.connected();
-                c
-            }
-            Err(e) => {
-                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
-                if !e.is_local() {
-                    backend.passive_failure();
-                }
-                continue; // nothing was sent: always safe to retry
-            }
-        };
-        let last_try = attempt + 1 == attempts;
+        rec.0.connected(&backend.member);
+        let last_try = tries.left == 0;
         let keep_parts = replayable && !last_try;
         let inflight = backend.start_request();
         // The member may close a pooled connection just as the request goes
@@ -291,6 +272,7 @@ async fn forward(
             Outcome::NotSent(_) => {
                 // Nothing reached the member: like a connect failure.
                 backend.passive_failure();
+                tries.why = Retry::Connect;
                 continue;
             }
             Outcome::Failed(e) if e.is_user() => {
@@ -305,7 +287,7 @@ async fn forward(
                 backend.passive_failure();
                 rec.0.end(Term::MEMBER_ERROR_HEAD);
                 last_error = StatusCode::BAD_GATEWAY;
-                reset_before = true;
+                tries.why = Retry::Reset;
                 if !keep_parts {
                     break;
                 }
@@ -333,6 +315,198 @@ async fn forward(
         return r;
     }
     local(last_error, "upstream failed\n")
+}
+
+/// How a request's connections are made: a tunnel needs a new connection of
+/// its own, anything else may take a pooled one idle for less than `max_idle`.
+#[derive(Clone, Copy)]
+struct Dial {
+    timeout: Duration,
+    upgrades: bool,
+    max_idle: Duration,
+}
+
+/// Why the next member is tried, for the retry counters.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// The previous member's connection could not be had or was lost unsent.
+    Connect,
+    /// The previous member closed or reset before any response byte.
+    Reset,
+    /// A connect still pending was slow (see `hedge`).
+    Hedge,
+}
+
+/// The members one request has tried and may still try.
+struct Tries {
+    tried: Tried,
+    /// Members still allowed: 1 + the service's retries, minus those tried.
+    left: u32,
+    made: u32,
+    /// Why the next member would be tried after a failure.
+    why: Retry,
+}
+
+impl Tries {
+    fn new(allowed: u32) -> Tries {
+        Tries {
+            tried: Tried::default(),
+            left: allowed,
+            made: 0,
+            why: Retry::Connect,
+        }
+    }
+
+    /// The next member to try, counted as a retry when it is not the first.
+    fn next<'s>(
+        &mut self,
+        svc: &'s ServiceRt,
+        why: Retry,
+        rec: &mut Option<Box<Record>>,
+    ) -> Option<&'s Arc<Backend>> {
+        if self.left == 0 {
+            return None;
+        }
+        let (i, backend) = svc.pick(self.tried)?;
+        self.tried.add(i);
+        self.left -= 1;
+        let retry = self.made > 0;
+        if retry {
+            let r = &svc.metrics.retries;
+            match why {
+                Retry::Connect => r.connect.inc(),
+                Retry::Reset => r.reset.inc(),
+                Retry::Hedge => r.hedge.inc(),
+            }
+        }
+        self.made += 1;
+        self.why = Retry::Connect;
+        rec.trying(&backend.member, retry);
+        Some(backend)
+    }
+
+    fn can_hedge(&self, svc: &ServiceRt) -> bool {
+        self.left > 0 && svc.has_untried(self.tried)
+    }
+}
+
+/// A ready connection and the member it goes to; `reused` tells a pooled one.
+struct Connected {
+    backend: Arc<Backend>,
+    up: Upstream,
+    reused: bool,
+}
+
+/// What a connect task reports: its member and the connection if it got one.
+type Raced = (Arc<Backend>, Option<Upstream>);
+
+/// Connects running for one request at most: one per member it may try.
+const RACE_MAX: usize = 1 + MAX_RETRIES as usize;
+
+/// A connection to the first of the request's next members that has one: a
+/// pooled one at once, else new connects, with another member's started
+/// alongside one that is slow (`hedge::hedge_delay`); a failed connect makes
+/// way for the next member at once. Connects still pending when this returns
+/// or is dropped finish on their own (`spawn_connect`). `None` when no member
+/// is left to try.
+async fn connect_any(
+    svc: &ServiceRt,
+    tries: &mut Tries,
+    dial: Dial,
+    rec: &mut Option<Box<Record>>,
+) -> Option<Connected> {
+    let (tx, mut rx) = mpsc::channel::<Raced>(RACE_MAX);
+    let mut racing = 0usize;
+    let mut hedge_at: Option<tokio::time::Instant> = None;
+    let mut launch = true;
+    loop {
+        if std::mem::take(&mut launch) {
+            let why = if racing > 0 { Retry::Hedge } else { tries.why };
+            if let Some(backend) = tries.next(svc, why, rec) {
+                let pooled = match dial.upgrades {
+                    true => None,
+                    false => backend.pooled(dial.max_idle).await,
+                };
+                if let Some(up) = pooled {
+                    settle(&mut rx, dial);
+                    let backend = backend.clone();
+                    return Some(Connected {
+                        backend,
+                        up,
+                        reused: true,
+                    });
+                }
+                spawn_connect(backend.clone(), dial, tx.clone());
+                racing += 1;
+                let ewma = backend.connect_ewma.get();
+                hedge_at = hedge_delay(ewma, dial.timeout, tries.can_hedge(svc))
+                    .map(|d| tokio::time::Instant::now() + d);
+            }
+        }
+        if racing == 0 {
+            return None;
+        }
+        let at = hedge_at.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            got = rx.recv() => {
+                // Never `None`: `tx` is held here.
+                let (backend, up) = got?;
+                racing -= 1;
+                match up {
+                    Some(up) => {
+                        settle(&mut rx, dial);
+                        return Some(Connected { backend, up, reused: false });
+                    }
+                    None => launch = true, // judged by its task
+                }
+            }
+            () = tokio::time::sleep_until(at), if hedge_at.is_some() => {
+                hedge_at = None;
+                launch = true;
+                tracing::debug!(service = %svc.name, "connect slow, trying another member alongside");
+            }
+        }
+    }
+}
+
+/// Connects to `backend` in a task of its own, so that a connect nobody waits
+/// for any more (another member's won, or the client left and the request's
+/// future was dropped) still finishes within `dial.timeout` and is judged: a
+/// failure is a passive failure whoever waits for it, and a late connection
+/// goes to the pool (a tunnel's is closed).
+fn spawn_connect(backend: Arc<Backend>, dial: Dial, tx: mpsc::Sender<Raced>) {
+    tokio::spawn(async move {
+        let up = match backend.connect(dial.timeout, dial.upgrades).await {
+            Ok(up) => Some(up),
+            Err(e) => {
+                tracing::debug!(service = %backend.service, member = %backend.member, error = %e, "upstream connect failed");
+                if !e.is_local() {
+                    backend.passive_failure();
+                }
+                None
+            }
+        };
+        if let Err(unread) = tx.try_send((backend, up)) {
+            let (backend, up) = unread.into_inner();
+            give_back(&backend, up, dial);
+        }
+    });
+}
+
+/// Ends a race: connects that finished but were not read, and those still
+/// running (their send fails), give their connection back.
+fn settle(rx: &mut mpsc::Receiver<Raced>, dial: Dial) {
+    rx.close();
+    while let Ok((backend, up)) = rx.try_recv() {
+        give_back(&backend, up, dial);
+    }
+}
+
+/// A connection no request wants: to the pool, or closed if it was made for a tunnel.
+fn give_back(backend: &Backend, up: Option<Upstream>, dial: Dial) {
+    if let (Some(up), false) = (up, dial.upgrades) {
+        backend.pool.put(up);
+    }
 }
 
 /// The record with the upload whose bytes it gets when `forward` returns.

@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 pub mod forward;
 pub mod health;
+pub mod hedge;
 mod io;
 pub mod metrics;
 pub mod route;

@@ -84,6 +84,11 @@ impl ServiceRt {
             .or_else(|| (0..n).find(eligible))?;
         Some((i, &self.members[i].backend))
     }
+
+    /// Whether [`ServiceRt::pick`] would find a member for `tried`.
+    pub fn has_untried(&self, tried: Tried) -> bool {
+        (0..self.members.len()).any(|i| !tried.has(i) && self.members[i].eligible())
+    }
 }
 
 type Key = (Arc<str>, Arc<str>, SocketAddr);

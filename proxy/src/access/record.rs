@@ -147,7 +147,9 @@ impl Record {
 pub(crate) trait Hook {
     fn service(&mut self, name: &Arc<str>);
     fn trying(&mut self, member: &Arc<str>, retry: bool);
-    fn connected(&mut self);
+    /// A connection to `member` is ready; with hedged connects it may not be
+    /// the last one tried, so it moves to the end of `tried`.
+    fn connected(&mut self, member: &Arc<str>);
     fn first_byte(&mut self);
     fn request_id(&mut self, id: Option<&http::HeaderValue>);
     fn bytes_in(&mut self, n: u64);
@@ -166,8 +168,12 @@ impl Hook for Option<Box<Record>> {
             r.retries += u32::from(retry);
         }
     }
-    fn connected(&mut self) {
+    fn connected(&mut self, member: &Arc<str>) {
         if let Some(r) = self {
+            if let Some(at) = r.tried.iter().rposition(|m| m == member) {
+                let m = r.tried.remove(at);
+                r.tried.push(m);
+            }
             r.connect = Some(r.start.elapsed());
         }
     }
