@@ -1,7 +1,8 @@
 //! Forwarding one client request: route, pick a member, rewrite headers, send,
 //! retry on another member when that is safe, stream the answer back. The retry
 //! rules (a POST is never sent twice once written), the timeouts and WebSocket
-//! tunnels: `docs/proxy.md`, "Forwarding, retries and request timeouts".
+//! tunnels: `docs/proxy.md`, "Forwarding, retries and request timeouts";
+//! the race of hedged connects (`connect_any`): "Hedged connects".
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,7 @@
 //! Active health checks with HAProxy's `httpchk` semantics: one task per
 //! (service, member), `fall`/`rise` counting as a pure function ([`Judge`])
-//! tested without sockets. `docs/proxy.md`, "Health checks".
+//! tested without sockets; checks of a suspected member run every
+//! `fastinter` ([`next_wait`]). `docs/proxy.md`, "Health checks".
 
 use std::sync::Arc;
 use std::time::Duration;
