@@ -147,7 +147,7 @@ async fn forward(
     rec.request_id(parts.headers.get(&X_REQUEST_ID));
 
     // A request without a body can be sent again as it is.
-    let mut body = if body_is_empty(&parts.headers, &body) {
+    let body = if body_is_empty(&parts.headers, &body) {
         ReqBody::Empty
     } else {
         ReqBody::stream(body)
@@ -158,6 +158,7 @@ async fn forward(
     let rec = &mut rec;
     let twice_ok = may_send_twice(&parts);
     let replayable = matches!(body, ReqBody::Empty) && twice_ok;
+    let mut msg = Msg { parts, body };
     let max_idle = if twice_ok {
         POOL_IDLE_MAX
     } else {
@@ -186,13 +187,7 @@ async fn forward(
         let last_try = tries.left == 0;
         let keep_parts = replayable && !last_try;
         let inflight = backend.start_request();
-        // The member may close a pooled connection just as the request goes
-        // out. Hyper gives a request back unsent when it noticed in time:
-        // then it goes once more, on a new connection to the same member.
-        // Otherwise it was written but nothing came back: it goes again the
-        // same way if it may be sent twice (parts kept, body empty or kept
-        // whole up to REPLAY_MAX).
-        let mut fresh_left = reused;
+        // A pooled connection may turn out closed (see `send_on_member`).
         let resend_written = reused && twice_ok;
         if resend_written {
             if let Some(u) = &upload {
@@ -200,53 +195,12 @@ async fn forward(
             }
         }
         let sent_at = Instant::now();
-        let outcome = loop {
-            let this_body = std::mem::replace(&mut body, ReqBody::Empty);
-            let sent_upload = this_body.upload();
-            let keep = keep_parts || (fresh_left && resend_written);
-            let request = if keep {
-                Request::from_parts(clone_parts(&parts), this_body)
-            } else {
-                Request::from_parts(std::mem::replace(&mut parts, empty_parts()), this_body)
-            };
-            let result = exchange(&mut up, request, sent_upload.as_deref(), &limits).await;
-            let again = match result {
-                Outcome::NotSent(req) => {
-                    let (p, b) = req.into_parts();
-                    if !keep {
-                        parts = p;
-                    }
-                    body = b;
-                    if !fresh_left {
-                        break Outcome::NotSent(Request::new(ReqBody::Empty));
-                    }
-                    "pooled connection closed before the request went out"
-                }
-                Outcome::Failed(e)
-                    if fresh_left && resend_written && closed_before_response(&e) =>
-                {
-                    match sent_upload {
-                        None => {} // no body: `body` is still empty
-                        Some(u) => match u.take_replay() {
-                            Some(frames) => body = ReqBody::Replay(frames),
-                            None => break Outcome::Failed(e),
-                        },
-                    }
-                    "pooled connection closed by the member before any response"
-                }
-                other => break other,
-            };
-            fresh_left = false;
-            svc.metrics.retries.resend.inc();
-            tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
-            match backend.connect(limits.connect_timeout, false).await {
-                Ok(u) => up = u,
-                Err(e) => {
-                    tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
-                    break Outcome::NotSent(Request::new(ReqBody::Empty));
-                }
-            }
+        let resend = Resend {
+            fresh_left: reused,
+            written: resend_written,
+            keep_parts,
         };
+        let outcome = send_on_member(svc, &backend, &mut up, &mut msg, resend, &limits).await;
         match outcome {
             Outcome::Response(mut resp) => {
                 rec.0.first_byte();
@@ -316,6 +270,90 @@ async fn forward(
         return r;
     }
     local(last_error, "upstream failed\n")
+}
+
+/// The request between tries: its head (empty once it went without being
+/// kept) and what is left of its body.
+struct Msg {
+    parts: Parts,
+    body: ReqBody,
+}
+
+/// Whether a request may go again on a new connection to the same member.
+#[derive(Clone, Copy)]
+struct Resend {
+    /// The connection was pooled and no new one was made yet.
+    fresh_left: bool,
+    /// Pooled and the request may be sent twice: even once written.
+    written: bool,
+    /// The head is kept for another member.
+    keep_parts: bool,
+}
+
+/// Sends `msg` on `up` to `backend`. The member may close a pooled connection
+/// just as the request goes out. Hyper gives a request back unsent when it
+/// noticed in time: then it goes once more, on a new connection to the same
+/// member. Otherwise it was written but nothing came back: it goes again the
+/// same way if it may be sent twice (parts kept, body empty or kept whole up
+/// to REPLAY_MAX).
+async fn send_on_member(
+    svc: &ServiceRt,
+    backend: &Backend,
+    up: &mut Upstream,
+    msg: &mut Msg,
+    resend: Resend,
+    limits: &Limits,
+) -> Outcome {
+    let Resend {
+        mut fresh_left,
+        written: resend_written,
+        keep_parts,
+    } = resend;
+    loop {
+        let this_body = std::mem::replace(&mut msg.body, ReqBody::Empty);
+        let sent_upload = this_body.upload();
+        let keep = keep_parts || (fresh_left && resend_written);
+        let request = if keep {
+            Request::from_parts(clone_parts(&msg.parts), this_body)
+        } else {
+            Request::from_parts(std::mem::replace(&mut msg.parts, empty_parts()), this_body)
+        };
+        let result = exchange(up, request, sent_upload.as_deref(), limits).await;
+        let again = match result {
+            Outcome::NotSent(req) => {
+                let (p, b) = req.into_parts();
+                if !keep {
+                    msg.parts = p;
+                }
+                msg.body = b;
+                if !fresh_left {
+                    return Outcome::NotSent(Request::new(ReqBody::Empty));
+                }
+                "pooled connection closed before the request went out"
+            }
+            Outcome::Failed(e) if fresh_left && resend_written && closed_before_response(&e) => {
+                match sent_upload {
+                    None => {} // no body: `msg.body` is still empty
+                    Some(u) => match u.take_replay() {
+                        Some(frames) => msg.body = ReqBody::Replay(frames),
+                        None => return Outcome::Failed(e),
+                    },
+                }
+                "pooled connection closed by the member before any response"
+            }
+            other => return other,
+        };
+        fresh_left = false;
+        svc.metrics.retries.resend.inc();
+        tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
+        match backend.connect(limits.connect_timeout, false).await {
+            Ok(u) => *up = u,
+            Err(e) => {
+                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
+                return Outcome::NotSent(Request::new(ReqBody::Empty));
+            }
+        }
+    }
 }
 
 /// How a request's connections are made: a tunnel needs a new connection of
