@@ -454,20 +454,22 @@ async fn connect_any(
     dial: Dial,
     rec: &mut Option<Box<Record>>,
 ) -> Option<Connected> {
-    let (tx, mut rx) = mpsc::channel::<Raced>(RACE_MAX);
-    let mut racing = 0usize;
+    let mut race = Race::new(dial);
     let mut hedge_at: Option<tokio::time::Instant> = None;
     let mut launch = true;
     loop {
         if std::mem::take(&mut launch) {
-            let why = if racing > 0 { Retry::Hedge } else { tries.why };
+            let why = if race.running > 0 {
+                Retry::Hedge
+            } else {
+                tries.why
+            };
             if let Some(backend) = tries.next(svc, why, rec) {
                 let pooled = match dial.upgrades {
                     true => None,
                     false => backend.pooled(dial.max_idle).await,
                 };
                 if let Some(up) = pooled {
-                    settle(&mut rx, dial);
                     let backend = backend.clone();
                     return Some(Connected {
                         backend,
@@ -475,34 +477,73 @@ async fn connect_any(
                         reused: true,
                     });
                 }
-                spawn_connect(backend.clone(), dial, tx.clone());
-                racing += 1;
+                race.start(backend.clone());
                 let ewma = backend.connect_ewma.get();
                 hedge_at = hedge_delay(ewma, dial.timeout, tries.can_hedge(svc))
                     .map(|d| tokio::time::Instant::now() + d);
             }
         }
-        if racing == 0 {
+        if race.running == 0 {
             return None;
         }
         let at = hedge_at.unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
-            got = rx.recv() => {
-                // Never `None`: `tx` is held here.
-                let (backend, up) = got?;
-                racing -= 1;
-                match up {
-                    Some(up) => {
-                        settle(&mut rx, dial);
-                        return Some(Connected { backend, up, reused: false });
-                    }
-                    None => launch = true, // judged by its task
-                }
-            }
+            (backend, up) = race.next() => match up {
+                Some(up) => return Some(Connected { backend, up, reused: false }),
+                None => launch = true, // judged by its task
+            },
             () = tokio::time::sleep_until(at), if hedge_at.is_some() => {
                 hedge_at = None;
                 launch = true;
                 tracing::debug!(service = %svc.name, "connect slow, trying another member alongside");
+            }
+        }
+    }
+}
+
+/// The connects running for one request. The channel they report on is made
+/// with the first; when the race is dropped (won, or the request dropped),
+/// connections reported but not read, and those of connects still running
+/// (their report fails), are given back.
+struct Race {
+    dial: Dial,
+    chan: Option<(mpsc::Sender<Raced>, mpsc::Receiver<Raced>)>,
+    running: usize,
+}
+
+impl Race {
+    fn new(dial: Dial) -> Race {
+        Race {
+            dial,
+            chan: None,
+            running: 0,
+        }
+    }
+
+    fn start(&mut self, backend: Arc<Backend>) {
+        let (tx, _) = self.chan.get_or_insert_with(|| mpsc::channel(RACE_MAX));
+        spawn_connect(backend, self.dial, tx.clone());
+        self.running += 1;
+    }
+
+    /// The next connect to end; only while one runs. Cancel-safe.
+    async fn next(&mut self) -> Raced {
+        let Some((_, rx)) = &mut self.chan else {
+            unreachable!("a race without a connect");
+        };
+        // Never `None`: the sender is held here.
+        let got = rx.recv().await.expect("a race holds its sender");
+        self.running -= 1;
+        got
+    }
+}
+
+impl Drop for Race {
+    fn drop(&mut self) {
+        if let Some((_, rx)) = &mut self.chan {
+            rx.close();
+            while let Ok((backend, up)) = rx.try_recv() {
+                give_back(&backend, up, self.dial);
             }
         }
     }
@@ -530,15 +571,6 @@ fn spawn_connect(backend: Arc<Backend>, dial: Dial, tx: mpsc::Sender<Raced>) {
             give_back(&backend, up, dial);
         }
     });
-}
-
-/// Ends a race: connects that finished but were not read, and those still
-/// running (their send fails), give their connection back.
-fn settle(rx: &mut mpsc::Receiver<Raced>, dial: Dial) {
-    rx.close();
-    while let Ok((backend, up)) = rx.try_recv() {
-        give_back(&backend, up, dial);
-    }
 }
 
 /// A connection no request wants: to the pool, or closed if it was made for a tunnel.
