@@ -2,10 +2,12 @@
 //! proxy; here a listener whose accept queue is full, which needs no root):
 //! requests do not wait on it for the connect timeout, its unanswered
 //! connects count as passive failures even when nobody waits for them any
-//! more, and its checks take it out within `fall` fast checks.
+//! more, and its checks take it out within `fall` fast checks; a connect
+//! that loses the race but succeeds later is no failure and goes to the pool.
 //! Members on 127.0.0.x.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,7 @@ use dynia_proxy::{
 };
 use dynia_testkit::eventually_async;
 use dynia_testkit::upstream::DemoUpstream;
-use dynia_testkit::web::Client;
+use dynia_testkit::web::{read_request, write_ok, Client};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
@@ -54,6 +56,28 @@ impl Unanswered {
             }
         }
         panic!("the accept queue of {addr} never filled");
+    }
+
+    /// Starts accepting, which lets the SYNs resent from now on through,
+    /// and answers every request `200` as member `id`. Returns the count of
+    /// connections accepted (the filling one included).
+    fn answer(self, id: &'static str) -> Arc<AtomicUsize> {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let _filler = self._filler;
+            while let Ok((mut s, _)) = self._listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    while read_request(&mut s).await.is_some() {
+                        if write_ok(&mut s, id, "ok").await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        accepted
     }
 }
 
@@ -232,4 +256,56 @@ async fn connect_abandoned_by_a_leaving_client_counts_as_a_passive_failure() {
         .await
         .expect("the abandoned connect was never counted");
     assert_eq!(failures(&registry, "hole"), 1.0);
+}
+
+#[tokio::test]
+async fn hedged_connect_that_succeeds_late_is_no_failure_and_is_pooled() {
+    let slow = Unanswered::start("127.0.0.43").await;
+    let good = DemoUpstream::start("127.0.0.44:0".parse().unwrap(), "good")
+        .await
+        .unwrap();
+    // One check of each member during the test, which cannot time out.
+    let health = HealthConfig {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(20),
+        ..HealthConfig::default()
+    };
+    let registry = prometheus::Registry::new();
+    // The rotation starts with the first member: the slow one.
+    let members = [("slow", slow.addr), ("good", good.addr)];
+    let proxy = Proxy::start(config(&members, health, Limits::default()), &registry)
+        .await
+        .unwrap();
+    let mut client = Client::connect(proxy.listeners()[0].local).await.unwrap();
+    let t = Instant::now();
+    let a = client.get(HOST, "/").await.unwrap();
+    assert_eq!((a.status, a.member()), (200, Some("good")));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // The slow member starts accepting; the proxy's connect, resent after
+    // 1 s (within the 2 s connect timeout), and the check's get through.
+    let accepted = slow.answer("slow");
+    eventually_async(WAIT, || async { accepted.load(Ordering::SeqCst) >= 3 })
+        .await
+        .expect("the pending connects never got through");
+    // The rotation goes on with the good member, then the slow one: on the
+    // connection that lost the race, from the pool, not a new one.
+    let a = client.get(HOST, "/").await.unwrap();
+    assert_eq!((a.status, a.member()), (200, Some("good")));
+    let a = client.get(HOST, "/").await.unwrap();
+    assert_eq!((a.status, a.member()), (200, Some("slow")));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "the late connection was not pooled"
+    );
+    assert_eq!(
+        failures(&registry, "slow"),
+        0.0,
+        "a late connect counted as failure"
+    );
 }
