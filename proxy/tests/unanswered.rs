@@ -309,3 +309,56 @@ async fn hedged_connect_that_succeeds_late_is_no_failure_and_is_pooled() {
         "a late connect counted as failure"
     );
 }
+
+#[tokio::test]
+async fn member_failing_its_first_checks_is_not_down_before_fall() {
+    // An app still starting: its health path answers 503 for a while.
+    let late = DemoUpstream::start("127.0.0.45:0".parse().unwrap(), "late")
+        .await
+        .unwrap();
+    late.set_health(503);
+    let health = HealthConfig {
+        interval: Duration::from_secs(1), // fastinter 100 ms
+        ..HealthConfig::default()
+    };
+    let fall = health.fall;
+    let registry = prometheus::Registry::new();
+    let proxy = Proxy::start(
+        config(&[("late", late.addr)], health, Limits::default()),
+        &registry,
+    )
+    .await
+    .unwrap();
+    let failed_checks = || {
+        metric_value(
+            &dynia_proxy::metrics::render(&registry),
+            "dynia_health_checks_total{member=\"late\",result=\"failure\",service=\"web\"}",
+        )
+    };
+    eventually_async(WAIT, || async { failed_checks() >= 1.0 })
+        .await
+        .expect("no check ran");
+    assert_eq!(
+        health_of(&proxy, "late"),
+        Health::Unknown,
+        "DOWN after one failed check"
+    );
+    // Still routable meanwhile.
+    let mut client = Client::connect(proxy.listeners()[0].local).await.unwrap();
+    let a = client.get(HOST, "/").await.unwrap();
+    assert_eq!((a.status, a.member()), (200, Some("late")));
+
+    late.set_health(200);
+    let p = proxy.clone();
+    eventually_async(WAIT, move || {
+        let p = p.clone();
+        async move {
+            let h = health_of(&p, "late");
+            assert_ne!(h, Health::Down, "DOWN before {fall} failed checks");
+            h == Health::Up
+        }
+    })
+    .await
+    .expect("the member never came UP");
+    assert!(failed_checks() < f64::from(fall));
+}
