@@ -66,6 +66,8 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
                 timeout: s.health.timeout.as_std(),
                 fall: s.health.fall,
                 rise: s.health.rise,
+                // No TOML key yet: interval / 10 within 100–500 ms.
+                fastinter: None,
             },
             // Validation already refused values that are not header values.
             hsts: s

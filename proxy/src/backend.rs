@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::hedge::ConnectEwma;
 use crate::liveness::MemberLiveness;
 use crate::metrics::MemberMetrics;
 use crate::upload::ReqBody;
@@ -77,10 +78,13 @@ pub struct Backend {
     inflight: AtomicUsize,
     pub pool: ConnPool,
     pub metrics: MemberMetrics,
-    /// Woken by a passive failure so the checker looks at once.
+    /// Woken by a passive failure or [`Backend::suspect`] so the checker
+    /// looks at once.
     pub check_now: Notify,
     /// Whether the election hears the member (see [`MemberLiveness`]).
     pub liveness: MemberLiveness,
+    /// Average time of this member's successful connects (hedging, `hedge`).
+    pub connect_ewma: ConnectEwma,
     /// The reason and time of the last health change, for the status page.
     last_change: std::sync::Mutex<Option<(String, std::time::SystemTime)>>,
 }
@@ -102,6 +106,7 @@ impl Backend {
             metrics,
             check_now: Notify::new(),
             liveness: MemberLiveness::default(),
+            connect_ewma: ConnectEwma::default(),
             last_change: std::sync::Mutex::new(None),
         }
     }
@@ -139,32 +144,37 @@ impl Backend {
         InflightGuard(self.clone())
     }
 
-    /// Records a connect error, reset or timeout seen by a request.
+    /// Records a connect error, reset or timeout seen by a request (an
+    /// abandoned connect included, see `forward`), and suspects the member.
     pub(crate) fn passive_failure(&self) {
         self.metrics.failures.inc();
         self.metrics.errors.inc();
+        self.suspect();
+    }
+
+    /// Makes the checker look at this member at once, then every `fastinter`
+    /// until its checks decide (DOWN after `fall` failures, or a clean
+    /// streak): for anything that suspects the member without a request
+    /// failing, such as the election no longer hearing its node. Cheap and
+    /// idempotent: calls while a check is pending are one wake-up.
+    pub fn suspect(&self) {
         self.check_now.notify_one();
     }
 
-    /// A ready connection: a pooled one idle for less than `max_idle` if any
-    /// is still usable, else a new one. The flag tells a pooled one: the
-    /// member may close it just as a request goes out, which the forwarder
-    /// handles (see `forward`).
-    pub(crate) async fn connection(
-        &self,
-        connect_timeout: Duration,
-        max_idle: Duration,
-    ) -> Result<(Upstream, bool), ConnectError> {
+    /// A pooled connection idle for less than `max_idle` that is still
+    /// usable, if any. The member may close it just as a request goes out,
+    /// which the forwarder handles (see `forward`).
+    pub(crate) async fn pooled(&self, max_idle: Duration) -> Option<Upstream> {
         // `take` skips connections already seen closed or idle too long;
         // `ready` waits for the connection task to have finished the previous
         // exchange (it fails if the member closed the connection meanwhile).
         // Bounded by the pool's capacity.
         while let Some(mut up) = self.pool.take(max_idle) {
             if up.sender.ready().await.is_ok() {
-                return Ok((up, true));
+                return Some(up);
             }
         }
-        Ok((self.connect(connect_timeout, false).await?, false))
+        None
     }
 
     /// Opens a new HTTP/1.1 connection; `upgrades` keeps it usable for a tunnel.
@@ -173,8 +183,12 @@ impl Backend {
         timeout: Duration,
         upgrades: bool,
     ) -> Result<Upstream, ConnectError> {
+        let began = Instant::now();
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                self.connect_ewma.observe(began.elapsed());
+                s
+            }
             Ok(Err(e)) => return Err(ConnectError::Io(e)),
             Err(_) => return Err(ConnectError::Timeout),
         };

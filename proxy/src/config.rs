@@ -128,6 +128,27 @@ pub struct HealthConfig {
     pub fall: u32,
     /// Consecutive successes that turn a DOWN member UP.
     pub rise: u32,
+    /// Time between checks while a member is suspected (a passive failure,
+    /// or results contrary to its state that have not decided yet), as
+    /// HAProxy's `fastinter`; `None` for [`HealthConfig::fastinter_or_default`].
+    pub fastinter: Option<Duration>,
+}
+
+/// `fastinter` when not set: `interval / 10`, within these bounds (and never
+/// more than `interval`).
+pub const FASTINTER_MIN: Duration = Duration::from_millis(100);
+pub const FASTINTER_MAX: Duration = Duration::from_millis(500);
+
+impl HealthConfig {
+    /// The time between checks of a suspected member: `fastinter` if set,
+    /// else `interval / 10` within 100–500 ms, at most `interval`.
+    pub fn fastinter_or_default(&self) -> Duration {
+        self.fastinter.unwrap_or_else(|| {
+            (self.interval / 10)
+                .clamp(FASTINTER_MIN, FASTINTER_MAX)
+                .min(self.interval)
+        })
+    }
 }
 
 impl Default for HealthConfig {
@@ -139,6 +160,7 @@ impl Default for HealthConfig {
             timeout: Duration::from_secs(2),
             fall: 3,
             rise: 2,
+            fastinter: None,
         }
     }
 }
@@ -291,6 +313,11 @@ impl ProxyConfig {
             if h.interval.is_zero() || h.timeout.is_zero() {
                 return Err(bad("interval and timeout must be more than 0"));
             }
+            if let Some(f) = h.fastinter {
+                if f.is_zero() || f > h.interval {
+                    return Err(bad("fastinter must be more than 0 and at most interval"));
+                }
+            }
             if !h.path.starts_with('/') {
                 return Err(bad("health path must start with `/`"));
             }
@@ -319,6 +346,59 @@ mod tests {
         );
         for bad in ["", "*.", "a..b", "a b", "*x.com", "x.*.com", "a/b"] {
             assert_eq!(HostPattern::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fastinter_default_table() {
+        let ms = Duration::from_millis;
+        // (interval, fastinter set, effective)
+        for (interval, set, want) in [
+            (ms(5000), None, ms(500)),
+            (ms(2000), None, ms(200)),
+            (ms(30_000), None, ms(500)),
+            (ms(500), None, ms(100)),
+            (ms(50), None, ms(50)), // never more than interval
+            (ms(5000), Some(ms(250)), ms(250)),
+        ] {
+            let h = HealthConfig {
+                interval,
+                fastinter: set,
+                ..HealthConfig::default()
+            };
+            assert_eq!(h.fastinter_or_default(), want, "{interval:?} {set:?}");
+        }
+    }
+
+    #[test]
+    fn fastinter_is_validated() {
+        let ms = Duration::from_millis;
+        let with = |fastinter| ProxyConfig {
+            services: vec![ServiceConfig {
+                name: "web".into(),
+                hosts: Vec::new(),
+                retries: 2,
+                health: HealthConfig {
+                    fastinter,
+                    ..HealthConfig::default()
+                },
+                hsts: None,
+                members: Vec::new(),
+            }],
+            generation: 1,
+            listeners: Vec::new(),
+            limits: Limits::default(),
+        };
+        assert_eq!(with(None).validate(), Ok(()));
+        assert_eq!(with(Some(ms(5000))).validate(), Ok(()));
+        for bad in [ms(0), ms(5001)] {
+            assert!(
+                matches!(
+                    with(Some(bad)).validate(),
+                    Err(ConfigError::BadHealth { .. })
+                ),
+                "{bad:?}"
+            );
         }
     }
 }

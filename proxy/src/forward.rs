@@ -1,7 +1,8 @@
 //! Forwarding one client request: route, pick a member, rewrite headers, send,
 //! retry on another member when that is safe, stream the answer back. The retry
 //! rules (a POST is never sent twice once written), the timeouts and WebSocket
-//! tunnels: `docs/proxy.md`, "Forwarding, retries and request timeouts".
+//! tunnels: `docs/proxy.md`, "Forwarding, retries and request timeouts";
+//! the race of hedged connects (`connect_any`): "Hedged connects".
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,14 +14,17 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 
 use crate::access::counted::Counted;
 use crate::access::record::{Hook, Record};
 use crate::access::Term;
 use crate::backend::{Backend, Upstream, POOL_IDLE_MAX, UNSAFE_REUSE_IDLE};
 use crate::body::RespBody;
+use crate::config::MAX_RETRIES;
 use crate::config::{Limits, ServiceConfig};
 use crate::conn::ConnState;
+use crate::hedge::hedge_delay;
 use crate::route::request_host;
 use crate::state::{ServiceRt, Snapshot, Tried};
 use crate::upload::{ReqBody, Upload, UploadState};
@@ -143,7 +147,7 @@ async fn forward(
     rec.request_id(parts.headers.get(&X_REQUEST_ID));
 
     // A request without a body can be sent again as it is.
-    let mut body = if body_is_empty(&parts.headers, &body) {
+    let body = if body_is_empty(&parts.headers, &body) {
         ReqBody::Empty
     } else {
         ReqBody::stream(body)
@@ -154,63 +158,36 @@ async fn forward(
     let rec = &mut rec;
     let twice_ok = may_send_twice(&parts);
     let replayable = matches!(body, ReqBody::Empty) && twice_ok;
+    let mut msg = Msg { parts, body };
     let max_idle = if twice_ok {
         POOL_IDLE_MAX
     } else {
         UNSAFE_REUSE_IDLE
     };
-    let attempts = 1 + svc.retries;
     let limits = snap.limits;
-    let mut tried = Tried::default();
+    let dial = Dial {
+        timeout: limits.connect_timeout,
+        upgrades: upgrade,
+        max_idle,
+    };
+    let mut tries = Tries::new(1 + svc.retries);
     let mut last_error = StatusCode::SERVICE_UNAVAILABLE;
-    // Why the previous attempt failed, for the retry counters.
-    let mut reset_before = false;
 
-    for attempt in 0..attempts {
-        let Some((i, backend)) = svc.pick(tried) else {
+    // Ends: every turn tries at least one more member, and `tries` is bounded.
+    loop {
+        let Some(Connected {
+            backend,
+            mut up,
+            reused,
+        }) = connect_any(svc, &mut tries, dial, rec.0).await
+        else {
             break;
         };
-        tried.add(i);
-        rec.0.trying(&backend.member, attempt > 0);
-        if attempt > 0 {
-            let r = &svc.metrics.retries;
-            match reset_before {
-                true => r.reset.inc(),
-                false => r.connect.inc(),
-            }
-        }
-        reset_before = false;
-        let conn = if upgrade {
-            backend
-                .connect(limits.connect_timeout, true)
-                .await
-                .map(|c| (c, false))
-        } else {
-            backend.connection(limits.connect_timeout, max_idle).await
-        };
-        let (mut up, reused) = match conn {
-            Ok(c) => {
-                rec.0.connected();
-                c
-            }
-            Err(e) => {
-                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
-                if !e.is_local() {
-                    backend.passive_failure();
-                }
-                continue; // nothing was sent: always safe to retry
-            }
-        };
-        let last_try = attempt + 1 == attempts;
+        rec.0.connected(&backend.member);
+        let last_try = tries.left == 0;
         let keep_parts = replayable && !last_try;
         let inflight = backend.start_request();
-        // The member may close a pooled connection just as the request goes
-        // out. Hyper gives a request back unsent when it noticed in time:
-        // then it goes once more, on a new connection to the same member.
-        // Otherwise it was written but nothing came back: it goes again the
-        // same way if it may be sent twice (parts kept, body empty or kept
-        // whole up to REPLAY_MAX).
-        let mut fresh_left = reused;
+        // A pooled connection may turn out closed (see `send_on_member`).
         let resend_written = reused && twice_ok;
         if resend_written {
             if let Some(u) = &upload {
@@ -218,53 +195,12 @@ async fn forward(
             }
         }
         let sent_at = Instant::now();
-        let outcome = loop {
-            let this_body = std::mem::replace(&mut body, ReqBody::Empty);
-            let sent_upload = this_body.upload();
-            let keep = keep_parts || (fresh_left && resend_written);
-            let request = if keep {
-                Request::from_parts(clone_parts(&parts), this_body)
-            } else {
-                Request::from_parts(std::mem::replace(&mut parts, empty_parts()), this_body)
-            };
-            let result = exchange(&mut up, request, sent_upload.as_deref(), &limits).await;
-            let again = match result {
-                Outcome::NotSent(req) => {
-                    let (p, b) = req.into_parts();
-                    if !keep {
-                        parts = p;
-                    }
-                    body = b;
-                    if !fresh_left {
-                        break Outcome::NotSent(Request::new(ReqBody::Empty));
-                    }
-                    "pooled connection closed before the request went out"
-                }
-                Outcome::Failed(e)
-                    if fresh_left && resend_written && closed_before_response(&e) =>
-                {
-                    match sent_upload {
-                        None => {} // no body: `body` is still empty
-                        Some(u) => match u.take_replay() {
-                            Some(frames) => body = ReqBody::Replay(frames),
-                            None => break Outcome::Failed(e),
-                        },
-                    }
-                    "pooled connection closed by the member before any response"
-                }
-                other => break other,
-            };
-            fresh_left = false;
-            svc.metrics.retries.resend.inc();
-            tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
-            match backend.connect(limits.connect_timeout, false).await {
-                Ok(u) => up = u,
-                Err(e) => {
-                    tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
-                    break Outcome::NotSent(Request::new(ReqBody::Empty));
-                }
-            }
+        let resend = Resend {
+            fresh_left: reused,
+            written: resend_written,
+            keep_parts,
         };
+        let outcome = send_on_member(svc, &backend, &mut up, &mut msg, resend, &limits).await;
         match outcome {
             Outcome::Response(mut resp) => {
                 rec.0.first_byte();
@@ -291,6 +227,7 @@ async fn forward(
             Outcome::NotSent(_) => {
                 // Nothing reached the member: like a connect failure.
                 backend.passive_failure();
+                tries.why = Retry::Connect;
                 continue;
             }
             Outcome::Failed(e) if e.is_user() => {
@@ -305,7 +242,7 @@ async fn forward(
                 backend.passive_failure();
                 rec.0.end(Term::MEMBER_ERROR_HEAD);
                 last_error = StatusCode::BAD_GATEWAY;
-                reset_before = true;
+                tries.why = Retry::Reset;
                 if !keep_parts {
                     break;
                 }
@@ -333,6 +270,314 @@ async fn forward(
         return r;
     }
     local(last_error, "upstream failed\n")
+}
+
+/// The request between tries: its head (empty once it went without being
+/// kept) and what is left of its body.
+struct Msg {
+    parts: Parts,
+    body: ReqBody,
+}
+
+/// Whether a request may go again on a new connection to the same member.
+#[derive(Clone, Copy)]
+struct Resend {
+    /// The connection was pooled and no new one was made yet.
+    fresh_left: bool,
+    /// Pooled and the request may be sent twice: even once written.
+    written: bool,
+    /// The head is kept for another member.
+    keep_parts: bool,
+}
+
+/// Sends `msg` on `up` to `backend`. The member may close a pooled connection
+/// just as the request goes out. Hyper gives a request back unsent when it
+/// noticed in time: then it goes once more, on a new connection to the same
+/// member. Otherwise it was written but nothing came back: it goes again the
+/// same way if it may be sent twice (parts kept, body empty or kept whole up
+/// to REPLAY_MAX).
+async fn send_on_member(
+    svc: &ServiceRt,
+    backend: &Backend,
+    up: &mut Upstream,
+    msg: &mut Msg,
+    resend: Resend,
+    limits: &Limits,
+) -> Outcome {
+    let Resend {
+        mut fresh_left,
+        written: resend_written,
+        keep_parts,
+    } = resend;
+    loop {
+        let this_body = std::mem::replace(&mut msg.body, ReqBody::Empty);
+        let sent_upload = this_body.upload();
+        let keep = keep_parts || (fresh_left && resend_written);
+        let request = if keep {
+            Request::from_parts(clone_parts(&msg.parts), this_body)
+        } else {
+            Request::from_parts(std::mem::replace(&mut msg.parts, empty_parts()), this_body)
+        };
+        let result = exchange(up, request, sent_upload.as_deref(), limits).await;
+        let again = match result {
+            Outcome::NotSent(req) => {
+                let (p, b) = req.into_parts();
+                if !keep {
+                    msg.parts = p;
+                }
+                msg.body = b;
+                if !fresh_left {
+                    return Outcome::NotSent(Request::new(ReqBody::Empty));
+                }
+                "pooled connection closed before the request went out"
+            }
+            Outcome::Failed(e) if fresh_left && resend_written && closed_before_response(&e) => {
+                match sent_upload {
+                    None => {} // no body: `msg.body` is still empty
+                    Some(u) => match u.take_replay() {
+                        Some(frames) => msg.body = ReqBody::Replay(frames),
+                        None => return Outcome::Failed(e),
+                    },
+                }
+                "pooled connection closed by the member before any response"
+            }
+            other => return other,
+        };
+        fresh_left = false;
+        svc.metrics.retries.resend.inc();
+        tracing::debug!(service = %svc.name, member = %backend.member, why = again, "sending again on a new connection");
+        match backend.connect(limits.connect_timeout, false).await {
+            Ok(u) => *up = u,
+            Err(e) => {
+                tracing::debug!(service = %svc.name, member = %backend.member, error = %e, "upstream connect failed");
+                return Outcome::NotSent(Request::new(ReqBody::Empty));
+            }
+        }
+    }
+}
+
+/// How a request's connections are made: a tunnel needs a new connection of
+/// its own, anything else may take a pooled one idle for less than `max_idle`.
+#[derive(Clone, Copy)]
+struct Dial {
+    timeout: Duration,
+    upgrades: bool,
+    max_idle: Duration,
+}
+
+/// Why the next member is tried, for the retry counters.
+#[derive(Clone, Copy)]
+enum Retry {
+    /// The previous member's connection could not be had or was lost unsent.
+    Connect,
+    /// The previous member closed or reset before any response byte.
+    Reset,
+    /// A connect still pending was slow (see `hedge`).
+    Hedge,
+}
+
+/// The members one request has tried and may still try.
+struct Tries {
+    tried: Tried,
+    /// Members still allowed: 1 + the service's retries, minus those tried.
+    left: u32,
+    made: u32,
+    /// Why the next member would be tried after a failure.
+    why: Retry,
+}
+
+impl Tries {
+    fn new(allowed: u32) -> Tries {
+        Tries {
+            tried: Tried::default(),
+            left: allowed,
+            made: 0,
+            why: Retry::Connect,
+        }
+    }
+
+    /// The next member to try, counted as a retry when it is not the first.
+    fn next<'s>(
+        &mut self,
+        svc: &'s ServiceRt,
+        why: Retry,
+        rec: &mut Option<Box<Record>>,
+    ) -> Option<&'s Arc<Backend>> {
+        if self.left == 0 {
+            return None;
+        }
+        let (i, backend) = svc.pick(self.tried)?;
+        self.tried.add(i);
+        self.left -= 1;
+        let retry = self.made > 0;
+        if retry {
+            let r = &svc.metrics.retries;
+            match why {
+                Retry::Connect => r.connect.inc(),
+                Retry::Reset => r.reset.inc(),
+                Retry::Hedge => r.hedge.inc(),
+            }
+        }
+        self.made += 1;
+        self.why = Retry::Connect;
+        rec.trying(&backend.member, retry);
+        Some(backend)
+    }
+
+    fn can_hedge(&self, svc: &ServiceRt) -> bool {
+        self.left > 0 && svc.has_untried(self.tried)
+    }
+}
+
+/// A ready connection and the member it goes to; `reused` tells a pooled one.
+struct Connected {
+    backend: Arc<Backend>,
+    up: Upstream,
+    reused: bool,
+}
+
+/// What a connect task reports: its member and the connection if it got one.
+type Raced = (Arc<Backend>, Option<Upstream>);
+
+/// Connects running for one request at most: one per member it may try.
+const RACE_MAX: usize = 1 + MAX_RETRIES as usize;
+
+/// A connection to the first of the request's next members that has one: a
+/// pooled one at once, else new connects, with another member's started
+/// alongside one that is slow (`hedge::hedge_delay`); a failed connect makes
+/// way for the next member at once. Connects still pending when this returns
+/// or is dropped finish on their own (`spawn_connect`). `None` when no member
+/// is left to try.
+async fn connect_any(
+    svc: &ServiceRt,
+    tries: &mut Tries,
+    dial: Dial,
+    rec: &mut Option<Box<Record>>,
+) -> Option<Connected> {
+    let mut race = Race::new(dial);
+    let mut hedge_at: Option<tokio::time::Instant> = None;
+    let mut launch = true;
+    loop {
+        if std::mem::take(&mut launch) {
+            let why = if race.running > 0 {
+                Retry::Hedge
+            } else {
+                tries.why
+            };
+            if let Some(backend) = tries.next(svc, why, rec) {
+                let pooled = match dial.upgrades {
+                    true => None,
+                    false => backend.pooled(dial.max_idle).await,
+                };
+                if let Some(up) = pooled {
+                    let backend = backend.clone();
+                    return Some(Connected {
+                        backend,
+                        up,
+                        reused: true,
+                    });
+                }
+                race.start(backend.clone());
+                let ewma = backend.connect_ewma.get();
+                hedge_at = hedge_delay(ewma, dial.timeout, tries.can_hedge(svc))
+                    .map(|d| tokio::time::Instant::now() + d);
+            }
+        }
+        if race.running == 0 {
+            return None;
+        }
+        let at = hedge_at.unwrap_or_else(tokio::time::Instant::now);
+        tokio::select! {
+            (backend, up) = race.next() => match up {
+                Some(up) => return Some(Connected { backend, up, reused: false }),
+                None => launch = true, // judged by its task
+            },
+            () = tokio::time::sleep_until(at), if hedge_at.is_some() => {
+                hedge_at = None;
+                launch = true;
+                tracing::debug!(service = %svc.name, "connect slow, trying another member alongside");
+            }
+        }
+    }
+}
+
+/// The connects running for one request. The channel they report on is made
+/// with the first; when the race is dropped (won, or the request dropped),
+/// connections reported but not read, and those of connects still running
+/// (their report fails), are given back.
+struct Race {
+    dial: Dial,
+    chan: Option<(mpsc::Sender<Raced>, mpsc::Receiver<Raced>)>,
+    running: usize,
+}
+
+impl Race {
+    fn new(dial: Dial) -> Race {
+        Race {
+            dial,
+            chan: None,
+            running: 0,
+        }
+    }
+
+    fn start(&mut self, backend: Arc<Backend>) {
+        let (tx, _) = self.chan.get_or_insert_with(|| mpsc::channel(RACE_MAX));
+        spawn_connect(backend, self.dial, tx.clone());
+        self.running += 1;
+    }
+
+    /// The next connect to end; only while one runs. Cancel-safe.
+    async fn next(&mut self) -> Raced {
+        let Some((_, rx)) = &mut self.chan else {
+            unreachable!("a race without a connect");
+        };
+        // Never `None`: the sender is held here.
+        let got = rx.recv().await.expect("a race holds its sender");
+        self.running -= 1;
+        got
+    }
+}
+
+impl Drop for Race {
+    fn drop(&mut self) {
+        if let Some((_, rx)) = &mut self.chan {
+            rx.close();
+            while let Ok((backend, up)) = rx.try_recv() {
+                give_back(&backend, up, self.dial);
+            }
+        }
+    }
+}
+
+/// Connects to `backend` in a task of its own, so that a connect nobody waits
+/// for any more (another member's won, or the client left and the request's
+/// future was dropped) still finishes within `dial.timeout` and is judged: a
+/// failure is a passive failure whoever waits for it, and a late connection
+/// goes to the pool (a tunnel's is closed).
+fn spawn_connect(backend: Arc<Backend>, dial: Dial, tx: mpsc::Sender<Raced>) {
+    tokio::spawn(async move {
+        let up = match backend.connect(dial.timeout, dial.upgrades).await {
+            Ok(up) => Some(up),
+            Err(e) => {
+                tracing::debug!(service = %backend.service, member = %backend.member, error = %e, "upstream connect failed");
+                if !e.is_local() {
+                    backend.passive_failure();
+                }
+                None
+            }
+        };
+        if let Err(unread) = tx.try_send((backend, up)) {
+            let (backend, up) = unread.into_inner();
+            give_back(&backend, up, dial);
+        }
+    });
+}
+
+/// A connection no request wants: to the pool, or closed if it was made for a tunnel.
+fn give_back(backend: &Backend, up: Option<Upstream>, dial: Dial) {
+    if let (Some(up), false) = (up, dial.upgrades) {
+        backend.pool.put(up);
+    }
 }
 
 /// The record with the upload whose bytes it gets when `forward` returns.

@@ -1,6 +1,7 @@
 //! Active health checks with HAProxy's `httpchk` semantics: one task per
 //! (service, member), `fall`/`rise` counting as a pure function ([`Judge`])
-//! tested without sockets. `docs/proxy.md`, "Health checks".
+//! tested without sockets; checks of a suspected member run every
+//! `fastinter` ([`next_wait`]). `docs/proxy.md`, "Health checks".
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +46,18 @@ impl Judge {
         self.state
     }
 
-    /// Feeds one check result; returns the new state when it changed.
+    /// Feeds one check result; returns the new state when it changed. A
+    /// member not judged yet (Unknown, routable) is UP at its first success
+    /// and DOWN after `fall` consecutive failures, like an UP one: a member
+    /// still starting when its first check runs is not taken out alone.
     pub fn observe(&mut self, ok: bool) -> Option<Health> {
         let next = match (self.state, ok) {
             (Health::Unknown, true) => Some(Health::Up),
-            (Health::Unknown, false) => Some(Health::Down),
             (Health::Up, true) | (Health::Down, false) => {
                 self.streak = 0;
                 None
             }
-            (Health::Up, false) => {
+            (Health::Unknown | Health::Up, false) => {
                 self.streak += 1;
                 (self.streak >= self.fall).then_some(Health::Down)
             }
@@ -68,6 +71,21 @@ impl Judge {
             self.streak = 0;
         }
         next
+    }
+
+    /// Whether results contrary to the state have started and not decided
+    /// yet: then checks run every `fastinter`.
+    pub fn deciding(&self) -> bool {
+        self.streak > 0
+    }
+}
+
+/// The wait before the next regular check (before jitter): `fastinter` while
+/// `judge` is deciding, else `interval`.
+pub fn next_wait(judge: &Judge, cfg: &HealthConfig) -> Duration {
+    match judge.deciding() {
+        true => cfg.fastinter_or_default(),
+        false => cfg.interval,
     }
 }
 
@@ -207,7 +225,7 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
             } else if backend.health() != judge.state() {
                 backend.set_health(judge.state());
             }
-            wait = jitter(cfg.interval, 0.1);
+            wait = jitter(next_wait(&judge, &cfg), 0.1);
         }
     });
 }
@@ -226,12 +244,73 @@ fn jitter(base: Duration, spread: f64) -> Duration {
 mod tests {
     use super::*;
 
+    /// (start state, results) → state after each result.
+    fn run(start: Health, results: &str) -> Vec<Health> {
+        let mut j = Judge::new(start, 2, 3);
+        results
+            .chars()
+            .map(|c| {
+                j.observe(c == '+');
+                j.state()
+            })
+            .collect()
+    }
+
     #[test]
-    fn first_result_decides_unknown() {
-        let mut j = Judge::new(Health::Unknown, 2, 3);
-        assert_eq!(j.observe(true), Some(Health::Up));
-        let mut j = Judge::new(Health::Unknown, 2, 3);
-        assert_eq!(j.observe(false), Some(Health::Down));
+    fn unknown_needs_fall_failures_and_one_success() {
+        use Health::{Down as D, Unknown as U, Up as P};
+        let table: &[(&str, &[Health])] = &[
+            ("+", &[P]),
+            ("-", &[U]),
+            ("--", &[U, U]),
+            ("---", &[U, U, D]),
+            ("--+", &[U, U, P]),
+            ("-+--", &[U, P, P, P]),
+            ("--+---", &[U, U, P, P, P, D]),
+            ("---++", &[U, U, D, D, P]),
+        ];
+        for (results, want) in table {
+            assert_eq!(&run(U, results), want, "{results}");
+        }
+    }
+
+    #[test]
+    fn deciding_while_a_contrary_streak_runs() {
+        // (start, results, deciding after the last one)
+        for (start, results, want) in [
+            (Health::Unknown, "", false),
+            (Health::Unknown, "-", true),
+            (Health::Unknown, "--", true),
+            (Health::Unknown, "---", false), // DOWN now
+            (Health::Unknown, "-+", false),  // UP now
+            (Health::Up, "+", false),
+            (Health::Up, "-", true),
+            (Health::Up, "--+", false),
+            (Health::Down, "-", false),
+            (Health::Down, "+", true),
+            (Health::Down, "++", false), // UP now
+        ] {
+            let mut j = Judge::new(start, 2, 3);
+            for c in results.chars() {
+                j.observe(c == '+');
+            }
+            assert_eq!(j.deciding(), want, "{start:?} {results}");
+        }
+    }
+
+    #[test]
+    fn fast_checks_while_deciding() {
+        let cfg = HealthConfig::default(); // interval 5 s: fastinter 500 ms
+        let mut j = Judge::new(Health::Up, 2, 3);
+        assert_eq!(next_wait(&j, &cfg), Duration::from_secs(5));
+        j.observe(false);
+        assert_eq!(next_wait(&j, &cfg), Duration::from_millis(500));
+        j.observe(false);
+        j.observe(false);
+        assert_eq!(j.state(), Health::Down);
+        assert_eq!(next_wait(&j, &cfg), Duration::from_secs(5));
+        j.observe(true);
+        assert_eq!(next_wait(&j, &cfg), Duration::from_millis(500));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 pub mod forward;
 pub mod health;
+pub mod hedge;
 mod io;
 pub mod liveness;
 pub mod metrics;
@@ -101,7 +102,7 @@ struct Running {
 fn mark_lost(snap: &Snapshot, id: &str, lost: bool) {
     for m in snap.services.iter().flat_map(|s| s.members.iter()) {
         if &*m.backend.member == id && m.backend.liveness.set_lost(lost) {
-            m.backend.check_now.notify_one();
+            m.backend.suspect();
         }
     }
 }

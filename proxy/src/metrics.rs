@@ -87,7 +87,7 @@ impl ProxyMetrics {
             retries: IntCounterVec::new(
                 Opts::new(
                     "dynia_upstream_retries_total",
-                    "Requests sent again, by service and reason: `connect` (the member refused or timed out the connection, next member), `reset` (closed before any response byte, next member), `resend` (a pooled connection the member closed, same member).",
+                    "Requests sent again, by service and reason: `connect` (the member refused or timed out the connection, next member), `reset` (closed before any response byte, next member), `resend` (a pooled connection the member closed, same member), `hedge` (a connect slow enough that another member was tried alongside).",
                 ),
                 &["service", "reason"],
             )?,
@@ -178,6 +178,7 @@ impl ProxyMetrics {
                 connect: self.retries.with_label_values(&[service, "connect"]),
                 reset: self.retries.with_label_values(&[service, "reset"]),
                 resend: self.retries.with_label_values(&[service, "resend"]),
+                hedge: self.retries.with_label_values(&[service, "hedge"]),
             },
             forgotten: AtomicBool::new(false),
         }
@@ -261,7 +262,7 @@ impl ServiceMetrics {
             }
         }
         let _ = self.durations.remove_label_values(&[&*self.service]);
-        for reason in ["connect", "reset", "resend"] {
+        for reason in ["connect", "reset", "resend", "hedge"] {
             let _ = self
                 .retries_vec
                 .remove_label_values(&[&*self.service, reason]);
@@ -306,6 +307,7 @@ pub struct RetryReasons {
     pub connect: IntCounter,
     pub reset: IntCounter,
     pub resend: IntCounter,
+    pub hedge: IntCounter,
 }
 
 /// Per-(service, member) handles.

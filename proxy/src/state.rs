@@ -57,6 +57,9 @@ impl MemberRt {
 pub struct Tried(u64);
 
 impl Tried {
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
     fn has(self, i: usize) -> bool {
         i < 64 && self.0 & (1 << i) != 0
     }
@@ -70,7 +73,8 @@ impl Tried {
 impl ServiceRt {
     /// Round robin over the members that are ACTIVE, not DOWN and not yet
     /// tried: the rotation counts eligible members only, so when one member is
-    /// out the others share its load evenly (as HAProxy's `roundrobin` does).
+    /// out the others share its load evenly (as HAProxy's `roundrobin` does);
+    /// it moves once per request, not per member tried.
     pub fn pick(&self, tried: Tried) -> Option<(usize, &Arc<Backend>)> {
         let n = self.members.len();
         let eligible = |i: &usize| !tried.has(*i) && self.members[*i].eligible();
@@ -78,13 +82,25 @@ impl ServiceRt {
         if count == 0 {
             return None;
         }
-        let k = self.rr.fetch_add(1, Ordering::Relaxed) % count;
+        // Only a request's first pick moves the rotation: were a retry or a
+        // hedge to move it too, a request that tried a dead member first
+        // would step the rotation twice, and with two members the next
+        // request would try the dead one first again.
+        let k = match tried.is_empty() {
+            true => self.rr.fetch_add(1, Ordering::Relaxed),
+            false => self.rr.load(Ordering::Relaxed),
+        } % count;
         // Health may change between the two passes: fall back to the first.
         let i = (0..n)
             .filter(eligible)
             .nth(k)
             .or_else(|| (0..n).find(eligible))?;
         Some((i, &self.members[i].backend))
+    }
+
+    /// Whether [`ServiceRt::pick`] would find a member for `tried`.
+    pub fn has_untried(&self, tried: Tried) -> bool {
+        (0..self.members.len()).any(|i| !tried.has(i) && self.members[i].eligible())
     }
 }
 
@@ -221,6 +237,57 @@ impl Registry {
             if let Some((cancel, _)) = e.checker.take() {
                 cancel.cancel();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(n: usize) -> ServiceRt {
+        let metrics = ProxyMetrics::new(&prometheus::Registry::new()).unwrap();
+        let members = (0..n)
+            .map(|i| MemberRt {
+                backend: Arc::new(Backend::new(
+                    "web".into(),
+                    format!("m{i}").into(),
+                    format!("127.0.0.{}:80", i + 2).parse().unwrap(),
+                    metrics.member("web", &format!("m{i}")),
+                )),
+                state: AdminState::Active,
+            })
+            .collect();
+        ServiceRt {
+            name: "web".into(),
+            retries: 2,
+            retry_after: 1,
+            members,
+            rr: Arc::new(AtomicUsize::new(0)),
+            metrics: Arc::new(metrics.service("web")),
+        }
+    }
+
+    /// Each request tries the rotation's member first, then the next ones.
+    #[test]
+    fn rotation_moves_once_per_request_whatever_it_tried() {
+        for n in [2, 3] {
+            let svc = service(n);
+            let mut firsts = Vec::new();
+            for _ in 0..2 * n {
+                let mut tried = Tried::default();
+                let (first, _) = svc.pick(tried).unwrap();
+                tried.add(first);
+                // A retry or a hedge to every other member.
+                while let Some((i, _)) = svc.pick(tried) {
+                    assert_ne!(i, first);
+                    tried.add(i);
+                }
+                assert!(!svc.has_untried(tried));
+                firsts.push(first);
+            }
+            let want: Vec<usize> = (0..2 * n).map(|k| k % n).collect();
+            assert_eq!(firsts, want, "{n} members");
         }
     }
 }

@@ -217,6 +217,29 @@ impl Record {
             .and((self.tried_count > 0).then(|| &self.tried[self.last_tried_at..]))
     }
 
+    /// Moves the last `member` entry of `tried` to its end (a hedged
+    /// connect won by a member tried earlier). No allocation.
+    fn move_to_end(&mut self, member: &str) {
+        if self.tried_count < 2 || &self.tried[self.last_tried_at..] == member {
+            return;
+        }
+        let mut found = None;
+        let mut at = 0;
+        for entry in self.tried.split(',') {
+            if entry == member {
+                found = Some(at);
+            }
+            at += entry.len() + 1;
+        }
+        let Some(start) = found else { return };
+        // `start` is not the last entry: remove it with its comma.
+        self.tried
+            .replace_range(start..start + member.len() + 1, "");
+        self.tried_count -= 1;
+        self.last_tried_at = self.tried.rfind(',').map_or(0, |c| c + 1);
+        self.push_tried(member);
+    }
+
     fn push_tried(&mut self, member: &str) {
         if self.tried_count > 0 {
             self.tried.push(',');
@@ -239,7 +262,9 @@ fn or_dash(s: &str) -> &str {
 pub(crate) trait Hook {
     fn service(&mut self, name: &Arc<str>);
     fn trying(&mut self, member: &Arc<str>, retry: bool);
-    fn connected(&mut self);
+    /// A connection to `member` is ready; with hedged connects it may not be
+    /// the last one tried, so it moves to the end of `tried`.
+    fn connected(&mut self, member: &Arc<str>);
     fn first_byte(&mut self);
     fn request_id(&mut self, id: Option<&http::HeaderValue>);
     fn bytes_in(&mut self, n: u64);
@@ -259,8 +284,9 @@ impl Hook for Option<Box<Record>> {
             r.retries += u32::from(retry);
         }
     }
-    fn connected(&mut self) {
+    fn connected(&mut self, member: &Arc<str>) {
         if let Some(r) = self {
+            r.move_to_end(member);
             r.connect = Some(r.start.elapsed());
         }
     }
@@ -328,5 +354,49 @@ impl Drop for Pending {
             }
         }
         super::writer::finish(&shared, r);
+    }
+}
+
+#[cfg(test)]
+mod tried_tests {
+    use super::*;
+
+    fn tried(names: &[&str]) -> Box<Record> {
+        let mut r = Record::empty();
+        for n in names {
+            r.push_tried(n);
+        }
+        r
+    }
+
+    #[test]
+    fn the_member_that_connected_moves_to_the_end() {
+        let mut r = tried(&["a", "bb", "c"]);
+        r.move_to_end("bb");
+        assert_eq!(r.tried, "a,c,bb");
+        r.first_byte = Some(Duration::ZERO);
+        assert_eq!(r.member(), Some("bb"));
+        r.move_to_end("a");
+        assert_eq!(r.tried, "c,bb,a");
+        assert_eq!(r.member(), Some("a"));
+        r.move_to_end("a");
+        r.move_to_end("zz");
+        assert_eq!((r.tried.as_str(), r.tried_count), ("c,bb,a", 3));
+        let mut one = tried(&["solo"]);
+        one.move_to_end("solo");
+        assert_eq!(one.tried, "solo");
+    }
+
+    #[test]
+    fn a_reused_record_starts_empty() {
+        let mut r = tried(&["a", "b"]);
+        r.service.push_str("web");
+        r.reset();
+        assert_eq!(
+            (r.tried.as_str(), r.tried_count, r.service()),
+            ("", 0, None)
+        );
+        r.first_byte = Some(Duration::ZERO);
+        assert_eq!(r.member(), None);
     }
 }
