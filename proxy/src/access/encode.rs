@@ -15,32 +15,51 @@ pub enum Format {
     Haproxy,
 }
 
-/// Appends `r` as one line in `format`.
-pub fn encode(format: Format, r: &Record, out: &mut String) {
-    match format {
-        Format::Logfmt => logfmt(r, out),
-        Format::Json => json(r, out),
-        Format::Haproxy => haproxy(r, out),
-    }
-    out.push('\n');
+/// Encodes records as lines of one format; keeps the date text of the
+/// current second, so a line costs no calendar arithmetic and no `core::fmt`.
+pub struct Encoder {
+    format: Format,
+    dates: DateCache,
 }
 
-fn ms(d: Option<Duration>) -> f64 {
-    d.map_or(-1.0, |d| (d.as_micros() as f64) / 1000.0)
+impl Encoder {
+    pub fn new(format: Format) -> Encoder {
+        Encoder {
+            format,
+            dates: DateCache::default(),
+        }
+    }
+
+    /// Appends `r` as one line, newline included.
+    pub fn line(&mut self, r: &Record, out: &mut String) {
+        match self.format {
+            Format::Logfmt => logfmt(r, self.dates.rfc3339(r.time), out),
+            Format::Json => json(r, self.dates.rfc3339(r.time), out),
+            Format::Haproxy => haproxy(r, self.dates.haproxy(r.time), out),
+        }
+        out.push('\n');
+    }
+}
+
+/// Appends `r` as one line in `format` (one-off; the writer keeps an [`Encoder`]).
+pub fn encode(format: Format, r: &Record, out: &mut String) {
+    Encoder::new(format).line(r, out);
 }
 
 /// A field's value, borrowed from the record where it can be.
 enum Value<'a> {
     Str(&'a str),
-    Show(&'a dyn std::fmt::Display),
-    Num(f64),
+    Addr(&'a std::net::SocketAddr),
+    Int(u64),
+    /// Milliseconds with up to three decimals; `-1` for none.
+    Ms(Option<Duration>),
     Bool(bool),
 }
 
 /// Calls `f` with every field, in the documented order.
 fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
     f("time", Value::Str(time));
-    f("client", Value::Show(&r.client));
+    f("client", Value::Addr(&r.client));
     f("listener", Value::Str(&r.listener));
     f("tls", Value::Str(r.tls.unwrap_or("-")));
     f(
@@ -51,16 +70,16 @@ fn fields(r: &Record, time: &str, f: &mut impl FnMut(&str, Value<'_>)) {
     f("method", Value::Str(r.method.as_str()));
     f("path", Value::Str(r.path()));
     f("proto", Value::Str(proto(r.version)));
-    f("status", Value::Num(f64::from(r.status)));
-    f("bytes_in", Value::Num(r.bytes_in as f64));
-    f("bytes_out", Value::Num(r.bytes_out as f64));
+    f("status", Value::Int(u64::from(r.status)));
+    f("bytes_in", Value::Int(r.bytes_in));
+    f("bytes_out", Value::Int(r.bytes_out));
     f("service", Value::Str(r.service().unwrap_or("-")));
     f("member", Value::Str(r.member().unwrap_or("-")));
     f("tried", Value::Str(&r.tried));
-    f("retries", Value::Num(f64::from(r.retries)));
-    f("connect_ms", Value::Num(ms(r.connect)));
-    f("first_byte_ms", Value::Num(ms(r.first_byte)));
-    f("total_ms", Value::Num(ms(Some(r.total))));
+    f("retries", Value::Int(u64::from(r.retries)));
+    f("connect_ms", Value::Ms(r.connect));
+    f("first_byte_ms", Value::Ms(r.first_byte));
+    f("total_ms", Value::Ms(Some(r.total)));
     f("request_id", Value::Str(r.request_id()));
     f("term", Value::Str(r.term.as_str()));
     f("tunnel", Value::Bool(r.tunnel));
@@ -77,30 +96,78 @@ fn proto(v: http::Version) -> &'static str {
 }
 
 /// Writes a value; strings through `text` (quoting or escaping).
-fn value(v: Value<'_>, out: &mut String, text: fn(&str, &mut String)) {
+fn value(v: Value<'_>, out: &mut String, text: fn(&str, &mut String), quoted: bool) {
     match v {
         Value::Str(s) => text(s, out),
-        Value::Show(d) => text(&d.to_string(), out),
-        Value::Num(n) => {
-            let _ = write!(out, "{n}");
+        Value::Addr(a) => {
+            // `1.2.3.4:5` or `[::1]:5`: nothing in it needs escaping.
+            if quoted {
+                out.push('"');
+            }
+            push_addr(a, out);
+            if quoted {
+                out.push('"');
+            }
         }
-        Value::Bool(b) => {
-            let _ = write!(out, "{b}");
+        Value::Int(n) => push_u64(n, out),
+        Value::Ms(d) => push_ms(d, out),
+        Value::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+    }
+}
+
+fn push_u64(n: u64, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
+/// `12.345`, `1.5`, `7` (the shortest form, as `f64`'s `Display` would
+/// print these milliseconds), or `-1`.
+fn push_ms(d: Option<Duration>, out: &mut String) {
+    let Some(d) = d else {
+        return out.push_str("-1");
+    };
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(us / 1000, out);
+    let frac = us % 1000;
+    if frac != 0 {
+        let digits = [
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let keep = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[..keep]).unwrap_or(""));
+    }
+}
+
+fn push_addr(a: &std::net::SocketAddr, out: &mut String) {
+    match a {
+        std::net::SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(u64::from(*o), out);
+            }
+            out.push(':');
+            push_u64(u64::from(v4.port()), out);
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
         }
     }
 }
 
-fn logfmt(r: &Record, out: &mut String) {
-    let time = rfc3339(r.time);
+fn logfmt(r: &Record, time: &str, out: &mut String) {
     let mut first = true;
-    fields(r, &time, &mut |k, v| {
+    fields(r, time, &mut |k, v| {
         if !first {
             out.push(' ');
         }
         first = false;
         out.push_str(k);
         out.push('=');
-        value(v, out, logfmt_str);
+        value(v, out, logfmt_str, false);
     });
 }
 
@@ -114,11 +181,10 @@ fn logfmt_str(s: &str, out: &mut String) {
     }
 }
 
-fn json(r: &Record, out: &mut String) {
-    let time = rfc3339(r.time);
+fn json(r: &Record, time: &str, out: &mut String) {
     out.push('{');
     let mut first = true;
-    fields(r, &time, &mut |k, v| {
+    fields(r, time, &mut |k, v| {
         if !first {
             out.push(',');
         }
@@ -126,7 +192,7 @@ fn json(r: &Record, out: &mut String) {
         out.push('"');
         out.push_str(k);
         out.push_str("\":");
-        value(v, out, quote);
+        value(v, out, quote, true);
     });
     out.push('}');
 }
@@ -166,14 +232,10 @@ fn escape_ctl_into(s: &str, o: &mut String) {
 /// HAProxy's httplog:
 /// `%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq %{+Q}r`
 /// (no captures, so no `{…}` blocks).
-fn haproxy(r: &Record, out: &mut String) {
-    let int_ms = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64);
-    let tr = match (r.connect, r.first_byte) {
-        (Some(c), Some(f)) => f.saturating_sub(c).as_millis() as i64,
-        _ => -1,
-    };
-    let _ = write!(out, "{} [", r.client);
-    haproxy_date_into(r.time, out);
+fn haproxy(r: &Record, date: &str, out: &mut String) {
+    push_addr(&r.client, out);
+    out.push_str(" [");
+    out.push_str(date);
     out.push_str("] ");
     escape_ctl_into(&r.listener, out);
     if r.tls.is_some() {
@@ -183,26 +245,104 @@ fn haproxy(r: &Record, out: &mut String) {
     escape_ctl_into(r.service().unwrap_or("<NOSRV>"), out);
     out.push('/');
     escape_ctl_into(r.member().unwrap_or("<NOSRV>"), out);
-    let redispatched = if r.tried_count > 1 { "+" } else { "" };
-    let _ = write!(
-        out,
-        " 0/0/{}/{tr}/{} {} {} - - {}-- {}/{}/0/0/{redispatched}{} 0/0 \"{} ",
-        int_ms(r.connect),
-        r.total.as_millis(),
-        r.status,
-        r.bytes_out,
-        r.term.as_str(),
-        r.connections,
-        r.connections,
-        r.retries,
-        r.method,
-    );
+    haproxy_numbers(r, out);
     let end = out.len();
     quote(r.path(), out);
     // The path goes inside the request line's quotes: drop its own.
     out.remove(end);
     out.pop();
-    let _ = write!(out, " {}\"", proto(r.version));
+    out.push(' ');
+    out.push_str(proto(r.version));
+    out.push('"');
+}
+
+/// ` %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq "METHOD `.
+fn haproxy_numbers(r: &Record, out: &mut String) {
+    let int_ms = |d: Option<Duration>, out: &mut String| match d {
+        Some(d) => push_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX), out),
+        None => out.push_str("-1"),
+    };
+    let tr = match (r.connect, r.first_byte) {
+        (Some(c), Some(f)) => Some(f.saturating_sub(c)),
+        _ => None,
+    };
+    out.push_str(" 0/0/");
+    int_ms(r.connect, out);
+    out.push('/');
+    int_ms(tr, out);
+    out.push('/');
+    int_ms(Some(r.total), out);
+    out.push(' ');
+    push_u64(u64::from(r.status), out);
+    out.push(' ');
+    push_u64(r.bytes_out, out);
+    out.push_str(" - - ");
+    out.push_str(r.term.as_str());
+    out.push_str("-- ");
+    let conns = u64::try_from(r.connections).unwrap_or(u64::MAX);
+    push_u64(conns, out);
+    out.push('/');
+    push_u64(conns, out);
+    out.push_str("/0/0/");
+    if r.tried_count > 1 {
+        out.push('+');
+    }
+    push_u64(u64::from(r.retries), out);
+    out.push_str(" 0/0 \"");
+    out.push_str(r.method.as_str());
+    out.push(' ');
+}
+
+/// The date texts of one second, made once per second.
+#[derive(Default)]
+struct DateCache {
+    secs: Option<u64>,
+    /// `2026-12-04T03:47:59.` and `04/Dec/2026:03:47:59.`
+    rfc: String,
+    hap: String,
+    /// The last result: the prefix plus milliseconds (and `Z`).
+    out: String,
+}
+
+impl DateCache {
+    fn refresh(&mut self, t: SystemTime) -> u32 {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.secs != Some(since.as_secs()) {
+            self.secs = Some(since.as_secs());
+            let whole = UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            self.rfc = rfc3339(whole);
+            self.rfc.truncate(self.rfc.len() - 4); // keep `…:59.`
+            self.hap = haproxy_date(whole);
+            self.hap.truncate(self.hap.len() - 3);
+        }
+        since.subsec_millis()
+    }
+
+    fn with_millis(&mut self, prefix_rfc: bool, ms: u32, z: bool) -> &str {
+        self.out.clear();
+        self.out
+            .push_str(if prefix_rfc { &self.rfc } else { &self.hap });
+        let d = [
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+        ];
+        self.out.push_str(std::str::from_utf8(&d).unwrap_or("000"));
+        if z {
+            self.out.push('Z');
+        }
+        &self.out
+    }
+
+    fn rfc3339(&mut self, t: SystemTime) -> &str {
+        let ms = self.refresh(t);
+        self.with_millis(true, ms, true)
+    }
+
+    fn haproxy(&mut self, t: SystemTime) -> &str {
+        let ms = self.refresh(t);
+        self.with_millis(false, ms, false)
+    }
 }
 
 /// `2026-12-04T03:47:59.123Z`.
@@ -257,5 +397,49 @@ mod tests {
         assert_eq!(haproxy_date(t), "04/Dec/2026:03:47:59.123");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn the_date_cache_agrees_with_the_calendar() {
+        let mut c = DateCache::default();
+        for ms in [
+            1_796_356_079_123u64,
+            1_796_356_079_999,
+            1_796_356_080_000,
+            951_782_400_007,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_millis(ms);
+            assert_eq!(c.rfc3339(t), rfc3339(t));
+            assert_eq!(c.haproxy(t), haproxy_date(t));
+        }
+    }
+
+    #[test]
+    fn milliseconds_print_as_f64_would() {
+        for us in [
+            0u64, 1, 10, 100, 123, 1_000, 1_500, 1_230, 12_345, 999_999, 7_000_001,
+        ] {
+            let mut s = String::new();
+            push_ms(Some(Duration::from_micros(us)), &mut s);
+            assert_eq!(s, format!("{}", us as f64 / 1000.0), "{us} µs");
+        }
+        let mut s = String::new();
+        push_ms(None, &mut s);
+        assert_eq!(s, "-1");
+    }
+
+    #[test]
+    fn addresses_print_as_display_would() {
+        for a in [
+            "10.0.0.1:443",
+            "127.0.0.1:0",
+            "255.255.255.255:65535",
+            "[::1]:8080",
+        ] {
+            let a: std::net::SocketAddr = a.parse().unwrap();
+            let mut s = String::new();
+            push_addr(&a, &mut s);
+            assert_eq!(s, a.to_string());
+        }
     }
 }

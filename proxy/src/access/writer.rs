@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_queue::ArrayQueue;
 use prometheus::IntCounter;
 
-use super::encode::{encode, Format};
+use super::encode::{Encoder, Format};
 use super::record::{ConnFacts, Record};
 
 /// Records waiting for the writer, at most.
@@ -80,6 +80,7 @@ fn run(
     free: Arc<ArrayQueue<Box<Record>>>,
 ) {
     let mut buf = String::with_capacity(256 * 1024);
+    let mut encoder = Encoder::new(format);
     loop {
         // Only this thread holds the queue: every handle is gone (requests
         // still finishing hold one), so this is the last drain.
@@ -88,7 +89,7 @@ fn run(
         for _ in 0..QUEUE {
             match q.pop() {
                 Some(r) => {
-                    encode(format, &r, &mut buf);
+                    encoder.line(&r, &mut buf);
                     let _ = free.push(r); // full: this one is freed instead
                 }
                 None => break,
