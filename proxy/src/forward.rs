@@ -14,6 +14,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::sync::futures::Notified;
 use tokio::sync::mpsc;
 
 use crate::access::counted::Counted;
@@ -247,6 +248,13 @@ async fn forward(
                     break;
                 }
             }
+            Outcome::MemberLost => {
+                // Only asked for when the request may go again (`keep_parts`).
+                tracing::warn!(service = %svc.name, member = %backend.member, "member lost while its answer was awaited; trying another");
+                rec.0.end(Term::MEMBER_ERROR_HEAD);
+                last_error = StatusCode::BAD_GATEWAY;
+                tries.why = Retry::Lost;
+            }
             Outcome::MemberTimeout => {
                 tracing::warn!(service = %svc.name, member = %backend.member, "upstream response timed out");
                 backend.passive_failure();
@@ -318,7 +326,8 @@ async fn send_on_member(
         } else {
             Request::from_parts(std::mem::replace(&mut msg.parts, empty_parts()), this_body)
         };
-        let result = exchange(up, request, sent_upload.as_deref(), limits).await;
+        let lost = keep_parts.then(|| backend.liveness.lost());
+        let result = exchange(up, request, sent_upload.as_deref(), limits, lost).await;
         let again = match result {
             Outcome::NotSent(req) => {
                 let (p, b) = req.into_parts();
@@ -374,6 +383,8 @@ enum Retry {
     Reset,
     /// A connect still pending was slow (see `hedge`).
     Hedge,
+    /// The election lost the member while the answer was awaited.
+    Lost,
 }
 
 /// The members one request has tried and may still try.
@@ -416,6 +427,7 @@ impl Tries {
                 Retry::Connect => r.connect.inc(),
                 Retry::Reset => r.reset.inc(),
                 Retry::Hedge => r.hedge.inc(),
+                Retry::Lost => r.lost.inc(),
             }
         }
         self.made += 1;
@@ -618,11 +630,32 @@ enum Outcome {
     MemberTimeout,
     /// The client sent no upload bytes for `idle_timeout`.
     ClientTimeout,
+    /// The election lost the member while its response head was awaited
+    /// (only asked for when the request may go to another member).
+    MemberLost,
 }
 
 /// Sends `req` on `up` and waits for the response head, timing the member
-/// from the end of the request body.
+/// from the end of the request body; with `lost`, gives up when the election
+/// loses the member (a keep-alive connection to a dead node never answers).
 async fn exchange(
+    up: &mut Upstream,
+    req: Request<ReqBody>,
+    upload: Option<&Upload>,
+    limits: &Limits,
+    lost: Option<Notified<'_>>,
+) -> Outcome {
+    if let Some(lost) = lost {
+        tokio::select! {
+            o = exchange_timed(up, req, upload, limits) => o,
+            _ = lost => Outcome::MemberLost,
+        }
+    } else {
+        exchange_timed(up, req, upload, limits).await
+    }
+}
+
+async fn exchange_timed(
     up: &mut Upstream,
     req: Request<ReqBody>,
     upload: Option<&Upload>,

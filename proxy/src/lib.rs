@@ -102,6 +102,9 @@ struct Running {
 fn mark_lost(snap: &Snapshot, id: &str, lost: bool) {
     for m in snap.services.iter().flat_map(|s| s.members.iter()) {
         if &*m.backend.member == id && m.backend.liveness.set_lost(lost) {
+            if lost {
+                m.backend.pool.purge(Duration::ZERO); // connections to a dead node
+            }
             m.backend.suspect();
         }
     }

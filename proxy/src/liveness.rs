@@ -5,6 +5,9 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
 const HEARD: u8 = 0;
 const LOST: u8 = 1;
 /// Heard again; waits for a passing health check.
@@ -13,7 +16,7 @@ const RETURNING: u8 = 2;
 /// One backend's view of its member's liveness (an atomic: the data path
 /// reads it per pick).
 #[derive(Debug, Default)]
-pub struct MemberLiveness(AtomicU8);
+pub struct MemberLiveness(AtomicU8, Notify);
 
 impl MemberLiveness {
     /// Whether requests may go to the member (it is not lost or returning).
@@ -34,12 +37,22 @@ impl MemberLiveness {
     /// Returns whether anything changed.
     pub fn set_lost(&self, lost: bool) -> bool {
         if lost {
-            self.0.swap(LOST, Ordering::Relaxed) != LOST
+            let changed = self.0.swap(LOST, Ordering::Relaxed) != LOST;
+            if changed {
+                self.1.notify_waiters();
+            }
+            changed
         } else {
             self.0
                 .compare_exchange(LOST, RETURNING, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         }
+    }
+
+    /// Completes when the member is lost after this call (a request waiting
+    /// for its response head may then go to another member).
+    pub fn lost(&self) -> Notified<'_> {
+        self.1.notified()
     }
 
     /// A health check passed: a returning member is routable again.
@@ -71,6 +84,16 @@ mod tests {
         l.check_passed();
         assert!(l.routable());
         assert!(!l.set_lost(false), "heard while heard is no change");
+    }
+
+    #[tokio::test]
+    async fn waiters_hear_of_the_loss() {
+        let l = MemberLiveness::default();
+        let w = l.lost();
+        l.set_lost(true);
+        tokio::time::timeout(std::time::Duration::from_secs(5), w)
+            .await
+            .expect("woken by the loss");
     }
 
     #[test]

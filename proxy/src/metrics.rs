@@ -179,6 +179,7 @@ impl ProxyMetrics {
                 reset: self.retries.with_label_values(&[service, "reset"]),
                 resend: self.retries.with_label_values(&[service, "resend"]),
                 hedge: self.retries.with_label_values(&[service, "hedge"]),
+                lost: self.retries.with_label_values(&[service, "lost"]),
             },
             forgotten: AtomicBool::new(false),
         }
@@ -262,7 +263,7 @@ impl ServiceMetrics {
             }
         }
         let _ = self.durations.remove_label_values(&[&*self.service]);
-        for reason in ["connect", "reset", "resend", "hedge"] {
+        for reason in ["connect", "reset", "resend", "hedge", "lost"] {
             let _ = self
                 .retries_vec
                 .remove_label_values(&[&*self.service, reason]);
@@ -308,6 +309,7 @@ pub struct RetryReasons {
     pub reset: IntCounter,
     pub resend: IntCounter,
     pub hedge: IntCounter,
+    pub lost: IntCounter,
 }
 
 /// Per-(service, member) handles.
