@@ -6,7 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -111,6 +112,7 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
         }
     };
     let status = resp.status().as_u16();
+    let at = w.clock.now_wall();
     w.log(Call {
         service: CallTarget::Metadata { droplet_id },
         method: req.method().to_string(),
@@ -118,7 +120,7 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
         action_type: None,
         droplet_id: None,
         status,
-        at: SystemTime::now(),
+        at,
         instant: Instant::now(),
     });
     resp
