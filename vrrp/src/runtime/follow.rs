@@ -113,7 +113,7 @@ impl FollowCtx {
                     }))
                 }
                 FollowerOutput::ReadHolder => {
-                    *call = Some(Box::pin(async move { Done::Holder(d.holder().await) }))
+                    *call = Some(Box::pin(async move { Done::Holder(d.check().await) }))
                 }
                 FollowerOutput::Warm { first } => {
                     *call = Some(Box::pin(async move {
