@@ -26,7 +26,7 @@ pub(super) async fn api(s: &SimShared, req: Request<Incoming>) -> Response<Full<
         .unwrap_or("")
         .to_owned();
     let token = presented.strip_prefix("Bearer ").unwrap_or("").to_owned();
-    let auth_ok = s.world().tokens.iter().any(|t| *t == token);
+    let auth_ok = s.world().tokens.contains(&token);
     let is_action_post = method == Method::POST
         && path.starts_with("/v2/reserved_ips/")
         && path.ends_with("/actions");
