@@ -217,8 +217,17 @@ impl Driver {
         }
     }
 
-    /// Who the Reserved IP points at now, from the provider's API itself
-    /// (start-up and keep-warm reads).
+    /// One attempt at [`Driver::holder`], no retry and no wait (start-up
+    /// and keep-warm reads, which a role change waits for).
+    pub async fn warm(&self) -> Result<Holder, DriverError> {
+        match self {
+            Driver::DigitalOcean(d) => d.warm().await,
+            _ => self.holder().await,
+        }
+    }
+
+    /// Who the Reserved IP points at now, from the provider's API itself,
+    /// with bounded retries.
     pub async fn holder(&self) -> Result<Holder, DriverError> {
         match self {
             Driver::None(_) => Ok(Holder::Unknown),

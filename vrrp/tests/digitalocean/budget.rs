@@ -1,6 +1,6 @@
 //! The API budget in steady state: the real pure follower of a master and
 //! of a backup, executed as `runtime/follow.rs` does (reconcile reads with
-//! `Driver::check`, keep-warm reads with `Driver::holder`), for two
+//! `Driver::check`, keep-warm reads with `Driver::warm`), for two
 //! simulated hours on tokio's paused clock, against the simulator's API and
 //! the master's metadata service. Target (docs/digitalocean.md): master ≤ 60
 //! API calls an hour, backup ≤ 12.
@@ -33,7 +33,7 @@ async fn execute(d: &Driver, o: FollowerOutput) -> Option<FollowerInput> {
             FollowerInput::HolderRead(seen)
         }
         FollowerOutput::Warm { .. } => {
-            let _ = d.holder().await;
+            let _ = d.warm().await;
             FollowerInput::Warmed
         }
         FollowerOutput::Release => {

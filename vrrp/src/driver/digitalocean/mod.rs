@@ -465,6 +465,21 @@ impl DigitalOcean {
         ))
     }
 
+    /// One read of the holder, no retry: the keep-warm read.
+    pub async fn warm(&self) -> Result<Holder, DriverError> {
+        self.droplet_id().await?;
+        match self.read_ip().await {
+            Ok(s) => Ok(s.holder),
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(f) => {
+                let mut last = Last::default();
+                last.note(f);
+                let endpoint = format!("GET /v2/reserved_ips/{}", self.inner.address);
+                Err(last.into_error(endpoint, "one attempt (keep-warm)".into()))
+            }
+        }
+    }
+
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.inner.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
