@@ -4,6 +4,7 @@
 //! (and the droplet) until they complete, with the real API's refusals.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -199,7 +200,7 @@ fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -
         will_error,
         started_at: w.clock.now_wall(),
         created: Instant::now(),
-        done_at: Instant::now() + w.action_delay,
+        done_at: Instant::now() + action_time(w),
         completed_at: None,
     };
     let body = action_json(&a);
@@ -208,6 +209,17 @@ fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -
         r.pending = Some(id);
     }
     body
+}
+
+/// How long a new action runs.
+fn action_time(w: &World) -> Duration {
+    match w.action_delay_max {
+        Some(max) if max > w.action_delay => {
+            let span = (max - w.action_delay).as_millis() as u64;
+            w.action_delay + Duration::from_millis(rand::random::<u64>() % (span + 1))
+        }
+        _ => w.action_delay,
+    }
 }
 
 fn unprocessable(message: &str) -> Response<Full<Bytes>> {

@@ -1,6 +1,7 @@
 //! The droplet metadata service: one server per droplet on its own port,
 //! answering `/metadata/v1/…` as on a droplet (id, private IP, whether it
-//! holds a Reserved IP); its calls land in the simulator's log.
+//! holds a Reserved IP, optionally `set_metadata_lag` behind the API); its
+//! calls land in the simulator's log.
 
 use std::io;
 use std::net::SocketAddr;
@@ -79,12 +80,13 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
     let mut w = s.world();
     let path = req.uri().path().to_owned();
     let private = w.droplets.get(&droplet_id).copied();
-    let holds = w.ips.values().any(|r| r.holder == Some(droplet_id));
+    let (lag, now) = (w.metadata_lag, tokio::time::Instant::now());
     let held_ip = w
         .ips
         .iter()
-        .find(|(_, r)| r.holder == Some(droplet_id))
+        .find(|(_, r)| r.metadata_holder(lag, now) == Some(droplet_id))
         .map(|(ip, _)| ip.to_string());
+    let holds = held_ip.is_some();
     let resp = if req.method() != Method::GET {
         text_response(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -93,6 +93,8 @@ impl DoSim {
                 actions: BTreeMap::new(),
                 next_action: 2_000_000_001,
                 action_delay: DEFAULT_ACTION_DELAY,
+                action_delay_max: None,
+                metadata_lag: Duration::ZERO,
                 same_droplet: SameDropletAssign::default(),
                 faults: VecDeque::new(),
                 latency: Duration::ZERO,
@@ -140,13 +142,10 @@ impl DoSim {
 
     /// Add (or replace) a Reserved IP, held by `holder` or by nobody.
     pub fn add_reserved_ip(&self, ip: IpAddr, holder: Option<u64>) {
-        self.shared.world().ips.insert(
-            ip,
-            SimReservedIp {
-                holder,
-                pending: None,
-            },
-        );
+        self.shared
+            .world()
+            .ips
+            .insert(ip, SimReservedIp::new(holder));
     }
 
     /// Who holds `ip` now (`None`: nobody, or no such IP).
@@ -157,7 +156,7 @@ impl DoSim {
     /// Move `ip` out of band (as if another node or a person had done it).
     pub fn set_holder(&self, ip: IpAddr, holder: Option<u64>) {
         if let Some(r) = self.shared.world().ips.get_mut(&ip) {
-            r.holder = holder;
+            r.set_holder(holder, tokio::time::Instant::now());
         }
     }
 
@@ -173,7 +172,22 @@ impl DoSim {
     /// How long new actions stay `in-progress` (default
     /// [`DEFAULT_ACTION_DELAY`]; real ones take seconds, up to ~15).
     pub fn set_action_delay(&self, d: Duration) {
-        self.shared.world().action_delay = d;
+        let mut w = self.shared.world();
+        w.action_delay = d;
+        w.action_delay_max = None;
+    }
+
+    /// Each new action takes a random time between `min` and `max`.
+    pub fn set_action_delay_range(&self, min: Duration, max: Duration) {
+        let mut w = self.shared.world();
+        w.action_delay = min;
+        w.action_delay_max = Some(max.max(min));
+    }
+
+    /// The metadata services show a holder change `lag` after the API does
+    /// (default zero; how late the real one is, nobody documents).
+    pub fn set_metadata_lag(&self, lag: Duration) {
+        self.shared.world().metadata_lag = lag;
     }
 
     /// A new action's GET answers 404 for this long (default zero).

@@ -59,6 +59,37 @@ pub(super) struct SimAction {
 pub(super) struct SimReservedIp {
     pub(super) holder: Option<u64>,
     pub(super) pending: Option<u64>,
+    /// The holder before the last change, and when it changed (the
+    /// metadata service may show the old one for a while).
+    pub(super) previous: Option<u64>,
+    pub(super) changed_at: Option<Instant>,
+}
+
+impl SimReservedIp {
+    pub(super) fn new(holder: Option<u64>) -> SimReservedIp {
+        SimReservedIp {
+            holder,
+            pending: None,
+            previous: holder,
+            changed_at: None,
+        }
+    }
+
+    pub(super) fn set_holder(&mut self, holder: Option<u64>, now: Instant) {
+        if holder != self.holder {
+            self.previous = self.holder;
+            self.holder = holder;
+            self.changed_at = Some(now);
+        }
+    }
+
+    /// The holder as a droplet's metadata service shows it, `lag` behind the API.
+    pub(super) fn metadata_holder(&self, lag: Duration, now: Instant) -> Option<u64> {
+        match self.changed_at {
+            Some(t) if now.duration_since(t) < lag => self.previous,
+            _ => self.holder,
+        }
+    }
 }
 
 pub(super) struct World {
@@ -77,6 +108,10 @@ pub(super) struct World {
     pub(super) actions: BTreeMap<u64, SimAction>,
     pub(super) next_action: u64,
     pub(super) action_delay: Duration,
+    /// When set, each action takes a random time in `action_delay..=max`.
+    pub(super) action_delay_max: Option<Duration>,
+    /// The metadata service shows holder changes this late.
+    pub(super) metadata_lag: Duration,
     pub(super) same_droplet: SameDropletAssign,
     pub(super) faults: VecDeque<Fault>,
     pub(super) latency: Duration,
@@ -102,10 +137,11 @@ impl World {
             } else {
                 a.status = ActionStatus::Completed;
                 if let Some(r) = self.ips.get_mut(&a.ip) {
-                    r.holder = match a.kind {
+                    let holder = match a.kind {
                         ActionKind::Assign(d) => Some(d),
                         ActionKind::Unassign => None,
                     };
+                    r.set_holder(holder, a.done_at);
                 }
             }
             a.completed_at = Some(self.clock.wall(now));

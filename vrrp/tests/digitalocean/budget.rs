@@ -198,3 +198,39 @@ async fn a_low_rate_limit_remaining_is_warned_about_once_a_minute() {
         "{logs}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lagging_metadata_service_delays_noticing_a_move_by_at_most_verify_every() {
+    let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
+        .await
+        .unwrap();
+    sim.add_droplet(ME, ME_PRIVATE);
+    sim.add_droplet(OTHER, OTHER_PRIVATE);
+    sim.add_reserved_ip(RIP, Some(ME));
+    sim.set_metadata_lag(Duration::from_secs(600));
+    let md = sim.metadata_for(ME).await.unwrap();
+    let mut mc = super::cfg(&sim, ME);
+    mc.metadata_url = md.url();
+    let verify_every = mc.verify_every;
+    let d = Driver::from(driver(mc).await);
+    assert_eq!(d.check().await.unwrap(), Holder::Me);
+    // Someone moves it; metadata keeps saying "here" for ten minutes.
+    sim.set_holder(RIP, Some(OTHER));
+    let t0 = Instant::now();
+    loop {
+        tokio::time::sleep(follower::RECONCILE).await;
+        if d.check().await.unwrap() != Holder::Me {
+            break;
+        }
+        assert!(
+            t0.elapsed() <= verify_every + follower::RECONCILE,
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    println!(
+        "move seen after {} s despite a 10 min metadata lag",
+        t0.elapsed().as_secs()
+    );
+    assert!(t0.elapsed() <= verify_every + follower::RECONCILE);
+}
