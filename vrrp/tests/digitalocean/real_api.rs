@@ -88,6 +88,27 @@ async fn failover_claim_time_with_2_s_and_11_s_actions() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn claims_ride_out_actions_of_2_to_15_s() {
+    for _ in 0..5 {
+        let sim = real_sim(Duration::from_secs(2)).await;
+        sim.set_action_delay_range(Duration::from_secs(2), Duration::from_secs(15));
+        let d = driver(real_cfg(&sim, ME)).await;
+        let t0 = Instant::now();
+        assert!(matches!(
+            d.claim().await.unwrap(),
+            ClaimOutcome::Assigned { .. }
+        ));
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_millis(15_700),
+            "{took:?}"
+        );
+        assert_eq!(statuses(&posts(&sim.api_calls())), vec![201]);
+        assert_eq!(sim.holder(RIP), Some(ME));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn with_11_s_actions_a_claim_waits_the_lock_out_then_succeeds_first_time() {
     let sim = real_sim(Duration::from_secs(11)).await;
     // The old master re-asserted just before it died: its 11 s action runs.
