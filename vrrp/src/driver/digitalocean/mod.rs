@@ -49,6 +49,8 @@ const HINT_REFUSED: &str =
 const HINT_METADATA: &str = "set [reserved_ip] droplet_id (and [node] private_ip) in the node file, or check that the metadata service is reachable from this droplet";
 const HINT_NETWORK: &str = "check this node's route to the API (DNS, firewall, proxy); dynia claims again at the next reconcile";
 
+/// The shortest poll interval accepted (settings below are raised to it).
+const MIN_POLL: Duration = Duration::from_millis(10);
 /// How long the metadata service is not asked again after it failed to answer.
 const METADATA_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -337,6 +339,9 @@ impl DigitalOcean {
         retry.max_attempts = retry.max_attempts.max(1);
         let mut poll = cfg.poll;
         poll.max_polls = poll.max_polls.max(1);
+        // Every loop waits at least this long per turn: no busy polling.
+        poll.interval = poll.interval.max(MIN_POLL);
+        poll.lock_interval = poll.lock_interval.max(MIN_POLL);
         Ok(DigitalOcean {
             inner: Arc::new(Inner {
                 address: cfg.address,
