@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use crate::advert::DropReason;
+use crate::driver::Driver;
 use crate::election::Role;
 use crate::settings::TransportKind;
 use crate::transport::VRRP3_DROP_REASONS;
@@ -119,5 +120,17 @@ impl ElectionMetrics {
                 .with_label_values(&[s])
                 .set(i64::from(s == r.as_str()));
         }
+    }
+}
+
+/// The driver's own metrics beside the election's: DigitalOcean's
+/// `dynia_do_api_calls_total{endpoint,status}` (docs/digitalocean.md, "API budget").
+pub(crate) fn register_driver(
+    registry: &Registry,
+    driver: &Driver,
+) -> Result<(), prometheus::Error> {
+    match driver {
+        Driver::DigitalOcean(d) => d.register_metrics(registry),
+        _ => Ok(()),
     }
 }

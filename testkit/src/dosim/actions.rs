@@ -1,10 +1,12 @@
 //! What the `/v2` API answers once a request is let through: Reserved IPs
 //! (`GET /v2/reserved_ips/{ip}`), actions (`GET …/actions/{id}`,
 //! `GET /v2/actions/{id}`) and new assign/unassign actions, which lock the IP
-//! until they complete.
+//! (and the droplet) until they complete, with the real API's refusals.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Instant, SystemTime};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -16,14 +18,20 @@ use super::clock::rfc3339;
 use super::state::{ActionKind, ActionStatus, SimAction, SimReservedIp};
 use super::{SameDropletAssign, World, SIM_REGION};
 
+/// What an action POST asked for, for the call log.
+#[derive(Debug, Default)]
+pub(super) struct Routed {
+    pub(super) action_type: Option<String>,
+    pub(super) droplet_id: Option<u64>,
+}
+
 pub(super) fn route(
     w: &mut World,
     method: &Method,
     path: &str,
     body: Option<&Bytes>,
     force_error: bool,
-    action_type: &mut Option<String>,
-    assign_droplet: &mut Option<u64>,
+    routed: &mut Routed,
 ) -> Response<Full<Bytes>> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method, segs.as_slice()) {
@@ -53,7 +61,7 @@ pub(super) fn route(
                 return not_found();
             };
             match w.actions.get(&id) {
-                Some(a) if a.ip == ip => json_response(StatusCode::OK, &action_json(a)),
+                Some(a) if a.ip == ip => action_answer(w, a),
                 _ => not_found(),
             }
         }
@@ -62,15 +70,29 @@ pub(super) fn route(
                 return not_found();
             };
             match w.actions.get(&id) {
-                Some(a) => json_response(StatusCode::OK, &action_json(a)),
+                Some(a) => action_answer(w, a),
                 None => not_found(),
             }
         }
         (&Method::POST, ["v2", "reserved_ips", ip, "actions"]) => {
-            post_action(w, ip, body, force_error, action_type, assign_droplet)
+            post_action(w, ip, body, force_error, routed)
         }
         _ => not_found(),
     }
+}
+
+/// An action's GET: 404 while it is not queryable yet (Terraform's provider
+/// notes actions "not found" right after creation), else its JSON, with the
+/// configured alias for `completed` (the API briefly answered `done`).
+fn action_answer(w: &World, a: &SimAction) -> Response<Full<Bytes>> {
+    if Instant::now().duration_since(a.created) < w.action_hidden_for {
+        return not_found();
+    }
+    let mut v = action_json(a);
+    if let (ActionStatus::Completed, Some(alias)) = (a.status, w.completed_alias) {
+        v["action"]["status"] = Value::from(alias);
+    }
+    json_response(StatusCode::OK, &v)
 }
 
 /// `POST /v2/reserved_ips/{ip}/actions`: a new assign/unassign action, which
@@ -80,8 +102,7 @@ fn post_action(
     ip: &str,
     body: Option<&Bytes>,
     force_error: bool,
-    action_type: &mut Option<String>,
-    assign_droplet: &mut Option<u64>,
+    routed: &mut Routed,
 ) -> Response<Full<Bytes>> {
     let Ok(ip) = ip.parse::<IpAddr>() else {
         return not_found();
@@ -105,9 +126,9 @@ fn post_action(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    *action_type = Some(ty.clone());
+    routed.action_type = Some(ty.clone());
     let droplet = v.get("droplet_id").and_then(Value::as_u64);
-    *assign_droplet = droplet;
+    routed.droplet_id = droplet;
     let Some(rip) = w.ips.get(&ip).cloned() else {
         return not_found();
     };
@@ -120,29 +141,50 @@ fn post_action(
         ("unassign", _) => ActionKind::Unassign,
         _ => return unprocessable("type must be one of: assign, unassign."),
     };
-    if let Some(why) = refusal(w, &rip, kind) {
+    if let Some(why) = refusal(w, ip, &rip, kind) {
         return unprocessable(why);
     }
     let body = start_action(w, ip, kind, force_error);
     json_response(StatusCode::CREATED, &body)
 }
 
-/// Why the API refuses `kind` on `rip` as it is now, if it does.
-fn refusal(w: &World, rip: &SimReservedIp, kind: ActionKind) -> Option<&'static str> {
+/// Why the API refuses `kind` on `rip` (address `ip`) as it is now, if it
+/// does: a pending event on the IP or on the droplet, the IP already there,
+/// a droplet that is not active or already holds another Reserved IP.
+fn refusal(w: &World, ip: IpAddr, rip: &SimReservedIp, kind: ActionKind) -> Option<&'static str> {
     if rip.pending.is_some() {
         return Some("The reserved IP already has a pending event.");
     }
-    match kind {
-        ActionKind::Assign(d)
-            if rip.holder == Some(d) && w.same_droplet == SameDropletAssign::Unprocessable =>
-        {
-            Some("The reserved IP is already assigned to this droplet.")
-        }
-        ActionKind::Unassign if rip.holder.is_none() => {
-            Some("The reserved IP is not assigned to a droplet.")
-        }
-        _ => None,
+    let ActionKind::Assign(d) = kind else {
+        return rip
+            .holder
+            .is_none()
+            .then_some("The reserved IP is not assigned to a droplet.");
+    };
+    let droplet_busy = w.actions.values().any(|a| {
+        a.status == ActionStatus::InProgress
+            && (a.kind == ActionKind::Assign(d)
+                || w.ips.get(&a.ip).and_then(|r| r.holder) == Some(d))
+    });
+    if droplet_busy {
+        return Some("The droplet already has a pending event.");
     }
+    if rip.holder == Some(d) {
+        return match w.same_droplet {
+            SameDropletAssign::Unprocessable => {
+                Some("The reserved IP is already assigned to this droplet.")
+            }
+            SameDropletAssign::Worded(m) => Some(m),
+            SameDropletAssign::NewAction => None,
+        };
+    }
+    if w.status_of(d) != "active" {
+        return Some("The droplet must be active to assign a reserved IP.");
+    }
+    if w.ips.iter().any(|(o, r)| *o != ip && r.holder == Some(d)) {
+        return Some("The droplet already has a reserved IP assigned.");
+    }
+    None
 }
 
 /// A new in-progress action on `ip`, which locks it until it completes;
@@ -156,8 +198,9 @@ fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -
         kind,
         status: ActionStatus::InProgress,
         will_error,
-        started_at: SystemTime::now(),
-        done_at: Instant::now() + w.action_delay,
+        started_at: w.clock.now_wall(),
+        created: Instant::now(),
+        done_at: Instant::now() + action_time(w),
         completed_at: None,
     };
     let body = action_json(&a);
@@ -166,6 +209,17 @@ fn start_action(w: &mut World, ip: IpAddr, kind: ActionKind, will_error: bool) -
         r.pending = Some(id);
     }
     body
+}
+
+/// How long a new action runs.
+fn action_time(w: &World) -> Duration {
+    match w.action_delay_max {
+        Some(max) if max > w.action_delay => {
+            let span = (max - w.action_delay).as_millis() as u64;
+            w.action_delay + Duration::from_millis(rand::random::<u64>() % (span + 1))
+        }
+        _ => w.action_delay,
+    }
 }
 
 fn unprocessable(message: &str) -> Response<Full<Bytes>> {

@@ -2,7 +2,9 @@
 //! asked for and what it got, bounded, for tests to assert on.
 
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use super::{DoSim, World, MAX_CALLS};
 
@@ -33,9 +35,10 @@ pub struct Call {
     pub droplet_id: Option<u64>,
     /// The status answered.
     pub status: u16,
-    /// Wall-clock time the answer was decided (compare with `RateLimit-Reset`).
+    /// Wall-clock time the answer was decided, on the simulator's clock
+    /// (compare with `RateLimit-Reset`).
     pub at: SystemTime,
-    /// Monotonic time the answer was decided.
+    /// tokio's monotonic time the answer was decided.
     pub instant: Instant,
 }
 

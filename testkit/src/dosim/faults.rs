@@ -1,16 +1,18 @@
 //! Faults on demand: a queue of answers the API gives instead of (or before)
-//! its real one — rate limits, server errors, pending events, slow or
-//! garbage answers, actions that end `errored` — and a fixed latency.
+//! its real one — rate limits, server errors (with or without
+//! `Retry-After`), pending events, slow or garbage answers, actions that end
+//! `errored`, an error echoing the `Authorization` header — and a fixed
+//! latency.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use super::api::{api_error, text_response};
-use super::clock::epoch_secs;
-use super::{DoSim, SimShared, RATE_LIMIT};
+use super::api::{api_error, raw_json_response, text_response};
+use super::clock::{ceil_secs, epoch_secs, SimClock};
+use super::{DoSim, SimShared};
 
 /// A fault the simulator injects into the next API answer(s), in queue order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,12 +37,21 @@ pub enum Fault {
     ErroredAction,
     /// The next answer is `200` with a body that is not JSON.
     Garbage,
+    /// `503 service_unavailable` with `Retry-After` in whole seconds.
+    Unavailable {
+        /// What `Retry-After` says.
+        retry_after: Duration,
+    },
+    /// `400` whose message quotes the request's `Authorization` header,
+    /// JSON-escaped character by character (`\u0064\u006f…`), as a careless
+    /// proxy or server might: the client must not log it back.
+    EchoAuthorization,
 }
 
 /// Pre-routing outcome of the fault queue.
 pub(super) enum Injected {
     None,
-    Answer(Response<Full<Bytes>>, u16),
+    Answer(Response<Full<Bytes>>),
     ErroredAction,
 }
 
@@ -89,9 +100,15 @@ impl DoSim {
 /// Pops the faults that apply to this request: the delay to add (latency and
 /// `Slow` faults) and what to answer instead, if anything. `PendingEvent`
 /// and `ErroredAction` wait for the next action POST.
-pub(super) fn take_faults(s: &SimShared, is_action_post: bool) -> (Duration, Injected) {
-    let mut delay = s.world().latency;
-    let mut injected = Injected::None;
+pub(super) fn take_faults(
+    s: &SimShared,
+    is_action_post: bool,
+    authorization: &str,
+) -> (Duration, Injected) {
+    let (mut delay, clock, limit) = {
+        let w = s.world();
+        (w.latency, w.clock, w.limits.per_hour)
+    };
     loop {
         let f = {
             let mut w = s.world();
@@ -102,57 +119,79 @@ pub(super) fn take_faults(s: &SimShared, is_action_post: bool) -> (Duration, Inj
                 None => None,
             }
         };
-        match f {
+        let injected = match f {
             Some(Fault::Slow(d)) => {
                 delay += d;
                 continue;
             }
-            Some(Fault::RateLimited {
-                reset_after,
-                retry_after,
-            }) => {
-                injected = Injected::Answer(rate_limited(reset_after, retry_after), 429);
-            }
-            Some(Fault::ServerError(code)) => {
-                let st = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                injected = Injected::Answer(
-                    api_error(st, "server_error", "Unexpected server-side error"),
-                    st.as_u16(),
-                );
-            }
-            Some(Fault::PendingEvent) => {
-                injected = Injected::Answer(
-                    api_error(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "unprocessable_entity",
-                        "The reserved IP already has a pending event.",
-                    ),
-                    422,
-                );
-            }
-            Some(Fault::ErroredAction) => injected = Injected::ErroredAction,
-            Some(Fault::Garbage) => {
-                injected =
-                    Injected::Answer(text_response(StatusCode::OK, "<html>not json{".into()), 200);
-            }
-            None => {}
-        }
-        break;
+            Some(Fault::ErroredAction) => Injected::ErroredAction,
+            Some(f) => Injected::Answer(answer(f, &clock, limit, authorization)),
+            None => Injected::None,
+        };
+        return (delay, injected);
     }
-    (delay, injected)
+}
+
+/// The answer a fault gives instead of the real one.
+fn answer(f: Fault, clock: &SimClock, limit: u32, authorization: &str) -> Response<Full<Bytes>> {
+    match f {
+        Fault::RateLimited {
+            reset_after,
+            retry_after,
+        } => rate_limited(clock, limit, reset_after, retry_after),
+        Fault::ServerError(code) => {
+            let st = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            api_error(st, "server_error", "Unexpected server-side error")
+        }
+        Fault::Unavailable { retry_after } => {
+            let mut r = api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The service is temporarily unavailable.",
+            );
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(ceil_secs(retry_after)),
+            );
+            r
+        }
+        Fault::PendingEvent => api_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unprocessable_entity",
+            "The reserved IP already has a pending event.",
+        ),
+        Fault::Garbage => text_response(StatusCode::OK, "<html>not json{".into()),
+        Fault::EchoAuthorization => {
+            let escaped: String = authorization
+                .chars()
+                .map(|c| format!("\\u{:04x}", c as u32))
+                .collect();
+            raw_json_response(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    r#"{{"id":"bad_request","message":"invalid header Authorization: {escaped}","request_id":"echo-sim"}}"#
+                ),
+            )
+        }
+        Fault::Slow(_) | Fault::ErroredAction => text_response(StatusCode::OK, String::new()),
+    }
 }
 
 /// A `429` as the real API sends it: the rate-limit headers with the reset
 /// rounded up to a whole epoch second, and `Retry-After` when asked.
-fn rate_limited(reset_after: Duration, retry_after: bool) -> Response<Full<Bytes>> {
-    let reset = SystemTime::now() + reset_after;
+fn rate_limited(
+    clock: &SimClock,
+    limit: u32,
+    reset_after: Duration,
+    retry_after: bool,
+) -> Response<Full<Bytes>> {
+    let reset = clock.now_wall() + reset_after;
     // Round up: the window resets at a whole epoch second.
     let reset_epoch = epoch_secs(reset)
         + u64::from(
             reset
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.subsec_nanos() > 0)
-                .unwrap_or(false),
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|d| d.subsec_nanos() > 0),
         );
     let mut r = api_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -160,12 +199,14 @@ fn rate_limited(reset_after: Duration, retry_after: bool) -> Response<Full<Bytes
         "API Rate limit exceeded.",
     );
     let h = r.headers_mut();
-    h.insert("ratelimit-limit", HeaderValue::from(RATE_LIMIT));
+    h.insert("ratelimit-limit", HeaderValue::from(limit));
     h.insert("ratelimit-remaining", HeaderValue::from(0u32));
     h.insert("ratelimit-reset", HeaderValue::from(reset_epoch));
     if retry_after {
-        let secs = reset_after.as_secs() + u64::from(reset_after.subsec_nanos() > 0);
-        h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        h.insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(ceil_secs(reset_after)),
+        );
     }
     r
 }

@@ -1,12 +1,14 @@
 //! The droplet metadata service: one server per droplet on its own port,
 //! answering `/metadata/v1/…` as on a droplet (id, private IP, whether it
-//! holds a Reserved IP); its calls land in the simulator's log.
+//! holds a Reserved IP, optionally `set_metadata_lag` behind the API); its
+//! calls land in the simulator's log.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -78,12 +80,13 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
     let mut w = s.world();
     let path = req.uri().path().to_owned();
     let private = w.droplets.get(&droplet_id).copied();
-    let holds = w.ips.values().any(|r| r.holder == Some(droplet_id));
+    let (lag, now) = (w.metadata_lag, tokio::time::Instant::now());
     let held_ip = w
         .ips
         .iter()
-        .find(|(_, r)| r.holder == Some(droplet_id))
+        .find(|(_, r)| r.metadata_holder(lag, now) == Some(droplet_id))
         .map(|(ip, _)| ip.to_string());
+    let holds = held_ip.is_some();
     let resp = if req.method() != Method::GET {
         text_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -111,6 +114,7 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
         }
     };
     let status = resp.status().as_u16();
+    let at = w.clock.now_wall();
     w.log(Call {
         service: CallTarget::Metadata { droplet_id },
         method: req.method().to_string(),
@@ -118,7 +122,7 @@ fn metadata(s: &SimShared, droplet_id: u64, req: Request<Incoming>) -> Response<
         action_type: None,
         droplet_id: None,
         status,
-        at: SystemTime::now(),
+        at,
         instant: Instant::now(),
     });
     resp

@@ -4,7 +4,8 @@
 //! tests, `dynia demo` and the netns harness. What it answers and why:
 //! docs/testing.md "The DigitalOcean simulator". Parts: `state` (the world),
 //! `api` and `actions` (the `/v2` server), `faults` (the injection queue),
-//! `metadata` (per-droplet servers), `calls` (the log), `clock` (timestamps).
+//! `metadata` (per-droplet servers), `calls` (the log), `clock` (tokio-based
+//! wall time and timestamps), `ratelimit` (the per-token windows).
 
 mod actions;
 mod api;
@@ -12,6 +13,7 @@ mod calls;
 mod clock;
 mod faults;
 mod metadata;
+mod ratelimit;
 mod state;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +38,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use calls::{Call, CallTarget};
 pub use faults::Fault;
 pub use metadata::MetadataServer;
+pub use ratelimit::{PER_HOUR, PER_MINUTE};
 pub use state::SameDropletAssign;
 use state::{SimReservedIp, SimShared, World};
 
@@ -45,8 +48,9 @@ const MAX_BODY: usize = 64 * 1024;
 const MAX_CALLS: usize = 10_000;
 /// Most concurrent connections per server; more are closed at once.
 const MAX_CONNS: usize = 256;
-/// The simulated account's rate limit per window.
-const RATE_LIMIT: u32 = 5_000;
+/// How long an action stays `in-progress` unless set otherwise: the real
+/// API's take seconds (the OpenAPI example assign ran 11 s).
+pub const DEFAULT_ACTION_DELAY: Duration = Duration::from_secs(2);
 /// The region every simulated resource lives in.
 pub const SIM_REGION: &str = "fra1";
 
@@ -78,18 +82,23 @@ impl DoSim {
         let addr = listener.local_addr()?;
         let shared = Arc::new(SimShared {
             world: Mutex::new(World {
-                token: token.to_owned(),
+                tokens: vec![token.to_owned()],
+                clock: clock::SimClock::new(),
+                limits: ratelimit::RateLimits::default(),
+                action_hidden_for: Duration::ZERO,
+                completed_alias: None,
                 droplets: BTreeMap::new(),
                 droplet_status: BTreeMap::new(),
                 ips: BTreeMap::new(),
                 actions: BTreeMap::new(),
                 next_action: 2_000_000_001,
-                action_delay: Duration::from_millis(50),
+                action_delay: DEFAULT_ACTION_DELAY,
+                action_delay_max: None,
+                metadata_lag: Duration::ZERO,
                 same_droplet: SameDropletAssign::default(),
                 faults: VecDeque::new(),
                 latency: Duration::ZERO,
                 calls: VecDeque::new(),
-                remaining: RATE_LIMIT,
             }),
             accepted: Arc::new(AtomicU64::new(0)),
         });
@@ -133,13 +142,10 @@ impl DoSim {
 
     /// Add (or replace) a Reserved IP, held by `holder` or by nobody.
     pub fn add_reserved_ip(&self, ip: IpAddr, holder: Option<u64>) {
-        self.shared.world().ips.insert(
-            ip,
-            SimReservedIp {
-                holder,
-                pending: None,
-            },
-        );
+        self.shared
+            .world()
+            .ips
+            .insert(ip, SimReservedIp::new(holder));
     }
 
     /// Who holds `ip` now (`None`: nobody, or no such IP).
@@ -150,7 +156,7 @@ impl DoSim {
     /// Move `ip` out of band (as if another node or a person had done it).
     pub fn set_holder(&self, ip: IpAddr, holder: Option<u64>) {
         if let Some(r) = self.shared.world().ips.get_mut(&ip) {
-            r.holder = holder;
+            r.set_holder(holder, tokio::time::Instant::now());
         }
     }
 
@@ -163,9 +169,56 @@ impl DoSim {
             .is_some_and(|r| r.pending.is_some())
     }
 
-    /// How long new actions stay `in-progress` (default 50 ms).
+    /// How long new actions stay `in-progress` (default
+    /// [`DEFAULT_ACTION_DELAY`]; real ones take seconds, up to ~15).
     pub fn set_action_delay(&self, d: Duration) {
-        self.shared.world().action_delay = d;
+        let mut w = self.shared.world();
+        w.action_delay = d;
+        w.action_delay_max = None;
+    }
+
+    /// Each new action takes a random time between `min` and `max`.
+    pub fn set_action_delay_range(&self, min: Duration, max: Duration) {
+        let mut w = self.shared.world();
+        w.action_delay = min;
+        w.action_delay_max = Some(max.max(min));
+    }
+
+    /// The metadata services show a holder change `lag` after the API does
+    /// (default zero; how late the real one is, nobody documents).
+    pub fn set_metadata_lag(&self, lag: Duration) {
+        self.shared.world().metadata_lag = lag;
+    }
+
+    /// A new action's GET answers 404 for this long (default zero).
+    pub fn set_action_hidden_for(&self, d: Duration) {
+        self.shared.world().action_hidden_for = d;
+    }
+
+    /// Completed actions report `status` instead of `completed` (e.g.
+    /// `done`, as the API briefly did); `None` restores `completed`.
+    pub fn set_completed_status(&self, status: Option<&'static str>) {
+        self.shared.world().completed_alias = status;
+    }
+
+    /// Accept another token (another cluster, Terraform…): its own rate limit.
+    pub fn add_token(&self, token: &str) {
+        self.shared.world().tokens.push(token.to_owned());
+    }
+
+    /// The per-token limits (default [`PER_HOUR`] and [`PER_MINUTE`]).
+    pub fn set_rate_limits(&self, per_hour: u32, per_minute: u32) {
+        let mut w = self.shared.world();
+        w.limits.per_hour = per_hour;
+        w.limits.per_minute = per_minute;
+    }
+
+    /// Requests `token` made in the last hour (what `RateLimit-Remaining` counts).
+    pub fn rate_limit_used(&self, token: &str) -> usize {
+        self.shared
+            .world()
+            .limits
+            .used(token, tokio::time::Instant::now())
     }
 
     /// What assigning to the current holder answers (default 422).

@@ -206,7 +206,28 @@ impl Driver {
         }
     }
 
-    /// Who the Reserved IP points at now (the MASTER's periodic reconcile).
+    /// Who the Reserved IP points at now, the cheapest way the driver can
+    /// tell (the MASTER's periodic reconcile). DigitalOcean: the droplet's
+    /// metadata service first, the API when it says "not here" or cannot
+    /// answer, and the API every `verify_every` ([`DigitalOcean::check`]).
+    pub async fn check(&self) -> Result<Holder, DriverError> {
+        match self {
+            Driver::DigitalOcean(d) => d.check().await,
+            _ => self.holder().await,
+        }
+    }
+
+    /// One attempt at [`Driver::holder`], no retry and no wait (start-up
+    /// and keep-warm reads, which a role change waits for).
+    pub async fn warm(&self) -> Result<Holder, DriverError> {
+        match self {
+            Driver::DigitalOcean(d) => d.warm().await,
+            _ => self.holder().await,
+        }
+    }
+
+    /// Who the Reserved IP points at now, from the provider's API itself,
+    /// with bounded retries.
     pub async fn holder(&self) -> Result<Holder, DriverError> {
         match self {
             Driver::None(_) => Ok(Holder::Unknown),

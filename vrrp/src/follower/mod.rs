@@ -18,9 +18,11 @@ use crate::reconcile::{self, HolderSeen, Observation, Verdict};
 pub const RECONCILE: Duration = Duration::from_secs(5);
 /// A master re-asserts the Reserved IP at most this often.
 pub const REASSERT_MIN_GAP: Duration = Duration::from_secs(1);
-/// A backup reads the holder this often (± 10 %), which keeps the driver's
-/// pooled API connection under its 90 s idle limit: no handshake on failover.
-pub const WARM_EVERY: Duration = Duration::from_secs(80);
+/// A backup reads the holder this often (± 10 %): the token check and the
+/// driver's warm state at a budget of at most 12 API calls an hour (the
+/// pooled connection idles out after 90 s, so a failover may pay one TLS
+/// handshake; docs/digitalocean.md, "API budget").
+pub const WARM_EVERY: Duration = Duration::from_secs(360);
 /// Heartbeat period of a `dynia` node that is not master.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
 

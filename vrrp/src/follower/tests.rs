@@ -54,7 +54,8 @@ fn checks_every_reconcile_period_and_keeps_warm_as_backup() {
     );
     assert_eq!(f.step(Millis(6_100), I::Released), vec![O::SetHeld(false)]);
     let warm = f.next_wake().unwrap().0 - 6_100;
-    assert!((72_000..=88_000).contains(&warm), "{warm}");
+    // WARM_EVERY ± 10 %: at most 12 reads an hour.
+    assert!((324_000..=396_000).contains(&warm), "{warm}");
 }
 
 #[test]

@@ -113,7 +113,7 @@ impl FollowCtx {
                     }))
                 }
                 FollowerOutput::ReadHolder => {
-                    *call = Some(Box::pin(async move { Done::Holder(d.holder().await) }))
+                    *call = Some(Box::pin(async move { Done::Holder(d.check().await) }))
                 }
                 FollowerOutput::Warm { first } => {
                     *call = Some(Box::pin(async move {
@@ -190,14 +190,16 @@ async fn release(driver: &Driver) {
     }
 }
 
-/// Reads the holder once (DigitalOcean: discovers the droplet id, opens the
-/// pooled TLS connection, checks the token); a failure is logged, not fatal.
+/// Reads the holder once, one attempt (DigitalOcean: discovers the droplet
+/// id, opens the pooled TLS connection, checks the token); a failure is
+/// logged, not fatal. One attempt: a wish that arrives meanwhile waits for
+/// it, so it must not sit out a `Retry-After`.
 async fn warm(driver: &Driver, first: bool) {
     if !matches!(driver, Driver::DigitalOcean(_)) {
         return;
     }
     let why = if first { "start" } else { "keep-warm" };
-    match driver.holder().await {
+    match driver.warm().await {
         Ok(h) if first => {
             tracing::info!(driver = driver.name(), holder = %h, "reserved ip driver ready")
         }

@@ -71,6 +71,7 @@ impl ElectionHandle {
             .map_err(|e| ElectionError::Config(e.to_string()))?;
         let opened = Opened::open(&settings)?;
         let metrics = ElectionMetrics::new(registry, settings.transport)?;
+        crate::metrics::register_driver(registry, &driver)?;
         let view = Arc::new(ElectionView::new(
             settings.priority.get(),
             settings.peers.clone(),

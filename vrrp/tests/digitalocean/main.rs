@@ -1,7 +1,13 @@
 //! The `digitalocean` driver against the local simulator (`dosim`), over real
 //! HTTP on 127.0.0.1: claims, idempotence, retries under 429 / 422 / 5xx /
 //! slow answers, bounds, holder queries, metadata discovery, and that the
-//! token never shows up in logs, errors or Debug output.
+//! token never shows up in logs, errors or Debug output. `real_api`: the
+//! API as it really behaves (seconds-long actions, locks, 404 polls, unknown
+//! statuses, long `Retry-After`s, refusals) on tokio's paused clock;
+//! `budget`: hours of steady state and the calls they cost.
+
+mod budget;
+mod real_api;
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -14,14 +20,14 @@ use dynia_vrrp::driver::{
     ReleaseOutcome, RetryPolicy, Secret, Timeouts,
 };
 
-const TOKEN: &str = "dop_v1_5ecret70ken0123456789abcdef";
-const RIP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
-const ME: u64 = 3_164_444;
-const OTHER: u64 = 3_164_555;
-const ME_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
-const OTHER_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 12);
+pub(crate) const TOKEN: &str = "dop_v1_5ecret70ken0123456789abcdef";
+pub(crate) const RIP: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
+pub(crate) const ME: u64 = 3_164_444;
+pub(crate) const OTHER: u64 = 3_164_555;
+pub(crate) const ME_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 11);
+pub(crate) const OTHER_PRIVATE: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 12);
 
-async fn sim() -> DoSim {
+pub(crate) async fn sim() -> DoSim {
     let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
         .await
         .expect("simulator starts");
@@ -33,7 +39,7 @@ async fn sim() -> DoSim {
 }
 
 /// Fast bounds so failures show in milliseconds, not the production seconds.
-fn cfg(sim: &DoSim, droplet: u64) -> DigitalOceanConfig {
+pub(crate) fn cfg(sim: &DoSim, droplet: u64) -> DigitalOceanConfig {
     let mut c = DigitalOceanConfig::new(RIP, Secret::new(TOKEN));
     c.api_url = sim.url();
     c.droplet_id = Some(droplet);
@@ -54,19 +60,20 @@ fn cfg(sim: &DoSim, droplet: u64) -> DigitalOceanConfig {
         interval: Duration::from_millis(10),
         max_polls: 100,
         max_total: Duration::from_secs(5),
+        lock_interval: Duration::from_millis(20),
     };
     c
 }
 
-async fn driver(c: DigitalOceanConfig) -> DigitalOcean {
+pub(crate) async fn driver(c: DigitalOceanConfig) -> DigitalOcean {
     DigitalOcean::new(c).await.expect("driver builds")
 }
 
-fn posts(calls: &[Call]) -> Vec<&Call> {
+pub(crate) fn posts(calls: &[Call]) -> Vec<&Call> {
     calls.iter().filter(|c| c.is_action_post()).collect()
 }
 
-fn statuses(calls: &[&Call]) -> Vec<u16> {
+pub(crate) fn statuses(calls: &[&Call]) -> Vec<u16> {
     calls.iter().map(|c| c.status).collect()
 }
 
@@ -169,19 +176,24 @@ async fn survives_429_pending_event_and_5xx_within_bounds() {
 
     let calls = sim.api_calls();
     let p = posts(&calls);
-    assert_eq!(
-        statuses(&p),
-        vec![429, 422, 500, 429, 503, 201],
-        "{calls:#?}"
-    );
+    // The 422 made the driver read the IP (which met the 500).
+    assert_eq!(statuses(&p), vec![429, 422, 429, 503, 201], "{calls:#?}");
+    let after_422: Vec<(&str, u16)> = calls
+        .iter()
+        .skip_while(|c| c.status != 422)
+        .take(2)
+        .map(|c| (c.method.as_str(), c.status))
+        .collect();
+    assert_eq!(after_422, vec![("POST", 422), ("GET", 500)]);
     // Retry-After: 1 was honoured (the gap is at least one second)...
     assert!(
         p[1].instant.duration_since(p[0].instant) >= Duration::from_secs(1),
         "retried {:?} after Retry-After: 1",
         p[1].instant.duration_since(p[0].instant)
     );
-    // ...and without Retry-After, RateLimit-Reset (epoch seconds) was.
-    let gap = p[4].at.duration_since(p[3].at).unwrap_or_default();
+    // ...and without Retry-After, RateLimit-Reset (epoch seconds, from the
+    // server's Date) was.
+    let gap = p[3].instant.duration_since(p[2].instant);
     assert!(
         gap + Duration::from_millis(5) >= Duration::from_millis(1_200),
         "retried {gap:?} after a reset 1.2 s ahead"
@@ -454,7 +466,7 @@ async fn bad_settings_are_config_errors() {
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
