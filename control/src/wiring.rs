@@ -213,6 +213,7 @@ pub async fn driver(
             });
             cfg.api_url = r.api_url.clone();
             cfg.metadata_url = r.metadata_url.clone();
+            cfg.allow_plain_http = r.allow_plain_http;
             Ok(Driver::DigitalOcean(DigitalOcean::new(cfg).await?))
         }
         Kind::L2 => {

@@ -562,6 +562,8 @@ fn node_rules_each_at_their_place() {
         ("[reserved_ip]\naddress = \"203.0.113\"\n", "\"203.0.113\"", "invalid IP address"),
         ("[reserved_ip]\ndriver = \"l2\"\ninterface = \"eth1\"\naddress = \"10.0.0.100\"\nprefix = 33\n", "33", "between 1 and 32"),
         ("[reserved_ip]\napi_url = \"api.digitalocean.com\"\n", "\"api.digitalocean.com\"", "http:// or https://"),
+        ("[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"203.0.113.10\"\ntoken_file = \"/t\"\napi_url = \"http://api.example.com\"\n", "\"http://api.example.com\"", "in clear"),
+        ("[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"2001:db8::1\"\ntoken_file = \"/t\"\n", "\"2001:db8::1\"", "reserved IPv6"),
         ("[hooks]\non_master = \"hooks/on-master\"\n", "\"hooks/on-master\"", "absolute path"),
         ("[election]\nport = 0\n", "0\n", "between 1 and 65535"),
         ("[election]\nrt_priority = 100\n", "100", "real-time priorities are 1 to 99 (0 = normal scheduling)"),
@@ -587,6 +589,22 @@ fn node_rules_each_at_their_place() {
             "{extra}: {:?} lacks {says:?}",
             errors[0].2
         );
+    }
+}
+
+#[test]
+fn plain_http_api_only_on_loopback_or_when_allowed() {
+    let base = "[reserved_ip]\ndriver = \"digitalocean\"\naddress = \"203.0.113.10\"\ntoken_file = \"/t\"\n";
+    for extra in [
+        "api_url = \"http://127.0.0.1:8080\"\n",
+        "api_url = \"http://localhost:8080/v2\"\n",
+        "api_url = \"http://[::1]:8080\"\n",
+        "api_url = \"http://api.example.com\"\nallow_plain_http = true\n",
+        "api_url = \"https://api.example.com\"\n",
+    ] {
+        let text = format!("{NODE_MIN}{base}{extra}");
+        let parsed = parse_node_file(&text, "dynia.toml");
+        assert!(parsed.is_ok(), "{extra}: {:?}", parsed.err());
     }
 }
 

@@ -330,6 +330,10 @@ pub struct ReservedIp {
     /// for IPv4, 128 for IPv6 (see [`ReservedIp::prefix_len`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<u8>,
+    /// Allow a plain `http://` `api_url` on a host that is not loopback (the
+    /// token would cross the network in clear); `digitalocean` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plain_http: bool,
 }
 
 fn default_api_url() -> String {
@@ -351,6 +355,7 @@ impl Default for ReservedIp {
             metadata_url: default_metadata_url(),
             interface: None,
             prefix: None,
+            allow_plain_http: false,
         }
     }
 }

@@ -210,6 +210,18 @@ fn reserved_ip(p: &mut Problems, n: &NodeFile) {
                 None => needs(p, "token_file", "\"/etc/dynia/do.token\""),
                 Some(f) => non_empty_path(p, kp!["reserved_ip", "token_file"], f),
             }
+            if r.address.is_some_and(|a| a.is_ipv6()) {
+                p.push(
+                    kp!["reserved_ip", "address"],
+                    "a reserved IPv6 address is not supported by the digitalocean driver (it lives at other API endpoints); use the droplet's reserved IPv4".to_string(),
+                );
+            }
+            if plain_http_off_loopback(&r.api_url) && !r.allow_plain_http {
+                p.push(
+                    kp!["reserved_ip", "api_url"],
+                    format!("{:?} is plain http to a host that is not loopback: the API token would cross the network in clear; use https, or set `allow_plain_http = true`", r.api_url),
+                );
+            }
         }
         DriverKind::L2 => {
             if r.address.is_none() {
@@ -673,6 +685,24 @@ fn host_pattern(h: &str) -> Result<HostPattern, String> {
         "host pattern {h:?} is invalid: {why}; write an exact name (\"app.example.com\"), {} or \"*\"",
         if wildcard { "a \"*.suffix\" with a valid suffix" } else { "\"*.suffix\"" }
     ))
+}
+
+/// `http://HOST…` where HOST is not a loopback address or `localhost`.
+fn plain_http_off_loopback(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 #[cfg(test)]
