@@ -60,6 +60,7 @@ const KEEP_CAPACITY: usize = 4096;
 /// by the writer thread, no hold on hyper's read buffer).
 #[derive(Debug)]
 pub struct Record {
+    /// When the request arrived (wall clock), set from `start` by the writer.
     pub time: SystemTime,
     pub start: Instant,
     pub client: SocketAddr,
@@ -139,8 +140,9 @@ impl Record {
         connections: usize,
     ) {
         self.reset();
+        // `time` is set by the writer from `start` (one wall-clock read per
+        // batch instead of one per request).
         self.start = Instant::now();
-        self.time = SystemTime::now();
         self.client = client;
         self.listener.push_str(&conn.listener);
         if let Some(t) = &conn.tls {

@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_queue::ArrayQueue;
 use prometheus::IntCounter;
@@ -86,9 +86,12 @@ fn run(
         // still finishing hold one), so this is the last drain.
         let last = Arc::strong_count(&q) == 1;
         // Bounded: at most the queue's capacity per pass.
+        let (wall, mono) = (SystemTime::now(), Instant::now());
         for _ in 0..QUEUE {
             match q.pop() {
-                Some(r) => {
+                Some(mut r) => {
+                    let ago = mono.saturating_duration_since(r.start);
+                    r.time = wall.checked_sub(ago).unwrap_or(wall);
                     encoder.line(&r, &mut buf);
                     let _ = free.push(r); // full: this one is freed instead
                 }
