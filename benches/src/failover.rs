@@ -128,9 +128,10 @@ fn run(args: &FailoverArgs) -> Result<()> {
         }
     );
     println!(
-        "client: GET / on VIP:8000 from the client namespace every {} ms, {} ms each, a fresh connection each; watched {} s past the first answer",
+        "client: GET / on VIP:8000 from the client namespace every {} ms, {} ms each, a fresh connection each; counts over {} s from the loss, latencies over {} s from the first answer",
         loss::EVERY.as_millis(),
         loss::CLIENT_TIMEOUT.as_millis(),
+        loss::OBSERVE.as_secs(),
         loss::WATCH.as_secs()
     );
     let mut results: Vec<(Stack, Lost, Vec<LossTrial>)> = Vec::new();
@@ -301,9 +302,14 @@ fn report(results: &[(Stack, Lost, Vec<LossTrial>)], soaks: &[SoakReport]) {
         "first answer: loss -> end of the first 200 of a request sent after it; last failure: loss -> start of the last"
     );
     println!(
-        "request that failed (0: none failed); failed after: requests sent after the first answer's that failed; worst"
+        "request that failed (0: none failed; counts over the {} s from the loss); failed after: requests sent after the",
+        loss::OBSERVE.as_secs()
     );
-    println!("latency: of the requests sent in the 10 s after the first answer's (a failed one counts its 1 s).");
+    println!(
+        "first answer's that failed; worst latency: of the requests sent in the {} s from the first answer's (a failed one",
+        loss::WATCH.as_secs()
+    );
+    println!("counts its 1 s).");
     targets(results);
     if !soaks.is_empty() {
         println!();

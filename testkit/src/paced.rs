@@ -180,9 +180,11 @@ fn get_once(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
 }
 
 /// A node loss as the paced client lived through it; times from the loss.
+/// Counts are over every request sent after the loss (the caller decides how
+/// long the client runs); latencies over `window` after the first answer.
 #[derive(Clone, Debug)]
 pub struct LossFigures {
-    /// Requests started in the window.
+    /// Requests sent after the loss.
     pub requests: usize,
     /// To the end of the first 200 among requests started after the loss.
     pub first_answer: Option<Duration>,
@@ -201,21 +203,19 @@ pub struct LossFigures {
 }
 
 impl LossFigures {
-    /// Figures of `samples` for a loss at `t0`, looking at requests started
-    /// from `t0` to `window` after the first answer's request (or after
-    /// `t0` when nothing answered).
+    /// Figures of `samples` for a loss at `t0`: counts over every request
+    /// sent from `t0` on, latencies over those sent in `window` from the
+    /// first answer's request.
     pub fn of(samples: &[PacedSample], t0: Instant, window: Duration) -> LossFigures {
         let mut after: Vec<&PacedSample> = samples.iter().filter(|s| s.start >= t0).collect();
         after.sort_by_key(|s| s.start);
         let first = after.iter().find(|s| s.ok).copied();
-        let end = first.map_or(t0, |f| f.start) + window;
-        after.retain(|s| s.start <= end);
         let failed: Vec<&&PacedSample> = after.iter().filter(|s| !s.ok).collect();
         let mut later: Vec<Duration> = first
             .map(|f| {
                 after
                     .iter()
-                    .filter(|s| s.start >= f.start)
+                    .filter(|s| s.start >= f.start && s.start <= f.start + window)
                     .map(|s| s.latency)
                     .collect()
             })
@@ -276,15 +276,15 @@ mod tests {
             s(t0, 400, 5, true), // first answer at 405 ms
             s(t0, 420, 1000, false),
             s(t0, 440, 2, true),
-            s(t0, 20_000, 1000, false), // outside the window
+            s(t0, 20_000, 1500, false), // counted; its latency is past the window
         ];
         let f = LossFigures::of(&v, t0, Duration::from_secs(10));
         assert_eq!(f.first_answer, Some(Duration::from_millis(405)));
-        assert_eq!(f.failed, 3);
-        assert_eq!(f.failed_after_first, 1);
-        assert_eq!(f.last_failure, Some(Duration::from_millis(420)));
+        assert_eq!(f.failed, 4);
+        assert_eq!(f.failed_after_first, 2);
+        assert_eq!(f.last_failure, Some(Duration::from_millis(20_000)));
         assert_eq!(f.worst_after_first, Duration::from_millis(1000));
-        assert_eq!(f.requests, 5);
+        assert_eq!(f.requests, 6);
     }
 
     #[test]

@@ -18,8 +18,12 @@ use crate::procs::{self, nap};
 /// The paced client: one request every 20 ms (50/s), 1 s for each.
 pub const EVERY: Duration = Duration::from_millis(20);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long after the first answer the client is watched.
+/// Latencies: of the requests sent this long from the first answer's.
 pub const WATCH: Duration = Duration::from_secs(10);
+/// The client runs this long after the loss (or `WATCH` past the first
+/// answer, if later): long enough for the default checks (every 5 s, 2 s
+/// each, fall 3) to have taken a dead member out on either stack.
+pub const OBSERVE: Duration = Duration::from_secs(30);
 const PROXY_PORT: u16 = 8000;
 /// Bound of the wait for the first answer after the loss.
 const RECOVERY_WAIT: Duration = Duration::from_secs(30);
@@ -107,7 +111,7 @@ pub fn loss_trial(ctx: &RigCtx, stack: Stack, lost: Lost, k: u32) -> Result<Loss
 }
 
 /// The client steady on the VIP, the loss at a random phase of the adverts,
-/// then [`WATCH`] past the first answer.
+/// then the client watched for [`OBSERVE`].
 fn run_loss(
     c: &mut NetnsCluster,
     vip: std::net::Ipv4Addr,
@@ -140,7 +144,8 @@ fn run_loss(
     let first = load
         .first_ok_after(t0)
         .with_context(|| format!("the VIP did not answer within {RECOVERY_WAIT:?} of the loss"))?;
-    if let Some(rest) = (first.start + WATCH).checked_duration_since(Instant::now()) {
+    let end = (first.start + WATCH).max(t0 + OBSERVE);
+    if let Some(rest) = end.checked_duration_since(Instant::now()) {
         nap(rest)?;
     }
     let samples = load.finish();
