@@ -152,8 +152,12 @@ fn left(deadline: Instant) -> Result<Duration, String> {
 /// `GET /` on a fresh connection, all within `timeout`: the trimmed body of
 /// a 200, or what went wrong.
 fn get_once(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
     let deadline = Instant::now() + timeout;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
+        WouldBlock | TimedOut => "timeout: connect".to_string(),
+        _ => format!("connect: {e}"),
+    })?;
     s.set_write_timeout(Some(left(deadline)?))
         .map_err(|e| e.to_string())?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: paced\r\nConnection: close\r\n\r\n")
@@ -167,6 +171,9 @@ fn get_once(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => {
+                return Err("timeout: no answer".into())
+            }
             Err(e) => return Err(format!("read: {e}")),
         }
     }
