@@ -74,6 +74,8 @@ pub struct LossTrial {
     pub figures: LossFigures,
     /// dynia, master lost: the new master's log times.
     pub phases: Option<Phases>,
+    /// When the node was lost (Unix seconds, for the logs' timestamps).
+    pub lost_at: f64,
     /// The first failures after the loss (`+ms (ms): what`), at most 3.
     pub first_failures: Vec<String>,
 }
@@ -94,11 +96,10 @@ pub fn loss_trial(ctx: &RigCtx, stack: Stack, lost: Lost, k: u32) -> Result<Loss
         Stack::Dynia => {
             let mut rig = DyniaRig::up(ctx, &tag, Health::Defaults)?;
             let vip = rig.vip;
-            let w0 = rigs::unix_now();
             let mut t = run_loss(&mut rig.c, vip, lost, Config::Dynia.advert())?;
             if lost == Lost::Master {
                 let new = (1..3).find(|&i| rigs::role(&rig.c, i) == "master");
-                t.phases = new.map(|j| rigs::dynia_phases(&rig.c, j, w0));
+                t.phases = new.map(|j| rigs::dynia_phases(&rig.c, j, t.lost_at));
             }
             Ok(t)
         }
@@ -136,6 +137,7 @@ fn run_loss(
     // A random phase within one advert: the backups' timers restart at
     // every advert, so the phase decides up to one interval of the result.
     nap(Duration::from_millis(300) + rigs::jitter(advert))?;
+    let lost_at = rigs::unix_now();
     let t0 = Instant::now();
     c.lose(lost.node());
     let _ = eventually(RECOVERY_WAIT, || {
@@ -152,6 +154,7 @@ fn run_loss(
     Ok(LossTrial {
         figures: LossFigures::of(&samples, t0, WATCH),
         phases: None,
+        lost_at,
         first_failures: first_failures(&samples, t0),
     })
 }
