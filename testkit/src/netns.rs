@@ -157,21 +157,18 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     left
 }
 
-/// SIGKILLs every process in namespace `ns` (`ip netns pids`); how many.
-/// Never panics.
-fn kill_all_in(ns: &str) -> usize {
+/// SIGKILLs every process in namespace `ns` (`ip netns pids`). Never panics.
+fn kill_all_in(ns: &str) {
     let Ok(out) = run_bounded(&["ip", "netns", "pids", ns], EXEC_TIMEOUT) else {
-        return 0;
+        return;
     };
-    let mut n = 0;
     for pid in String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|p| p.parse::<i32>().ok())
     {
         // SAFETY: plain kill(2) on a pid that `ip netns pids` reported.
-        n += usize::from(unsafe { libc::kill(pid, libc::SIGKILL) } == 0);
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    n
 }
 
 /// SIGKILLs every process in namespace `ns`, then deletes it; `true` if
@@ -481,14 +478,16 @@ impl NetnsCluster {
     /// Loses node `i` the way a droplet is lost: its `eth0` and its switch
     /// port go down first (so nothing it sends while dying, not even a RST,
     /// reaches anyone), then every process in its namespace (daemon, app,
-    /// anything else) is SIGKILLed and its main process reaped. Returns how
-    /// many processes were killed. Not undone: the node stays lost.
-    pub fn lose(&mut self, i: usize) -> usize {
+    /// anything else) is SIGKILLed and its main process reaped. Returns the
+    /// moment it was cut off (its links down: the loss, as others see it).
+    /// Not undone: the node stays lost.
+    pub fn lose(&mut self, i: usize) -> Instant {
         ip(&["-n", &self.nodes[i], "link", "set", NODE_IF, "down"]);
+        let cut = Instant::now();
         ip(&["-n", &self.switch, "link", "set", &format!("v{i}"), "down"]);
-        let n = kill_all_in(&self.nodes[i]);
+        kill_all_in(&self.nodes[i]);
         self.kill(i);
-        n
+        cut
     }
 
     /// Cuts node `i` off the bridge: its switch port goes down, so nothing

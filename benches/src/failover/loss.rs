@@ -137,9 +137,8 @@ fn run_loss(
     // A random phase within one advert: the backups' timers restart at
     // every advert, so the phase decides up to one interval of the result.
     nap(Duration::from_millis(300) + rigs::jitter(advert))?;
-    let lost_at = rigs::unix_now();
-    let t0 = Instant::now();
-    c.lose(lost.node());
+    let t0 = c.lose(lost.node());
+    let lost_at = rigs::unix_now() - t0.elapsed().as_secs_f64();
     let _ = eventually(RECOVERY_WAIT, || {
         procs::interrupted() || load.first_ok_after(t0).is_some()
     });
