@@ -325,6 +325,29 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The dynia rig's cluster document: no `[election]` table at all (advert
+/// 100 ms, preempt on), one service over the three apps.
+fn dynia_cluster_doc(c: &NetnsCluster, health: Health) -> String {
+    let mut cluster = String::from("generation = 1\ncluster = \"failbench\"\n\n");
+    for (i, (id, prio)) in IDS.iter().zip(PRIORITIES).enumerate() {
+        let _ = write!(
+            cluster,
+            "[[member]]\nid = \"{id}\"\nprivate_ip = \"{}\"\npriority = {prio}\n\n",
+            c.node_ip(i),
+        );
+    }
+    let _ = write!(
+        cluster,
+        "[[service]]\nname = \"web\"\nhosts = [\"*\"]\nport = {APP_PORT}\n"
+    );
+    if health == Health::Fast {
+        cluster.push_str(
+            "[service.health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\nfall = 3\nrise = 2\n",
+        );
+    }
+    cluster
+}
+
 /// A running dynia cluster: 3 `dynia run` nodes (l2 driver) each with a demo
 /// app on `node_ip:8080`; node 0 is master, the VIP answers.
 pub struct DyniaRig {
@@ -349,25 +372,7 @@ impl DyniaRig {
         let mut c = NetnsCluster::new(3);
         let vip = c.addr(100);
         let dir = ctx.tmp.0.join(tag);
-        // Default election settings: no [election] table at all (advert
-        // 100 ms, preempt on).
-        let mut cluster = String::from("generation = 1\ncluster = \"failbench\"\n\n");
-        for (i, (id, prio)) in IDS.iter().zip(PRIORITIES).enumerate() {
-            let _ = write!(
-                cluster,
-                "[[member]]\nid = \"{id}\"\nprivate_ip = \"{}\"\npriority = {prio}\n\n",
-                c.node_ip(i),
-            );
-        }
-        let _ = write!(
-            cluster,
-            "[[service]]\nname = \"web\"\nhosts = [\"*\"]\nport = {APP_PORT}\n"
-        );
-        if health == Health::Fast {
-            cluster.push_str(
-                "[service.health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\nfall = 3\nrise = 2\n",
-            );
-        }
+        let cluster = dynia_cluster_doc(&c, health);
         let bin = ctx.dynia.display().to_string();
         let mut files = Vec::new();
         let mut apps = Vec::new();
@@ -587,6 +592,41 @@ pub fn check_keepalived_config(ctx: &RigCtx) -> Result<()> {
     Ok(())
 }
 
+/// The HTTP side of a keepalived rig: the apps on port 8000, or (`haproxy`)
+/// the apps on `node_ip:8080` and HAProxy on port 8000 of every node.
+fn http_servers(
+    c: &mut NetnsCluster,
+    ctx: &RigCtx,
+    dir: &Path,
+    haproxy: bool,
+) -> Result<Vec<Option<Child>>> {
+    let bin = ctx.dynia.display().to_string();
+    let ips: Vec<Ipv4Addr> = (0..3).map(|i| c.node_ip(i)).collect();
+    let mut apps = Vec::new();
+    for (i, id) in IDS.iter().enumerate() {
+        let ns = c.ns_name(i).to_string();
+        let listen = match haproxy {
+            true => format!("{}:{APP_PORT}", ips[i]),
+            false => format!("0.0.0.0:{PROXY_PORT}"),
+        };
+        apps.push(Some(
+            c.spawn(&ns, &[&bin, "upstream", "--listen", &listen, "--id", id]),
+        ));
+    }
+    if haproxy {
+        apps_listening(c, APP_PORT)?;
+        let ha = ctx.haproxy.as_ref().context("no haproxy")?;
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(&conf, haproxy_conf(&ips))?;
+        for i in 0..3 {
+            let ns = c.ns_name(i).to_string();
+            let (ha, conf) = (ha.display().to_string(), conf.display().to_string());
+            apps.push(Some(c.spawn(&ns, &[&ha, "-db", "-f", &conf])));
+        }
+    }
+    Ok(apps)
+}
+
 impl KeepalivedRig {
     /// With `haproxy`, the seeds' stack; else an HTTP server on port 8000.
     pub fn up(ctx: &RigCtx, tag: &str, haproxy: bool) -> Result<KeepalivedRig> {
@@ -597,34 +637,12 @@ impl KeepalivedRig {
             .context("no keepalived")?
             .display()
             .to_string();
-        let bin = ctx.dynia.display().to_string();
         let mut c = NetnsCluster::new(3);
         let vip = c.addr(100);
         let dir = ctx.tmp.0.join(tag);
         std::fs::create_dir_all(&dir)?;
         let ips: Vec<Ipv4Addr> = (0..3).map(|i| c.node_ip(i)).collect();
-        let mut apps = Vec::new();
-        for (i, id) in IDS.iter().enumerate() {
-            let ns = c.ns_name(i).to_string();
-            let listen = match haproxy {
-                true => format!("{}:{APP_PORT}", ips[i]),
-                false => format!("0.0.0.0:{PROXY_PORT}"),
-            };
-            apps.push(Some(
-                c.spawn(&ns, &[&bin, "upstream", "--listen", &listen, "--id", id]),
-            ));
-        }
-        if haproxy {
-            apps_listening(&c, APP_PORT)?;
-            let ha = ctx.haproxy.as_ref().context("no haproxy")?;
-            let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_conf(&ips))?;
-            for i in 0..3 {
-                let ns = c.ns_name(i).to_string();
-                let (ha, conf) = (ha.display().to_string(), conf.display().to_string());
-                apps.push(Some(c.spawn(&ns, &[&ha, "-db", "-f", &conf])));
-            }
-        }
+        let apps = http_servers(&mut c, ctx, &dir, haproxy)?;
         let mut vrrp_pidfiles = Vec::new();
         let started = Instant::now();
         for i in 0..3 {
