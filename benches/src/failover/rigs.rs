@@ -447,7 +447,7 @@ fn all_up(c: &NetnsCluster, i: usize) -> bool {
 
 /// Waits until every node's app accepts connections on `port`.
 fn apps_listening(c: &NetnsCluster, port: u16) -> Result<()> {
-    for i in 0..c.len() {
+    for (i, id) in IDS.iter().enumerate().take(c.len()) {
         let addr = SocketAddr::from((c.node_ip(i), port));
         let ok = eventually(UP_WAIT, || {
             in_netns(c.client_ns(), move || {
@@ -455,7 +455,7 @@ fn apps_listening(c: &NetnsCluster, port: u16) -> Result<()> {
             })
         });
         if ok.is_err() {
-            bail!("the app of {} does not listen on {addr}", IDS[i]);
+            bail!("the app of {id} does not listen on {addr}");
         }
     }
     Ok(())
