@@ -114,10 +114,10 @@ impl Rig {
             apps,
             _dir: dir,
         };
-        for i in 0..3 {
+        for (i, id) in IDS.iter().enumerate() {
             let a = SocketAddr::from((rig.c.node_ip(i), APP_PORT));
             let up = eventually(WAIT, || connect_time(rig.c.client_ns(), a).is_some());
-            assert!(up.is_ok(), "app of {} not listening", IDS[i]);
+            assert!(up.is_ok(), "app of {id} not listening");
         }
         rig
     }
