@@ -1,36 +1,5 @@
-//! Failover benchmark: dynia vs keepalived on the same netns rig, same run
-//! (`docs/targets.md`: "node loss" and "false failovers"; the rig: `docs/testing.md`).
-//!
-//! ```text
-//! cargo build --release -p dynia --bin dynia
-//! cargo run --release -p dynia-benches -- failover [--trials 20] [--soak 10m] [--smoke]
-//! ```
-//!
-//! Needs root (namespaces, addresses, raw sockets); otherwise it says why and
-//! exits 0. The rig is `dynia_testkit::netns`, the tests' own harness: three
-//! node namespaces and a client namespace on one bridge, 10.99.X.0/24
-//! addresses that exist nowhere else, so all traffic stays inside.
-//!
-//! Failover time: each trial builds a fresh rig, starts fresh processes,
-//! waits until one master holds the VIP and the client gets 200s, then
-//! SIGKILLs the master and measures from just before the kill to the end of
-//! the first successful `GET /` on the VIP that started after the kill and
-//! was answered by a new master. The trials of the three configurations are
-//! interleaved (dynia, keepalived v2, keepalived v3, dynia, …) so that noise
-//! from other work on the machine lands on all of them alike.
-//!
-//! False failovers: a dynia cluster whose master's proxy is saturated by wrk
-//! from the client namespace for `--soak`; election transitions
-//! (`dynia_election_transitions_total`) and roles (`/status.json`) of every
-//! node before, during (every second) and after.
-//!
-//! Exit status: 0 when it ran (a report, targets met or not); 1 when a rig
-//! does not come up (processes, roles, VIP, first answers) or a tool is
-//! missing. Cleanup always runs: each rig's `Drop` SIGKILLs everything in its
-//! namespaces and deletes them (also on error, panic and Ctrl-C, which makes
-//! the harness unwind); every wait and loop is bounded in count and time.
-
 mod client;
+mod loss;
 mod rigs;
 
 use std::path::PathBuf;
@@ -41,14 +10,15 @@ use anyhow::{bail, Context, Result};
 use dynia_testkit::netns;
 
 use crate::procs;
-use rigs::{Config, RigCtx, SoakReport, Trial};
+use loss::{LossTrial, Lost, Stack};
+use rigs::{RigCtx, SoakReport};
 
-/// Failover target with default settings (`docs/targets.md`).
+/// Master lost: first answer within this (issue 13; moonshot 300 ms).
 const TARGET: Duration = Duration::from_millis(600);
 
 #[derive(clap::Args)]
 pub struct FailoverArgs {
-    /// Trials per configuration (default 20; 3 with --smoke).
+    /// Trials per stack and case (default 20; 3 with --smoke).
     #[arg(long)]
     trials: Option<u32>,
     /// Length of the saturation soak of dynia ("10m", "90s"; default 10m, 20s with --smoke).
@@ -64,9 +34,12 @@ pub struct FailoverArgs {
     /// Skip the soaks.
     #[arg(long)]
     no_soak: bool,
-    /// Skip keepalived (dynia trials only).
+    /// Skip the seeds' stack (HAProxy + keepalived): dynia trials only.
     #[arg(long)]
     no_keepalived: bool,
+    /// Only this case (`master` or `backup`); default both.
+    #[arg(long, value_parser = ["master", "backup"])]
+    only: Option<String>,
     /// wrk connections of the soak.
     #[arg(long, default_value_t = 200)]
     soak_connections: u32,
@@ -75,6 +48,8 @@ pub struct FailoverArgs {
     dynia: Option<PathBuf>,
     #[arg(long, default_value = "keepalived")]
     keepalived: String,
+    #[arg(long, default_value = "haproxy")]
+    haproxy: String,
     #[arg(long, default_value = "wrk")]
     wrk: String,
     /// `[election] rt_priority` of the dynia nodes (default: not set, i.e.
@@ -132,6 +107,65 @@ fn run(args: &FailoverArgs) -> Result<()> {
             Duration::from_secs(600)
         }))
     };
+    let ctx = context(args, soak.is_some())?;
+    let stacks: Vec<Stack> = match ctx.keepalived {
+        Some(_) => vec![Stack::Dynia, Stack::Seeds],
+        None => vec![Stack::Dynia],
+    };
+    let cases: Vec<Lost> = match args.only.as_deref() {
+        Some("master") => vec![Lost::Master],
+        Some("backup") => vec![Lost::Backup],
+        _ => vec![Lost::Master, Lost::Backup],
+    };
+    if let Some(p) = args.rt_priority {
+        println!("dynia nodes: [election] rt_priority = {p}");
+    }
+    println!(
+        "node-loss benchmark: {trials} trials per stack and case, interleaved; {}",
+        match soak {
+            Some(d) => format!("then a {}s saturation soak of dynia", d.as_secs()),
+            None => "no soak".into(),
+        }
+    );
+    println!(
+        "client: GET / on VIP:8000 from the client namespace every {} ms, {} ms each, a fresh connection each; counts over {} s from the loss, latencies over {} s from the first answer",
+        loss::EVERY.as_millis(),
+        loss::CLIENT_TIMEOUT.as_millis(),
+        loss::OBSERVE.as_secs(),
+        loss::WATCH.as_secs()
+    );
+    let mut results: Vec<(Stack, Lost, Vec<LossTrial>)> = Vec::new();
+    for lost in &cases {
+        for stack in &stacks {
+            results.push((*stack, *lost, vec![]));
+        }
+    }
+    for k in 0..trials {
+        for (stack, lost, out) in results.iter_mut() {
+            procs::nap(Duration::ZERO)?;
+            let t = loss::loss_trial(&ctx, *stack, *lost, k)
+                .with_context(|| format!("{} {} trial {}", stack.name(), lost.name(), k + 1))?;
+            println!(
+                "  {:<30} {} ({}) trial {:>2}: {}",
+                stack.name(),
+                lost.name(),
+                loss::lost_id(*lost),
+                k + 1,
+                t.describe()
+            );
+            for f in &t.first_failures {
+                println!("      failed {f}");
+            }
+            out.push(t);
+        }
+    }
+    let soaks = run_soaks(args, &ctx, soak)?;
+    report(&results, &soaks);
+    Ok(())
+}
+
+/// Binaries and tools, the temporary directory, configurations checked.
+fn context(args: &FailoverArgs, soak: bool) -> Result<RigCtx> {
     let dynia = crate::dynia_path(args.dynia.as_deref());
     if !dynia.is_file() {
         bail!(
@@ -140,87 +174,62 @@ fn run(args: &FailoverArgs) -> Result<()> {
         );
     }
     tool("curl", "curl")?;
-    let keepalived = if args.no_keepalived {
-        None
+    let (keepalived, haproxy) = if args.no_keepalived {
+        (None, None)
     } else {
-        Some(tool(&args.keepalived, "keepalived")?)
+        (
+            Some(tool(&args.keepalived, "keepalived")?),
+            Some(tool(&args.haproxy, "haproxy")?),
+        )
     };
     let wrk = match soak {
-        Some(_) => Some(tool(&args.wrk, "wrk")?),
-        None => None,
+        true => Some(tool(&args.wrk, "wrk")?),
+        false => None,
     };
     let tmp = std::env::temp_dir().join(format!("dynia-failbench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let ctx = RigCtx {
         dynia,
         keepalived,
+        haproxy,
         wrk,
         tmp: rigs::TmpDir(tmp),
         rt_priority: args.rt_priority,
     };
-    let mut configs = vec![Config::Dynia];
     if ctx.keepalived.is_some() {
-        configs.extend([Config::KeepalivedV2, Config::KeepalivedV3]);
         rigs::check_keepalived_config(&ctx)?;
+        rigs::check_haproxy_config(&ctx)?;
     }
+    Ok(ctx)
+}
 
-    if let Some(p) = args.rt_priority {
-        println!("dynia nodes: [election] rt_priority = {p}");
-    }
-    println!(
-        "failover benchmark: {trials} trials per configuration, interleaved; {}",
-        match soak {
-            Some(d) => format!("then a {}s saturation soak of dynia", d.as_secs()),
-            None => "no soak".into(),
-        }
-    );
-    println!(
-        "client: one connection per GET / on VIP:8000 from the client namespace, connect timeout {} ms, {} ms pause after a failure",
-        client::CONNECT_TIMEOUT.as_millis(),
-        client::PAUSE_AFTER_FAILURE.as_millis()
-    );
-    let mut results: Vec<(Config, Vec<Trial>)> = configs.iter().map(|c| (*c, vec![])).collect();
-    for k in 0..trials {
-        for (cfg, out) in results.iter_mut() {
-            procs::nap(Duration::ZERO)?;
-            let t = rigs::failover_trial(&ctx, *cfg, k)
-                .with_context(|| format!("{} trial {}", cfg.name(), k + 1))?;
-            println!("  {:<40} trial {:>2}: {}", cfg.name(), k + 1, t.describe());
-            out.push(t);
-        }
-    }
-
+fn run_soaks(args: &FailoverArgs, ctx: &RigCtx, soak: Option<Duration>) -> Result<Vec<SoakReport>> {
     let mut soaks = Vec::new();
-    if let Some(d) = soak {
-        soaks.push(rigs::soak(&ctx, d, args.soak_connections).context("dynia soak")?);
-        if ctx.keepalived.is_some() {
-            let d = args.keepalived_soak.unwrap_or(if args.smoke {
-                Duration::from_secs(10)
-            } else {
-                Duration::from_secs(120)
-            });
-            soaks.push(
-                rigs::keepalived_soak(&ctx, d, args.soak_connections).context("keepalived soak")?,
-            );
-        }
+    let Some(d) = soak else {
+        return Ok(soaks);
+    };
+    soaks.push(rigs::soak(ctx, d, args.soak_connections).context("dynia soak")?);
+    if ctx.keepalived.is_some() {
+        let d = args.keepalived_soak.unwrap_or(if args.smoke {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(120)
+        });
+        soaks
+            .push(rigs::keepalived_soak(ctx, d, args.soak_connections).context("keepalived soak")?);
     }
-
-    report(&results, &soaks);
-    Ok(())
+    Ok(soaks)
 }
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Nearest-rank percentile of sorted durations.
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 fn median(sorted: &[Duration]) -> Duration {
     let n = sorted.len();
+    if n == 0 {
+        return Duration::ZERO;
+    }
     if n % 2 == 1 {
         sorted[n / 2]
     } else {
@@ -230,123 +239,124 @@ fn median(sorted: &[Duration]) -> Duration {
 
 struct Stats {
     median: Duration,
-    p90: Duration,
     max: Duration,
-    min: Duration,
 }
 
 fn stats(mut v: Vec<Duration>) -> Stats {
     v.sort();
     Stats {
         median: median(&v),
-        p90: pct(&v, 90.0),
-        max: *v.last().expect("at least one trial"),
-        min: v[0],
+        max: v.last().copied().unwrap_or_default(),
     }
 }
 
-fn report(results: &[(Config, Vec<Trial>)], soaks: &[SoakReport]) {
+/// `median / max` of durations, in ms.
+fn dur_cell(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "{:.0} / {:.0} ms",
+        median(&v).as_secs_f64() * 1000.0,
+        v.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+    )
+}
+
+/// `median / max` of counts.
+fn count_cell(mut v: Vec<usize>) -> String {
+    v.sort();
+    format!("{} / {}", v[v.len() / 2], v.last().copied().unwrap_or(0))
+}
+
+fn report(results: &[(Stack, Lost, Vec<LossTrial>)], soaks: &[SoakReport]) {
     println!();
-    println!("== failover: SIGKILL of the master -> first 200 on the VIP from the new master ==");
+    println!("== node loss (link down + SIGKILL of daemon and app), as the paced client saw it: median / max ==");
     println!(
-        "{:<40} {:>6} {:>9} {:>9} {:>9} {:>9} {:>16} {:>16}",
-        "configuration",
+        "{:<30} {:<12} {:>6} {:>17} {:>17} {:>13} {:>11} {:>17}",
+        "stack",
+        "case",
         "trials",
-        "median",
-        "p90",
-        "max",
-        "min",
-        "MDI (backup)",
-        "failed req (med)"
+        "first answer",
+        "last failure",
+        "failed after",
+        "failed all",
+        "worst latency"
     );
-    let mut all: Vec<(Config, Stats)> = Vec::new();
-    for (cfg, trials) in results {
-        let s = stats(trials.iter().map(|t| t.recovery).collect());
-        let mut failed: Vec<usize> = trials.iter().map(|t| t.failed).collect();
-        failed.sort();
+    for (stack, lost, trials) in results {
+        let f: Vec<_> = trials.iter().map(|t| &t.figures).collect();
         println!(
-            "{:<40} {:>6} {:>9} {:>9} {:>9} {:>9} {:>16} {:>16}",
-            cfg.name(),
+            "{:<30} {:<12} {:>6} {:>17} {:>17} {:>13} {:>11} {:>17}",
+            stack.name(),
+            lost.name(),
             trials.len(),
-            ms(s.median),
-            ms(s.p90),
-            ms(s.max),
-            ms(s.min),
-            ms(cfg.master_down_interval(140)),
-            failed[failed.len() / 2]
+            dur_cell(f.iter().filter_map(|f| f.first_answer).collect()),
+            dur_cell(
+                f.iter()
+                    .map(|f| f.last_failure.unwrap_or_default())
+                    .collect()
+            ),
+            count_cell(f.iter().map(|f| f.failed_after_first).collect()),
+            count_cell(f.iter().map(|f| f.failed).collect()),
+            dur_cell(f.iter().map(|f| f.worst_after_first).collect()),
         );
-        all.push((*cfg, s));
     }
     println!(
-        "MDI: the Master_Down_Interval of the backup next in line (priority 140), 3 x advert + (256 - 140) x advert / 256;"
+        "first answer: loss -> end of the first 200 of a request sent after it; last failure: loss -> start of the last"
     );
     println!(
-        "     its timer restarts at every advert, so from a kill at a random phase the takeover comes MDI - U(0, advert) later."
+        "request that failed (0: none failed; counts over the {} s from the loss); failed after: requests sent after the",
+        loss::OBSERVE.as_secs()
     );
-    let dynia = all
-        .iter()
-        .find(|(c, _)| *c == Config::Dynia)
-        .map(|(_, s)| s);
-    if let Some(d) = dynia {
-        println!();
-        println!(
-            "dynia target (docs/targets.md): <= {} with default settings: median {} {}, max {} {}",
-            ms(TARGET),
-            ms(d.median),
-            if d.median <= TARGET { "ok" } else { "MISS" },
-            ms(d.max),
-            if d.max <= TARGET { "ok" } else { "MISS" },
-        );
-        for (cfg, s) in all.iter().filter(|(c, _)| *c != Config::Dynia) {
-            println!(
-                "ratio dynia / {}: median {:.2}, p90 {:.2}, max {:.2}",
-                cfg.name(),
-                d.median.as_secs_f64() / s.median.as_secs_f64(),
-                d.p90.as_secs_f64() / s.p90.as_secs_f64(),
-                d.max.as_secs_f64() / s.max.as_secs_f64()
-            );
-        }
-        // Where dynia's time goes, from its own log (wall clock, µs).
-        if let Some((_, trials)) = results.iter().find(|(c, _)| *c == Config::Dynia) {
-            let phase = |f: &dyn Fn(&Trial) -> Option<Duration>| -> Option<Stats> {
-                let v: Vec<Duration> = trials.iter().filter_map(f).collect();
-                (!v.is_empty()).then(|| stats(v))
-            };
-            let line = |name: &str, s: Option<Stats>| match s {
-                Some(s) => println!(
-                    "  {:<58} median {:>7}  p90 {:>7}  max {:>7}",
-                    name,
-                    ms(s.median),
-                    ms(s.p90),
-                    ms(s.max)
-                ),
-                None => println!("  {name:<58} (not found in the logs)"),
-            };
-            println!();
-            println!("dynia breakdown (from the kill; new master's log timestamps):");
-            line(
-                "its Master_Down_Interval (3 x 100 ms + skew, from its log)",
-                phase(&|t| t.phases.master_down),
-            );
-            line(
-                "backup -> master (Master_Down_Interval expired)",
-                phase(&|t| t.phases.master),
-            );
-            line(
-                "VIP on eth0 + first gratuitous ARP sent",
-                phase(&|t| t.phases.claimed),
-            );
-            line(
-                "client's first 200 (after ARP update, connect, proxy)",
-                phase(&|t| Some(t.recovery)),
-            );
-        }
-    }
+    println!(
+        "first answer's that failed; worst latency: of the requests sent in the {} s from the first answer's (a failed one",
+        loss::WATCH.as_secs()
+    );
+    println!("counts its 1 s).");
+    targets(results);
     if !soaks.is_empty() {
         println!();
         println!("== false failovers under saturation ==");
         for s in soaks {
             print!("{}", s.describe());
         }
+    }
+}
+
+/// Issue 13's targets for dynia, and where its master-loss time goes.
+fn targets(results: &[(Stack, Lost, Vec<LossTrial>)]) {
+    println!();
+    for (_, lost, trials) in results.iter().filter(|r| r.0 == Stack::Dynia) {
+        let f: Vec<_> = trials.iter().map(|t| &t.figures).collect();
+        let after = f.iter().map(|f| f.failed_after_first).max().unwrap_or(0);
+        let all = f.iter().map(|f| f.failed).max().unwrap_or(0);
+        println!(
+            "dynia, {}: failed after the first answer, max {after} (target 0) {}; failed at all, max {all}",
+            lost.name(),
+            if after == 0 { "ok" } else { "MISS" }
+        );
+        if *lost != Lost::Master {
+            continue;
+        }
+        let firsts: Vec<Duration> = f.iter().filter_map(|f| f.first_answer).collect();
+        let s = stats(firsts);
+        println!(
+            "dynia, master lost: first answer median {} {}, max {} {} (target <= {}, moonshot 300 ms)",
+            ms(s.median),
+            if s.median <= TARGET { "ok" } else { "MISS" },
+            ms(s.max),
+            if s.max <= TARGET { "ok" } else { "MISS" },
+            ms(TARGET)
+        );
+        let phase = |name: &str, v: Vec<Duration>| match v.is_empty() {
+            true => println!("  {name:<52} (not found in the logs)"),
+            false => println!("  {name:<52} {}", dur_cell(v)),
+        };
+        let ph: Vec<_> = trials.iter().filter_map(|t| t.phases.as_ref()).collect();
+        phase(
+            "new master's log: backup -> master",
+            ph.iter().filter_map(|p| p.master).collect(),
+        );
+        phase(
+            "new master's log: VIP on eth0 + first gratuitous ARP",
+            ph.iter().filter_map(|p| p.claimed).collect(),
+        );
     }
 }

@@ -9,11 +9,14 @@
 //! * [`tls`]: a throwaway CA, HTTPS clients, bounded `curl` / `openssl` runs.
 //! * [`daemon`]: whole-daemon fixtures (node files, `dynia run` processes).
 //! * [`netns`]: the network-namespace cluster (root only).
+//! * [`paced`]: a paced client (one request every 20 ms, say) and the figures
+//!   of a node loss as it lived through them.
 
 pub mod daemon;
 pub mod dosim;
 pub mod eventually;
 pub mod netns;
+pub mod paced;
 pub mod tls;
 pub mod upstream;
 pub mod web;

@@ -1,5 +1,5 @@
 //! The netns cluster: network namespaces joined by a bridge, one namespace per
-//! node, one client namespace, with faults (kill, pause, partition, heal) and a
+//! node, one client namespace, with faults (kill, lose, pause, partition, heal) and a
 //! cleanup that always runs, on panic too. Layout, addresses and cleanup rules:
 //! docs/testing.md, "The netns cluster".
 
@@ -157,18 +157,24 @@ pub fn leftovers(prefix: &str) -> Vec<String> {
     left
 }
 
+/// SIGKILLs every process in namespace `ns` (`ip netns pids`). Never panics.
+fn kill_all_in(ns: &str) {
+    let Ok(out) = run_bounded(&["ip", "netns", "pids", ns], EXEC_TIMEOUT) else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
+        // SAFETY: plain kill(2) on a pid that `ip netns pids` reported.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
 /// SIGKILLs every process in namespace `ns`, then deletes it; `true` if
 /// this call deleted it. Never panics.
 fn destroy_netns(ns: &str) -> bool {
-    if let Ok(out) = run_bounded(&["ip", "netns", "pids", ns], EXEC_TIMEOUT) {
-        for pid in String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            // SAFETY: plain kill(2) on a pid that `ip netns pids` reported.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
+    kill_all_in(ns);
     matches!(run_bounded(&["ip", "netns", "del", ns], EXEC_TIMEOUT), Ok(o) if o.status.success())
 }
 
@@ -467,6 +473,21 @@ impl NetnsCluster {
         // SAFETY: kill(2) on our own child's pid (not yet reaped).
         let rc = unsafe { libc::kill(pid as i32, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig}): {}", io::Error::last_os_error());
+    }
+
+    /// Loses node `i` the way a droplet is lost: its `eth0` and its switch
+    /// port go down first (so nothing it sends while dying, not even a RST,
+    /// reaches anyone), then every process in its namespace (daemon, app,
+    /// anything else) is SIGKILLed and its main process reaped. Returns the
+    /// moment it was cut off (its links down: the loss, as others see it).
+    /// Not undone: the node stays lost.
+    pub fn lose(&mut self, i: usize) -> Instant {
+        ip(&["-n", &self.nodes[i], "link", "set", NODE_IF, "down"]);
+        let cut = Instant::now();
+        ip(&["-n", &self.switch, "link", "set", &format!("v{i}"), "down"]);
+        kill_all_in(&self.nodes[i]);
+        self.kill(i);
+        cut
     }
 
     /// Cuts node `i` off the bridge: its switch port goes down, so nothing

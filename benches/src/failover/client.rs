@@ -1,5 +1,6 @@
 //! The client side of the failover rig: one-shot HTTP requests and the
-//! request loop that runs in the client namespace during a trial.
+//! back-to-back request loop that says when a rig answers steadily (the
+//! node-loss trials use the paced client, `dynia_testkit::paced`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,8 +52,6 @@ pub fn get(
 /// One request of the loop, as the client saw it.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    pub start: Instant,
-    pub end: Instant,
     pub ok: bool,
     /// The body of a 200 (the answering member's id), trimmed.
     pub id: String,
@@ -78,19 +77,14 @@ impl Load {
                     if st.load(Ordering::Relaxed) || begun.elapsed() > MAX_RUN {
                         return;
                     }
-                    let start = Instant::now();
                     let answer = get(addr, "/", CONNECT_TIMEOUT, IO_TIMEOUT, false);
-                    let end = Instant::now();
                     let (ok, id) = match answer {
                         Some((200, body)) => (true, body.trim().to_string()),
                         _ => (false, String::new()),
                     };
-                    sa.lock().unwrap_or_else(|p| p.into_inner()).push(Sample {
-                        start,
-                        end,
-                        ok,
-                        id,
-                    });
+                    sa.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Sample { ok, id });
                     std::thread::sleep(if ok {
                         PAUSE_AFTER_SUCCESS
                     } else {
@@ -118,25 +112,6 @@ impl Load {
                     .iter()
                     .all(|x| x.ok && id.is_none_or(|id| x.id == id))
         })
-    }
-
-    /// The first success among requests started at or after `t0` (not
-    /// answered by `not_id`, if given).
-    pub fn first_ok_after(&self, t0: Instant, not_id: Option<&str>) -> Option<Sample> {
-        self.with(|s| {
-            s.iter()
-                .find(|x| x.start >= t0 && x.ok && not_id.is_none_or(|n| x.id != n))
-                .cloned()
-        })
-    }
-
-    /// Stops the loop and returns every sample.
-    pub fn finish(mut self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.with(|s| s.to_vec())
     }
 }
 

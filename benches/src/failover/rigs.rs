@@ -1,5 +1,5 @@
-//! The two rigs (dynia, keepalived) on the netns cluster, one failover trial
-//! each, and the saturation soak.
+//! The rigs on the netns cluster (dynia; keepalived alone or with HAProxy on
+//! every node, the seeds' stack) and the saturation soak.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,8 +21,6 @@ const IDS: [&str; 3] = ["alder-lynx", "birch-mole", "cedar-wren"];
 const PRIORITIES: [u32; 3] = [150, 140, 130];
 /// Bound of every "wait until the rig is up" step.
 const UP_WAIT: Duration = Duration::from_secs(30);
-/// Bound of the wait for the VIP to answer again after the kill.
-const RECOVERY_WAIT: Duration = Duration::from_secs(30);
 /// Successes in a row that make the client side "stable".
 const STABLE_RUN: usize = 20;
 
@@ -38,16 +36,17 @@ impl Drop for TmpDir {
 pub struct RigCtx {
     pub dynia: PathBuf,
     pub keepalived: Option<PathBuf>,
+    pub haproxy: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
     pub tmp: TmpDir,
     /// `[election] rt_priority` for the dynia nodes; `None` = their default.
     pub rt_priority: Option<u8>,
 }
 
+/// The election under test: dynia's own, or keepalived (VRRPv3, 0.2 s).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Config {
     Dynia,
-    KeepalivedV2,
     KeepalivedV3,
 }
 
@@ -55,26 +54,32 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Config::Dynia => "dynia (default advert 100ms, l2)",
-            Config::KeepalivedV2 => "keepalived VRRPv2 advert_int 1",
             Config::KeepalivedV3 => "keepalived VRRPv3 advert_int 0.2",
         }
     }
 
-    fn advert(self) -> Duration {
+    pub fn advert(self) -> Duration {
         match self {
             Config::Dynia => Duration::from_millis(100),
-            Config::KeepalivedV2 => Duration::from_secs(1),
             Config::KeepalivedV3 => Duration::from_millis(200),
         }
     }
 
-    /// RFC 5798 §6.1: 3 × advert + (256 − priority) × advert / 256 (the
-    /// same for VRRPv2 in keepalived, whose skew is (256 − priority)/256 s
-    /// with advert_int 1). `priority` is the backup's.
+    /// RFC 5798 §6.1: 3 × advert + (256 − priority) × advert / 256.
+    /// `priority` is the backup's.
     pub fn master_down_interval(self, priority: u32) -> Duration {
         let a = self.advert();
         a * 3 + a * (256 - priority) / 256
     }
+}
+
+/// The health checks of a dynia rig's service.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Health {
+    /// No `[service.health]`: the defaults (5 s, 2 s, fall 3, rise 2).
+    Defaults,
+    /// Every 500 ms (the soak, where the apps stay up).
+    Fast,
 }
 
 /// Times from the kill, per the new master's log (dynia only).
@@ -88,35 +93,21 @@ pub struct Phases {
     pub master_down: Option<Duration>,
 }
 
-pub struct Trial {
-    pub recovery: Duration,
-    /// Requests that failed between the kill and the first success.
-    pub failed: usize,
-    pub new_master: String,
-    pub phases: Phases,
-}
-
-impl Trial {
+impl Phases {
     pub fn describe(&self) -> String {
-        let mut s = format!(
-            "{:>5.0} ms  (new master {}, {} failed requests",
-            self.recovery.as_secs_f64() * 1000.0,
-            self.new_master,
-            self.failed
-        );
-        if let Some(m) = self.phases.master {
-            let _ = write!(s, "; master at {:.0} ms", m.as_secs_f64() * 1000.0);
+        let mut s = String::new();
+        if let Some(m) = self.master {
+            let _ = write!(s, "master at {:.0} ms", m.as_secs_f64() * 1000.0);
         }
-        if let Some(c) = self.phases.claimed {
+        if let Some(c) = self.claimed {
             let _ = write!(s, ", VIP+GARP at {:.0} ms", c.as_secs_f64() * 1000.0);
         }
-        s.push(')');
         s
     }
 }
 
 /// A uniformly random duration in `[0, max)` (std's randomly keyed hasher).
-fn jitter(max: Duration) -> Duration {
+pub fn jitter(max: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());
@@ -124,7 +115,7 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(frac)
 }
 
-fn unix_now() -> f64 {
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -197,7 +188,7 @@ fn log_time_after(path: &Path, t0: f64, needles: &[&str]) -> Option<Duration> {
         .map(|t| Duration::from_secs_f64(t - t0))
 }
 
-fn dump_logs(c: &NetnsCluster) -> String {
+pub fn dump_logs(c: &NetnsCluster) -> String {
     let mut s = String::new();
     if let Ok(rd) = std::fs::read_dir(c.log_dir()) {
         let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -239,7 +230,7 @@ fn admin_get(c: &NetnsCluster, i: usize, path: &str) -> Option<String> {
     .and_then(|(st, body)| (st == 200).then_some(body))
 }
 
-fn role(c: &NetnsCluster, i: usize) -> String {
+pub fn role(c: &NetnsCluster, i: usize) -> String {
     admin_get(c, i, "/status.json")
         .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
         .and_then(|v| v["role"].as_str().map(str::to_string))
@@ -334,6 +325,29 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// The dynia rig's cluster document: no `[election]` table at all (advert
+/// 100 ms, preempt on), one service over the three apps.
+fn dynia_cluster_doc(c: &NetnsCluster, health: Health) -> String {
+    let mut cluster = String::from("generation = 1\ncluster = \"failbench\"\n\n");
+    for (i, (id, prio)) in IDS.iter().zip(PRIORITIES).enumerate() {
+        let _ = write!(
+            cluster,
+            "[[member]]\nid = \"{id}\"\nprivate_ip = \"{}\"\npriority = {prio}\n\n",
+            c.node_ip(i),
+        );
+    }
+    let _ = write!(
+        cluster,
+        "[[service]]\nname = \"web\"\nhosts = [\"*\"]\nport = {APP_PORT}\n"
+    );
+    if health == Health::Fast {
+        cluster.push_str(
+            "[service.health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\nfall = 3\nrise = 2\n",
+        );
+    }
+    cluster
+}
+
 /// A running dynia cluster: 3 `dynia run` nodes (l2 driver) each with a demo
 /// app on `node_ip:8080`; node 0 is master, the VIP answers.
 pub struct DyniaRig {
@@ -354,26 +368,11 @@ impl Drop for DyniaRig {
 }
 
 impl DyniaRig {
-    pub fn up(ctx: &RigCtx, tag: &str) -> Result<DyniaRig> {
+    pub fn up(ctx: &RigCtx, tag: &str, health: Health) -> Result<DyniaRig> {
         let mut c = NetnsCluster::new(3);
         let vip = c.addr(100);
         let dir = ctx.tmp.0.join(tag);
-        // Default election settings: no [election] table at all (advert
-        // 100 ms, preempt on). Health checks fast-ish; they play no part in
-        // the failover measured (the apps stay up, only dynia is killed).
-        let mut cluster = String::from("generation = 1\ncluster = \"failbench\"\n\n");
-        for (i, (id, prio)) in IDS.iter().zip(PRIORITIES).enumerate() {
-            let _ = write!(
-                cluster,
-                "[[member]]\nid = \"{id}\"\nprivate_ip = \"{}\"\npriority = {prio}\n\n",
-                c.node_ip(i),
-            );
-        }
-        let _ = write!(
-            cluster,
-            "[[service]]\nname = \"web\"\nhosts = [\"*\"]\nport = {APP_PORT}\n\
-             [service.health]\ninterval = \"500ms\"\ntimeout = \"500ms\"\nfall = 3\nrise = 2\n"
-        );
+        let cluster = dynia_cluster_doc(&c, health);
         let bin = ctx.dynia.display().to_string();
         let mut files = Vec::new();
         let mut apps = Vec::new();
@@ -403,6 +402,8 @@ impl DyniaRig {
             let listen = format!("{}:{APP_PORT}", c.node_ip(i));
             apps.push(c.spawn(&ns, &[&bin, "upstream", "--listen", &listen, "--id", id]));
         }
+        // Apps listening before the daemons start: their first check passes.
+        apps_listening(&c, APP_PORT)?;
         let mut pids = Vec::new();
         for (i, f) in files.iter().enumerate() {
             pids.push(c.spawn_node(i, &[&bin, "run", "-c", f]));
@@ -415,6 +416,7 @@ impl DyniaRig {
                 && role(c, 1) == "backup"
                 && role(c, 2) == "backup"
                 && holders(c, vip) == vec![0]
+                && all_up(c, 0)
         })
         .is_ok();
         if procs::interrupted() {
@@ -432,8 +434,36 @@ impl DyniaRig {
     }
 }
 
-/// A running keepalived cluster: keepalived (VRRP only) plus an HTTP server
-/// on 0.0.0.0:8000 in each node namespace; node 0 holds the VIP.
+/// Every member up in service `web` as node `i` sees it (`/status.json`).
+fn all_up(c: &NetnsCluster, i: usize) -> bool {
+    admin_get(c, i, "/status.json")
+        .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            let m = v["services"][0]["members"].as_array()?.clone();
+            Some(m.len() == IDS.len() && m.iter().all(|m| m["health"] == "up"))
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until every node's app accepts connections on `port`.
+fn apps_listening(c: &NetnsCluster, port: u16) -> Result<()> {
+    for (i, id) in IDS.iter().enumerate().take(c.len()) {
+        let addr = SocketAddr::from((c.node_ip(i), port));
+        let ok = eventually(UP_WAIT, || {
+            in_netns(c.client_ns(), move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })
+        });
+        if ok.is_err() {
+            bail!("the app of {id} does not listen on {addr}");
+        }
+    }
+    Ok(())
+}
+
+/// A running keepalived cluster; node 0 holds the VIP. Each node namespace
+/// has keepalived (VRRP only) and either an HTTP server on 0.0.0.0:8000 or
+/// (the seeds' stack) HAProxy there over the three apps on `node_ip:8080`.
 pub struct KeepalivedRig {
     pub c: NetnsCluster,
     pub vip: Ipv4Addr,
@@ -470,11 +500,8 @@ impl Drop for KeepalivedRig {
 /// Sub-second `advert_int` is VRRPv3 only (VRRPv2 counts whole seconds), hence
 /// `vrrp_version 3` with `advert_int 0.2`. Gratuitous ARP settings are left
 /// at their defaults (`vrrp_garp_master_repeat` 5, `vrrp_garp_master_delay` 5).
-fn keepalived_conf(cfg: Config, i: usize, ips: &[Ipv4Addr], vip: Ipv4Addr) -> String {
-    let (version, advert) = match cfg {
-        Config::KeepalivedV3 => (3, "0.2"),
-        _ => (2, "1"),
-    };
+fn keepalived_conf(i: usize, ips: &[Ipv4Addr], vip: Ipv4Addr) -> String {
+    let (version, advert) = (3, "0.2");
     let peers: String = ips
         .iter()
         .enumerate()
@@ -493,15 +520,59 @@ fn keepalived_conf(cfg: Config, i: usize, ips: &[Ipv4Addr], vip: Ipv4Addr) -> St
     )
 }
 
-/// `keepalived --config-test` on both configurations before any trial.
+/// haproxy.cfg of the seeds' stack: HAProxy 2.6 on every node, round robin
+/// over the three apps, `check inter 5s fall 3 rise 2`, `option redispatch`,
+/// `retries 2`, `timeout connect 2s`; `timeout check 2s` so that a check has
+/// the 2 s of dynia's default `[service.health] timeout` (without it HAProxy
+/// would give a check the whole `inter`).
+fn haproxy_conf(ips: &[Ipv4Addr]) -> String {
+    let mut s = format!(
+        "global\n    nbthread 1\n    maxconn 2000\n\n\
+         defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    \
+         timeout server 30s\n    timeout check 2s\n    retries 2\n    option redispatch\n\n\
+         frontend fe\n    bind 0.0.0.0:{PROXY_PORT}\n    default_backend web\n\n\
+         backend web\n    balance roundrobin\n    option httpchk GET /dynia-health\n    \
+         http-check expect status 200\n"
+    );
+    for (id, ip) in IDS.iter().zip(ips) {
+        let _ = writeln!(
+            s,
+            "    server {id} {ip}:{APP_PORT} check inter 5s fall 3 rise 2"
+        );
+    }
+    s
+}
+
+/// `haproxy -c` on the seeds' configuration before any trial.
+pub fn check_haproxy_config(ctx: &RigCtx) -> Result<()> {
+    let ha = ctx.haproxy.as_ref().context("no haproxy")?;
+    let ips: Vec<Ipv4Addr> = (0..3).map(|i| Ipv4Addr::new(10, 99, 1, 10 + i)).collect();
+    let path = ctx.tmp.0.join("check-haproxy.cfg");
+    std::fs::write(&path, haproxy_conf(&ips))?;
+    let p = path.display().to_string();
+    let out = netns::run_bounded(
+        &[&ha.display().to_string(), "-c", "-f", &p],
+        Duration::from_secs(10),
+    )?;
+    if !out.status.success() {
+        bail!(
+            "haproxy -c -f {p}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `keepalived --config-test` on the configuration before any trial.
 pub fn check_keepalived_config(ctx: &RigCtx) -> Result<()> {
     let ka = ctx.keepalived.as_ref().context("no keepalived")?;
     let ips: Vec<Ipv4Addr> = (0..3).map(|i| Ipv4Addr::new(10, 99, 1, 10 + i)).collect();
-    for cfg in [Config::KeepalivedV2, Config::KeepalivedV3] {
-        let path = ctx.tmp.0.join(format!("check-{cfg:?}.conf"));
+    {
+        let path = ctx.tmp.0.join("check-keepalived.conf");
         std::fs::write(
             &path,
-            keepalived_conf(cfg, 0, &ips, Ipv4Addr::new(10, 99, 1, 100)),
+            keepalived_conf(0, &ips, Ipv4Addr::new(10, 99, 1, 100)),
         )?;
         let ka = ka.display().to_string();
         let p = path.display().to_string();
@@ -521,33 +592,62 @@ pub fn check_keepalived_config(ctx: &RigCtx) -> Result<()> {
     Ok(())
 }
 
+/// The HTTP side of a keepalived rig: the apps on port 8000, or (`haproxy`)
+/// the apps on `node_ip:8080` and HAProxy on port 8000 of every node.
+fn http_servers(
+    c: &mut NetnsCluster,
+    ctx: &RigCtx,
+    dir: &Path,
+    haproxy: bool,
+) -> Result<Vec<Option<Child>>> {
+    let bin = ctx.dynia.display().to_string();
+    let ips: Vec<Ipv4Addr> = (0..3).map(|i| c.node_ip(i)).collect();
+    let mut apps = Vec::new();
+    for (i, id) in IDS.iter().enumerate() {
+        let ns = c.ns_name(i).to_string();
+        let listen = match haproxy {
+            true => format!("{}:{APP_PORT}", ips[i]),
+            false => format!("0.0.0.0:{PROXY_PORT}"),
+        };
+        apps.push(Some(
+            c.spawn(&ns, &[&bin, "upstream", "--listen", &listen, "--id", id]),
+        ));
+    }
+    if haproxy {
+        apps_listening(c, APP_PORT)?;
+        let ha = ctx.haproxy.as_ref().context("no haproxy")?;
+        let conf = dir.join("haproxy.cfg");
+        std::fs::write(&conf, haproxy_conf(&ips))?;
+        for i in 0..3 {
+            let ns = c.ns_name(i).to_string();
+            let (ha, conf) = (ha.display().to_string(), conf.display().to_string());
+            apps.push(Some(c.spawn(&ns, &[&ha, "-db", "-f", &conf])));
+        }
+    }
+    Ok(apps)
+}
+
 impl KeepalivedRig {
-    pub fn up(ctx: &RigCtx, cfg: Config, tag: &str) -> Result<KeepalivedRig> {
+    /// With `haproxy`, the seeds' stack; else an HTTP server on port 8000.
+    pub fn up(ctx: &RigCtx, tag: &str, haproxy: bool) -> Result<KeepalivedRig> {
+        let cfg = Config::KeepalivedV3;
         let ka = ctx
             .keepalived
             .as_ref()
             .context("no keepalived")?
             .display()
             .to_string();
-        let bin = ctx.dynia.display().to_string();
         let mut c = NetnsCluster::new(3);
         let vip = c.addr(100);
         let dir = ctx.tmp.0.join(tag);
         std::fs::create_dir_all(&dir)?;
         let ips: Vec<Ipv4Addr> = (0..3).map(|i| c.node_ip(i)).collect();
-        let mut apps = Vec::new();
-        for (i, id) in IDS.iter().enumerate() {
-            let ns = c.ns_name(i).to_string();
-            let listen = format!("0.0.0.0:{PROXY_PORT}");
-            apps.push(Some(
-                c.spawn(&ns, &[&bin, "upstream", "--listen", &listen, "--id", id]),
-            ));
-        }
+        let apps = http_servers(&mut c, ctx, &dir, haproxy)?;
         let mut vrrp_pidfiles = Vec::new();
         let started = Instant::now();
         for i in 0..3 {
             let conf = dir.join(format!("n{i}.conf"));
-            std::fs::write(&conf, keepalived_conf(cfg, i, &ips, vip))?;
+            std::fs::write(&conf, keepalived_conf(i, &ips, vip))?;
             let pid = dir.join(format!("n{i}.pid"));
             let vpid = dir.join(format!("n{i}.vrrp.pid"));
             // -n --dont-fork, -l --log-console, -D --log-detail, -P --vrrp,
@@ -609,7 +709,7 @@ impl KeepalivedRig {
         Ok(rig)
     }
 
-    fn vrrp_child_pid(&self, i: usize) -> Option<i32> {
+    pub fn vrrp_child_pid(&self, i: usize) -> Option<i32> {
         std::fs::read_to_string(&self.vrrp_pidfiles[i])
             .ok()?
             .trim()
@@ -618,15 +718,7 @@ impl KeepalivedRig {
     }
 }
 
-pub fn failover_trial(ctx: &RigCtx, cfg: Config, k: u32) -> Result<Trial> {
-    let tag = format!("{cfg:?}-{k}");
-    match cfg {
-        Config::Dynia => dynia_trial(ctx, &tag),
-        _ => keepalived_trial(ctx, cfg, &tag),
-    }
-}
-
-fn wait_client_stable(c: &NetnsCluster, load: &Load, id: Option<&str>) -> Result<()> {
+pub fn wait_client_stable(c: &NetnsCluster, load: &Load, id: Option<&str>) -> Result<()> {
     let ok = eventually(UP_WAIT, || {
         procs::interrupted() || load.stable(STABLE_RUN, id)
     })
@@ -644,96 +736,24 @@ fn wait_client_stable(c: &NetnsCluster, load: &Load, id: Option<&str>) -> Result
     Ok(())
 }
 
-fn wait_recovered(load: &Load, t0: Instant, not_id: Option<&str>) -> Result<client::Sample> {
-    let _ = eventually(RECOVERY_WAIT, || {
-        procs::interrupted() || load.first_ok_after(t0, not_id).is_some()
-    });
-    if procs::interrupted() {
-        bail!("interrupted");
-    }
-    load.first_ok_after(t0, not_id)
-        .with_context(|| format!("the VIP did not answer within {RECOVERY_WAIT:?} of the kill"))
-}
-
-fn failed_between(samples: &[client::Sample], t0: Instant, t1: Instant) -> usize {
-    samples
-        .iter()
-        .filter(|s| s.start >= t0 && s.end <= t1 && !s.ok)
-        .count()
-}
-
-fn dynia_trial(ctx: &RigCtx, tag: &str) -> Result<Trial> {
-    let mut rig = DyniaRig::up(ctx, tag)?;
-    let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
-    wait_client_stable(&rig.c, &load, None)?;
-    // A few adverts of steady state, then a random phase within one advert
-    // interval: the backups' timers restart at every advert, so the kill's
-    // phase against the adverts decides up to one interval of the result.
-    nap(Duration::from_millis(300) + jitter(Config::Dynia.advert()))?;
-    let w0 = unix_now();
-    let t0 = Instant::now();
-    rig.c.kill(0);
-    let first = wait_recovered(&load, t0, None);
-    let samples = load.finish();
-    let first = first.map_err(|e| anyhow::anyhow!("{e:#}\n{}", dump_logs(&rig.c)))?;
-    // Whoever is master now (node 1 expected).
-    let new = (1..3).find(|&i| role(&rig.c, i) == "master");
+/// Times in the log of node `j` (the new master) from `w0` (Unix seconds).
+pub fn dynia_phases(c: &NetnsCluster, j: usize, w0: f64) -> Phases {
     let mut phases = Phases::default();
-    if let Some(j) = new {
-        if let Some(log) = find_log(&rig.c, rig.c.ns_name(j), "election started") {
-            phases.master =
-                log_time_after(&log, w0, &["election state changed", "role=\"master\""]).or_else(
-                    || log_time_after(&log, w0, &["election state changed", "role=master"]),
-                );
-            phases.claimed = log_time_after(&log, w0, &["first gratuitous ARP sent"]);
-            phases.master_down = std::fs::read_to_string(&log)
-                .ok()
-                .and_then(|t| {
-                    let at = t.find("master_down_ms=")? + "master_down_ms=".len();
-                    let digits: String = t[at..].chars().take_while(char::is_ascii_digit).collect();
-                    digits.parse().ok()
-                })
-                .map(Duration::from_millis);
-        }
-    }
-    Ok(Trial {
-        recovery: first.end - t0,
-        failed: failed_between(&samples, t0, first.start),
-        new_master: new.map_or("?".into(), |j| IDS[j].to_string()),
-        phases,
-    })
-}
-
-fn keepalived_trial(ctx: &RigCtx, cfg: Config, tag: &str) -> Result<Trial> {
-    let mut rig = KeepalivedRig::up(ctx, cfg, tag)?;
-    let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
-    wait_client_stable(&rig.c, &load, Some(IDS[0]))?;
-    nap(Duration::from_millis(300) + jitter(cfg.advert()))?;
-    let vrrp = rig
-        .vrrp_child_pid(0)
-        .context("no VRRP child pid file for node 0")?;
-    // "The master" is keepalived (its VRRP child first, so that it cannot
-    // hear of its parent's death and resign with priority 0) and the HTTP
-    // server of that node: the node is lost, like a SIGKILLed dynia, whose
-    // proxy dies with it.
-    let t0 = Instant::now();
-    // SAFETY: kill(2) on the pid keepalived wrote for its VRRP child, which
-    // runs in a namespace of ours.
-    unsafe { libc::kill(vrrp, libc::SIGKILL) };
-    rig.c.kill(0);
-    if let Some(mut a) = rig.apps[0].take() {
-        let _ = a.kill();
-        let _ = a.wait();
-    }
-    let first = wait_recovered(&load, t0, Some(IDS[0]));
-    let samples = load.finish();
-    let first = first.map_err(|e| anyhow::anyhow!("{e:#}\n{}", dump_logs(&rig.c)))?;
-    Ok(Trial {
-        recovery: first.end - t0,
-        failed: failed_between(&samples, t0, first.start),
-        new_master: first.id.clone(),
-        phases: Phases::default(),
-    })
+    let Some(log) = find_log(c, c.ns_name(j), "election started") else {
+        return phases;
+    };
+    phases.master = log_time_after(&log, w0, &["election state changed", "role=\"master\""])
+        .or_else(|| log_time_after(&log, w0, &["election state changed", "role=master"]));
+    phases.claimed = log_time_after(&log, w0, &["first gratuitous ARP sent"]);
+    phases.master_down = std::fs::read_to_string(&log)
+        .ok()
+        .and_then(|t| {
+            let at = t.find("master_down_ms=")? + "master_down_ms=".len();
+            let digits: String = t[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .map(Duration::from_millis);
+    phases
 }
 
 /// Figures of one saturation soak.
@@ -936,7 +956,7 @@ pub fn soak(ctx: &RigCtx, duration: Duration, connections: u32) -> Result<SoakRe
         "soak: {} s of wrk -c{connections} on the dynia master's proxy…",
         duration.as_secs()
     );
-    let mut rig = DyniaRig::up(ctx, "soak")?;
+    let mut rig = DyniaRig::up(ctx, "soak", Health::Fast)?;
     {
         let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
         wait_client_stable(&rig.c, &load, None)?;
@@ -1071,7 +1091,7 @@ pub fn keepalived_soak(ctx: &RigCtx, duration: Duration, connections: u32) -> Re
         duration.as_secs(),
         cfg.name()
     );
-    let mut rig = KeepalivedRig::up(ctx, cfg, "ka-soak")?;
+    let mut rig = KeepalivedRig::up(ctx, "ka-soak", false)?;
     {
         let load = Load::start(rig.c.client_ns(), SocketAddr::from((rig.vip, PROXY_PORT)));
         wait_client_stable(&rig.c, &load, Some(IDS[0]))?;
