@@ -193,6 +193,7 @@ impl Backend {
             Err(_) => return Err(ConnectError::Timeout),
         };
         let _ = stream.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -214,6 +215,7 @@ impl Backend {
         Ok(Upstream {
             sender,
             since: Instant::now(),
+            fd,
         })
     }
 }
@@ -245,6 +247,29 @@ pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
 pub struct Upstream {
     pub(crate) sender: http1::SendRequest<ReqBody>,
     since: Instant,
+    /// The socket's descriptor, owned by the connection task: only read
+    /// (see [`Upstream::unacked`]) while the connection is open.
+    fd: std::os::fd::RawFd,
+}
+
+impl Upstream {
+    /// The socket, for [`unacked`] while a request is outstanding on it.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+}
+
+/// Bytes written on socket `fd` that the peer's TCP stack has not
+/// acknowledged (`SIOCOUTQ`); `None` if the call fails. A slow app's kernel
+/// acknowledges a request within a delayed-ACK time (at most 200 ms on
+/// Linux); a blackholed or dead member's never does. Only called while a
+/// request is outstanding on the connection, so the connection task still
+/// owns `fd`.
+pub(crate) fn unacked(fd: std::os::fd::RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int; `n` is one.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (r == 0).then_some(usize::try_from(n).unwrap_or(0))
 }
 
 /// Bounded, lock-free pool of idle connections to one member.
@@ -335,6 +360,7 @@ mod tests {
         let up = Upstream {
             sender,
             since: Instant::now(),
+            fd: -1,
         };
         (up, theirs)
     }

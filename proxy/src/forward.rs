@@ -255,6 +255,14 @@ async fn forward(
                 last_error = StatusCode::BAD_GATEWAY;
                 tries.why = Retry::Lost;
             }
+            Outcome::Stalled => {
+                // As `MemberLost`; the member's checks look at once.
+                tracing::warn!(service = %svc.name, member = %backend.member, "member acknowledged none of the request on a kept-alive connection; trying another");
+                backend.passive_failure();
+                rec.0.end(Term::MEMBER_ERROR_HEAD);
+                last_error = StatusCode::BAD_GATEWAY;
+                tries.why = Retry::Reset;
+            }
             Outcome::MemberTimeout => {
                 tracing::warn!(service = %svc.name, member = %backend.member, "upstream response timed out");
                 backend.passive_failure();
@@ -327,7 +335,8 @@ async fn send_on_member(
             Request::from_parts(std::mem::replace(&mut msg.parts, empty_parts()), this_body)
         };
         let lost = keep_parts.then(|| backend.liveness.lost());
-        let result = exchange(up, request, sent_upload.as_deref(), limits, lost).await;
+        let stall = (keep_parts && fresh_left).then(|| up.fd());
+        let result = exchange(up, request, sent_upload.as_deref(), limits, lost, stall).await;
         let again = match result {
             Outcome::NotSent(req) => {
                 let (p, b) = req.into_parts();
@@ -467,7 +476,7 @@ async fn connect_any(
     rec: &mut Option<Box<Record>>,
 ) -> Option<Connected> {
     let mut race = Race::new(dial);
-    let mut hedge_at: Option<tokio::time::Instant> = None;
+    let mut hedge_at: Option<(tokio::time::Instant, Arc<Backend>)> = None;
     let mut launch = true;
     loop {
         if std::mem::take(&mut launch) {
@@ -492,20 +501,25 @@ async fn connect_any(
                 race.start(backend.clone());
                 let ewma = backend.connect_ewma.get();
                 hedge_at = hedge_delay(ewma, dial.timeout, tries.can_hedge(svc))
-                    .map(|d| tokio::time::Instant::now() + d);
+                    .map(|d| (tokio::time::Instant::now() + d, backend.clone()));
             }
         }
         if race.running == 0 {
             return None;
         }
-        let at = hedge_at.unwrap_or_else(tokio::time::Instant::now);
+        let at = hedge_at
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |(at, _)| *at);
         tokio::select! {
             (backend, up) = race.next() => match up {
                 Some(up) => return Some(Connected { backend, up, reused: false }),
                 None => launch = true, // judged by its task
             },
             () = tokio::time::sleep_until(at), if hedge_at.is_some() => {
-                hedge_at = None;
+                // A connect this slow is suspect: its checks look at once.
+                if let Some((_, slow)) = hedge_at.take() {
+                    slow.suspect();
+                }
                 launch = true;
                 tracing::debug!(service = %svc.name, "connect slow, trying another member alongside");
             }
@@ -633,7 +647,16 @@ enum Outcome {
     /// The election lost the member while its response head was awaited
     /// (only asked for when the request may go to another member).
     MemberLost,
+    /// On a reused connection, the member's TCP stack acknowledged none of
+    /// the request within [`STALL_AFTER`]: it is dead or blackholed (only
+    /// asked for when the request may go to another member).
+    Stalled,
 }
+
+/// How long a request written on a reused connection may stay
+/// unacknowledged by the member's TCP stack: above Linux's largest delayed
+/// ACK (200 ms), so a slow app is never taken for a dead one.
+pub const STALL_AFTER: Duration = Duration::from_millis(210);
 
 /// Sends `req` on `up` and waits for the response head, timing the member
 /// from the end of the request body; with `lost`, gives up when the election
@@ -644,14 +667,26 @@ async fn exchange(
     upload: Option<&Upload>,
     limits: &Limits,
     lost: Option<Notified<'_>>,
+    stall: Option<std::os::fd::RawFd>,
 ) -> Outcome {
-    if let Some(lost) = lost {
-        tokio::select! {
-            o = exchange_timed(up, req, upload, limits) => o,
-            _ = lost => Outcome::MemberLost,
+    let Some(lost) = lost else {
+        return exchange_timed(up, req, upload, limits).await;
+    };
+    let stalled = async move {
+        match stall {
+            Some(fd) => {
+                tokio::time::sleep(STALL_AFTER).await;
+                if crate::backend::unacked(fd).unwrap_or(0) == 0 {
+                    std::future::pending::<()>().await; // the member has it
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
-    } else {
-        exchange_timed(up, req, upload, limits).await
+    };
+    tokio::select! {
+        o = exchange_timed(up, req, upload, limits) => o,
+        _ = lost => Outcome::MemberLost,
+        _ = stalled => Outcome::Stalled,
     }
 }
 

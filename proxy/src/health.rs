@@ -98,10 +98,10 @@ pub enum CheckResult {
     NotRun(String),
 }
 
-/// Runs one `GET path` against `backend` within `cfg.timeout`.
-pub async fn check_once(backend: &Backend, cfg: &HealthConfig) -> CheckResult {
-    match tokio::time::timeout(cfg.timeout, request(backend, &cfg.path)).await {
-        Err(_) => CheckResult::Fail(format!("timeout after {:?}", cfg.timeout)),
+/// Runs one `GET path` against `backend` within `timeout`.
+pub async fn check_once(backend: &Backend, cfg: &HealthConfig, timeout: Duration) -> CheckResult {
+    match tokio::time::timeout(timeout, request(backend, &cfg.path)).await {
+        Err(_) => CheckResult::Fail(format!("timeout after {timeout:?}")),
         Ok(Err(CheckError::Local(e))) => CheckResult::NotRun(e),
         Ok(Err(CheckError::Member(e))) => CheckResult::Fail(e),
         Ok(Ok(code)) if cfg.expect_status.contains(&code) => CheckResult::Pass(code),
@@ -165,10 +165,12 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
         let first = jitter(cfg.interval.min(Duration::from_millis(500)), 1.0);
         let mut wait = first;
         loop {
+            let mut suspected = false;
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
                 _ = backend.check_now.notified() => {
+                    suspected = true;
                     tokio::time::sleep(MIN_EARLY_CHECK_GAP).await;
                 }
             }
@@ -177,7 +179,8 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
             }
             backend.pool.purge(POOL_IDLE_MAX);
             let began = std::time::Instant::now();
-            let result = check_once(&backend, &cfg).await;
+            let timeout = check_timeout(&cfg, suspected || judge.deciding());
+            let result = check_once(&backend, &cfg, timeout).await;
             if let CheckResult::NotRun(why) = &result {
                 tracing::debug!(service = %backend.service, member = %backend.member, reason = %why, "health check not run");
                 wait = jitter(cfg.interval, 0.1);
@@ -225,9 +228,24 @@ pub fn spawn_checker(backend: Arc<Backend>, cfg: HealthConfig, cancel: Cancellat
             } else if backend.health() != judge.state() {
                 backend.set_health(judge.state());
             }
-            wait = jitter(next_wait(&judge, &cfg), 0.1);
+            // Fast checks start every `fastinter` (a check's own time counts).
+            let next = next_wait(&judge, &cfg);
+            wait = match judge.deciding() {
+                true => next.saturating_sub(began.elapsed()),
+                false => jitter(next, 0.1),
+            };
         }
     });
+}
+
+/// A check's timeout: `timeout`, or at most `fastinter` while the member is
+/// suspected or being decided (as HAProxy's `inter` becomes `fastinter` in
+/// a transition), so `fall` fast checks take `fall` × `fastinter`.
+pub fn check_timeout(cfg: &HealthConfig, fast: bool) -> Duration {
+    match fast {
+        true => cfg.timeout.min(cfg.fastinter_or_default()),
+        false => cfg.timeout,
+    }
 }
 
 /// `base` scaled by a random factor in `[1 - spread, 1 + spread]` (`[0, 1]` for spread 1).
