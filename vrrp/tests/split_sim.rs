@@ -33,7 +33,8 @@ use dynia_vrrp::election::{
     Action, AdvertIn, Election, ElectionConfig, Input, Millis, Priority, Role,
 };
 use dynia_vrrp::follower::{
-    self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want, HEARTBEAT, RECONCILE,
+    self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want, HEARTBEAT, LATE_FIRST,
+    RECONCILE,
 };
 
 mod support;
@@ -42,6 +43,7 @@ use support::rng::Rng;
 const TICK: u64 = 5;
 const RECONCILE_MS: u64 = RECONCILE.as_millis() as u64;
 const HEARTBEAT_MS: u64 = HEARTBEAT.as_millis() as u64;
+const LATE_FIRST_MS: u64 = LATE_FIRST.as_millis() as u64;
 /// The simulated droplet id of node `i` is `DROPLET + i`.
 const DROPLET: u64 = 1000;
 
@@ -58,6 +60,10 @@ struct Claim {
     /// False once the follower abandoned it (role change, crash): nobody
     /// waits for it, but a posted assign still lands.
     wanted: bool,
+    /// The droplet it assigns to (the claimer's own, or the master's for a
+    /// hand-over), and whether it is a hand-over.
+    to: usize,
+    hand: bool,
 }
 
 struct Node {
@@ -69,6 +75,8 @@ struct Node {
     claims: Vec<Claim>,
     next_heartbeat: u64,
     heard: Vec<Option<u64>>,
+    /// The master last heard (an advert) and when.
+    master_heard: Option<(usize, u64)>,
 }
 
 enum Msg {
@@ -99,6 +107,8 @@ struct Sim {
     heard_window: Duration,
     /// After the heal: when each node, as master, first heard a lower master.
     heard_lower: Option<Vec<Option<u64>>>,
+    /// `dynia` (backups send heartbeats) or `vrrp3` (backups are silent).
+    heartbeats: bool,
 }
 
 impl Sim {
@@ -107,6 +117,7 @@ impl Sim {
         let n = rng.range(3, 5) as usize;
         let interval_ms = [100u32, 100, 200, 1000][rng.range(0, 3) as usize];
         let preempt = !rng.chance(250);
+        let heartbeats = !rng.chance(333);
         let mut prios: Vec<u8> = Vec::new();
         while prios.len() < n {
             let p = rng.range(1, 254) as u8;
@@ -124,7 +135,7 @@ impl Sim {
                 cfg.preempt = preempt;
                 let e = Election::new(cfg).unwrap();
                 let mdi = Duration::from_millis(e.master_down_interval_ms());
-                let hw = follower::heard_window(mdi, true, interval);
+                let hw = follower::heard_window(mdi, heartbeats, interval);
                 heard_window = heard_window.max(hw);
                 Node {
                     f: Follower::new(FollowerConfig::new(hw), seed ^ i as u64),
@@ -135,6 +146,7 @@ impl Sim {
                     claims: Vec::new(),
                     next_heartbeat: 0,
                     heard: vec![None; n],
+                    master_heard: None,
                 }
             })
             .collect();
@@ -159,6 +171,7 @@ impl Sim {
             fail_percent,
             heard_window,
             heard_lower: None,
+            heartbeats,
         }
     }
 
@@ -183,7 +196,8 @@ impl Sim {
         });
     }
 
-    fn start_claim(&mut self, i: usize) {
+    /// An assign of node `i` to droplet `to` (its own: a claim).
+    fn start_claim(&mut self, i: usize, to: usize) {
         let total = self.rng.range(self.claim_ms.0, self.claim_ms.1);
         let post = self.rng.range(1, total.min(300));
         let fails = self.rng.chance(10 * self.fail_percent);
@@ -194,7 +208,24 @@ impl Sim {
             posted: false,
             fails,
             wanted: true,
+            to,
+            hand: to != i,
         });
+    }
+
+    /// Whether something serves behind the Reserved IP (a probe's answer):
+    /// the holder's process lives (its proxy listens whatever its role).
+    fn serving(&self) -> bool {
+        self.holder.is_some_and(|h| self.nodes[h].alive)
+    }
+
+    /// The master node `i` hears now, as the runtime's shell finds it.
+    fn master_heard(&self, i: usize) -> Option<IpAddr> {
+        let window = self.heard_window.as_millis() as u64;
+        self.nodes[i]
+            .master_heard
+            .filter(|&(_, t)| self.now - t <= window)
+            .map(|(j, _)| self.nodes[j].addr)
     }
 
     /// The node stops waiting for its claim (the follower abandoned it, or
@@ -237,9 +268,23 @@ impl Sim {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
             let outs = self.nodes[i].f.step(Millis(self.now), input);
+            if std::env::var("SIM_TRACE").is_ok() {
+                eprintln!("{} node {i}: {input:?} -> {outs:?}", self.now);
+            }
             for o in outs {
                 match o {
-                    FollowerOutput::Claim => self.start_claim(i),
+                    FollowerOutput::Claim => self.start_claim(i, i),
+                    FollowerOutput::HandTo { member } => {
+                        let to = self.nodes.iter().position(|n| n.addr == member).unwrap();
+                        self.start_claim(i, to);
+                    }
+                    FollowerOutput::ProbeHolder => inputs.push_back(FollowerInput::Probed {
+                        serving: self.serving(),
+                    }),
+                    FollowerOutput::LateRead => inputs.push_back(FollowerInput::LateRead {
+                        seen: Some(self.holder_seen(i)),
+                        master: self.master_heard(i),
+                    }),
                     FollowerOutput::Abandon => self.abandon_claim(i),
                     FollowerOutput::ReadHolder => {
                         inputs.push_back(FollowerInput::HolderRead(Some(self.holder_seen(i))))
@@ -300,6 +345,7 @@ impl Sim {
         n.f = Follower::new(FollowerConfig::new(self.heard_window), seed);
         n.alive = true;
         n.heard.iter_mut().for_each(|h| *h = None);
+        n.master_heard = None;
         self.boot(i);
     }
 
@@ -321,6 +367,9 @@ impl Sim {
                 interval_ms,
             } = msg
             {
+                if priority > 0 {
+                    self.nodes[to].master_heard = Some((from, now));
+                }
                 self.step_node(
                     to,
                     Input::Advert(AdvertIn {
@@ -349,7 +398,7 @@ impl Sim {
                 self.step_node(i, Input::Tick);
             }
             let role = self.nodes[i].e.role();
-            if role != Role::Master && now >= self.nodes[i].next_heartbeat {
+            if self.heartbeats && role != Role::Master && now >= self.nodes[i].next_heartbeat {
                 self.nodes[i].next_heartbeat = now + HEARTBEAT_MS;
                 self.send(i, || Msg::Heartbeat);
             }
@@ -374,11 +423,17 @@ impl Sim {
             }
             self.nodes[i].claims.remove(k);
             if !c.fails {
-                self.holder = Some(i);
-                self.assigns.push((now, i));
+                self.holder = Some(c.to);
+                self.assigns.push((now, c.to));
             }
             if c.wanted && self.nodes[i].alive {
-                self.feed(i, FollowerInput::Claimed { ok: !c.fails });
+                let ok = !c.fails;
+                let input = if c.hand {
+                    FollowerInput::HandedTo { ok }
+                } else {
+                    FollowerInput::Claimed { ok }
+                };
+                self.feed(i, input);
             }
         }
     }
@@ -399,9 +454,10 @@ impl Sim {
 
     fn ctx(&self) -> String {
         format!(
-            "seed {} (n={}, interval {} ms, preempt {}, claim {:?} ms, {}% fail, side {:?}, prios {:?}) at {} ms: holder {:?}, assigns {:?}",
+            "seed {} (n={}, {}, interval {} ms, preempt {}, claim {:?} ms, {}% fail, side {:?}, prios {:?}) at {} ms: holder {:?}, assigns {:?}",
             self.seed,
             self.nodes.len(),
+            if self.heartbeats { "dynia" } else { "vrrp3" },
             self.interval_ms,
             self.preempt,
             self.claim_ms,
@@ -411,7 +467,21 @@ impl Sim {
             self.now,
             self.holder,
             self.assigns
-        )
+        ) + &self
+            .nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "; {} {:?} alive {} want {:?} wake {:?} back {:?}",
+                    n.addr,
+                    n.e.role(),
+                    n.alive,
+                    n.f.want(),
+                    n.f.next_wake(),
+                    n.f.stepped_back_from()
+                )
+            })
+            .collect::<String>()
     }
 }
 
@@ -427,12 +497,21 @@ fn run_seed(seed: u64) -> usize {
     // row at 30 % happen once in two million).
     let retries = if s.fail_percent > 0 { 12 } else { 0 };
     let heard_window = s.heard_window.as_millis() as u64;
+    // vrrp3: a late claim on a backup is handed to the master by the
+    // backup's reads after its step-down (up to two of them, then the
+    // master's reconcile).
+    let late_hand = if s.heartbeats {
+        0
+    } else {
+        3 * LATE_FIRST_MS + 2 * claim_max + RECONCILE_MS
+    };
     let settle = 2 * RECONCILE_MS
         + heard_window
         + 2 * claim_max
         + 2 * mdi
         + 2_000
-        + retries * (RECONCILE_MS + claim_max);
+        + retries * (RECONCILE_MS + claim_max)
+        + late_hand;
 
     // 1. One network: one master holding the IP.
     s.run_until(settle, |_| {});
@@ -517,7 +596,8 @@ fn run_seed(seed: u64) -> usize {
             }
         }
         // Two reconcile periods and a claim; each failed claim costs one more.
-        let bound = die_at
+        // (A long settle may end after `die_at`: count from the deaths.)
+        let bound = s.now
             + 2 * RECONCILE_MS
             + claim_max
             + mdi
