@@ -36,6 +36,7 @@ use dynia_vrrp::follower::{
     self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want, HEARTBEAT, LATE_FIRST,
     RECONCILE,
 };
+use dynia_vrrp::reconcile::UNSERVED_PROBES;
 
 mod support;
 use support::rng::Rng;
@@ -550,10 +551,18 @@ fn run_seed(seed: u64) -> usize {
     let mut side: Vec<u8> = (0..n).map(|_| s.rng.range(0, 1) as u8).collect();
     side[0] = 0;
     side[n - 1] = 1;
-    s.side = Some(side.clone());
     let split_at = s.now;
     let split_for = s.rng.range(60_000, 240_000);
     let dies = s.rng.chance(400);
+    // Or: one backup alone on the minority side; it becomes master there
+    // and takes the IP, then its dynia dies (its droplet runs on).
+    let dynia_dies = !dies && s.rng.chance(500);
+    if dynia_dies {
+        let master = s.masters(|_| true)[0];
+        let alone = (master + 1 + s.rng.range(0, n as u64 - 2) as usize) % n;
+        side = (0..n).map(|i| u8::from(i == alone)).collect();
+    }
+    s.side = Some(side.clone());
     let die_at = split_at + split_for / 2;
     let end_of_split = split_at + split_for;
     s.run_until(split_at + settle, |_| {});
@@ -573,7 +582,11 @@ fn run_seed(seed: u64) -> usize {
             }
         }
     };
-    let until = if dies { die_at } else { end_of_split };
+    let until = if dies || dynia_dies {
+        die_at
+    } else {
+        end_of_split
+    };
     s.run_until(until, |s| {
         assert_eq!(
             s.assigns.len(),
@@ -614,11 +627,19 @@ fn run_seed(seed: u64) -> usize {
         assert!(taken(&s), "the survivors never took the IP: {}", s.ctx());
         s.run_until(end_of_split, |_| {});
     }
+    let dead_dynia =
+        dynia_dies.then(|| holders_dynia_dies(&mut s, retries, mdi, end_of_split, &check_sides));
 
-    // 4. Heal.
+    // 4. Heal (the dead dynia comes back).
     s.side = None;
     s.heard_lower = Some(vec![None; n]);
     let heal_at = s.now;
+    if let Some(h) = dead_dynia {
+        s.restart(h);
+    }
+    if !s.heartbeats && s.rng.chance(500) {
+        late_claims_at_heal(&mut s);
+    }
     s.run_until(heal_at + settle, |_| {});
     let m = s.masters(|_| true);
     // A master that hears a lower master re-announces the IP at once, not
@@ -659,6 +680,78 @@ fn run_seed(seed: u64) -> usize {
         assert_eq!(s.assigns.len(), done, "assigns after heal: {}", s.ctx());
     });
     s.assigns.len()
+}
+
+/// 3b. The holder's dynia dies during the split (its droplet runs on): a
+/// serving master holds the IP soon after (the other side's master once
+/// its probes through the Reserved IP fail, or a new master on the
+/// holder's side), and then it stays put until the heal. Returns the node.
+fn holders_dynia_dies(
+    s: &mut Sim,
+    retries: u64,
+    mdi: u64,
+    end_of_split: u64,
+    check_sides: &dyn Fn(&Sim),
+) -> usize {
+    let h = s.holder.expect("someone holds it");
+    s.crash(h);
+    let claim_max = s.claim_ms.1;
+    let bound = s.now
+        + (u64::from(UNSERVED_PROBES) + 2) * RECONCILE_MS
+        + mdi
+        + claim_max
+        + 1_000
+        + retries * (RECONCILE_MS + claim_max);
+    let served = |s: &Sim| {
+        s.holder
+            .is_some_and(|h| s.nodes[h].alive && s.nodes[h].e.role() == Role::Master)
+    };
+    while s.now < bound && !served(s) {
+        s.now += TICK;
+        s.tick();
+    }
+    assert!(
+        served(s),
+        "the IP stayed on a dead dynia (node {h}): {}",
+        s.ctx()
+    );
+    let (assigns, holder) = (s.assigns.len(), s.holder);
+    s.run_until(end_of_split, |s| {
+        assert_eq!(
+            s.assigns.len(),
+            assigns,
+            "ping-pong after the holder's dynia died: {}",
+            s.ctx()
+        );
+        assert_eq!(s.holder, holder, "{}", s.ctx());
+        check_sides(s);
+    });
+    h
+}
+
+/// `vrrp3` at the heal: every master but the highest-priority one had an
+/// assign in flight that lands after it stepped down (and after the
+/// winner's re-announce): the IP is on a silent backup the master cannot
+/// hear. The heal's checks then need the backup to hand it over.
+fn late_claims_at_heal(s: &mut Sim) {
+    let masters = s.masters(|_| true);
+    let Some(&best) = masters.iter().max_by_key(|&&i| s.nodes[i].priority) else {
+        return;
+    };
+    let claim_max = s.claim_ms.1;
+    for i in masters.into_iter().filter(|&i| i != best) {
+        let now = s.now;
+        let done_at = now + claim_max + s.rng.range(100, 2_000);
+        s.nodes[i].claims.push(Claim {
+            post_at: now,
+            done_at,
+            posted: true,
+            fails: false,
+            wanted: false,
+            to: i,
+            hand: false,
+        });
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ impl Follower {
             unserved: 0,
             last_seen: None,
             probe_claimed_from: None,
+            probe_claim: None,
             probes_off: false,
             claim_issued: false,
             late: None,
@@ -103,6 +104,7 @@ impl Follower {
                 self.yielded_to = None;
                 self.unserved = 0;
                 self.probe_claimed_from = None;
+                self.probe_claim = None;
                 self.probes_off = false;
                 self.late = None;
                 self.set_stepped_back(None);
@@ -189,6 +191,11 @@ impl Follower {
         }
         self.last_claim = Some(now);
         if ok {
+            // A claim made because the holder did not serve, and it landed.
+            if let Some(h) = self.probe_claim.take() {
+                self.probe_claimed_from = Some(h);
+            }
+            self.unserved = 0;
             self.claimed = true;
             self.set_held(true);
             self.out.push(FollowerOutput::Announce);
@@ -224,7 +231,12 @@ impl Follower {
         };
         let verdict = self.decide(seen);
         if !matches!(verdict, Verdict::Yield { .. }) {
-            self.unserved = 0;
+            // A claim because the holder does not serve keeps the count
+            // until it lands (a failed one is retried at the next check).
+            self.probe_claim = self.on_probes(seen, verdict);
+            if self.probe_claim.is_none() {
+                self.unserved = 0;
+            }
             self.set_stepped_back(None);
         }
         match verdict {
@@ -264,6 +276,21 @@ impl Follower {
         })
     }
 
+    /// The holder a `Claim` verdict is taken from only because it does not
+    /// serve (it would be a yield without the probes).
+    fn on_probes(&self, seen: HolderSeen, verdict: Verdict) -> Option<IpAddr> {
+        let without = reconcile::decide(&Observation {
+            seen,
+            heard_window: self.cfg.heard_window,
+            claimed_since_master: self.claimed,
+            unserved_probes: 0,
+        });
+        match (verdict, without) {
+            (Verdict::Claim, Verdict::Yield { holder }) => Some(holder),
+            _ => None,
+        }
+    }
+
     /// Yielded to `holder`: probe its service through the Reserved IP
     /// unless probes are off; true when a probe is asked for.
     fn probe_holder(&mut self, holder: IpAddr, seen: HolderSeen) -> bool {
@@ -293,8 +320,7 @@ impl Follower {
             return self.done(now, Busy::Probe);
         }
         tracing::warn!(holder = ?self.yielded_to, probes = self.unserved, "the holder's droplet runs but nothing serves behind the reserved ip (its dynia is down); claiming it");
-        self.probe_claimed_from = self.yielded_to.take();
-        self.unserved = 0;
+        self.probe_claim = self.yielded_to.take();
         self.set_stepped_back(None);
         self.busy = None;
         self.reassert_pending = false;

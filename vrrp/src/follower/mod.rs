@@ -183,6 +183,9 @@ pub struct Follower {
     /// address back, its dynia lives and the probes are not to be trusted
     /// (`probes_off`) for the rest of this mastership.
     probe_claimed_from: Option<IpAddr>,
+    /// The claim in flight is one from this holder because it did not serve
+    /// (it becomes `probe_claimed_from` when it succeeds).
+    probe_claim: Option<IpAddr>,
     probes_off: bool,
     /// A claim was asked for since we last became master.
     claim_issued: bool,

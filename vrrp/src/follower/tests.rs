@@ -322,3 +322,28 @@ fn no_late_reads_without_a_claim_and_none_while_master() {
         )
         .is_empty());
 }
+
+#[test]
+fn a_failed_claim_from_a_holder_that_does_not_serve_is_retried() {
+    let mut f = started();
+    holding(&mut f, 0);
+    let holder: IpAddr = "10.0.0.3".parse().unwrap();
+    let mut t = 0;
+    for _ in 0..3 {
+        t = f.next_wake().unwrap().0;
+        assert_eq!(yielded(&mut f, holder, t).last(), Some(&O::ProbeHolder));
+        f.step(Millis(t + 20), I::Probed { serving: false });
+    }
+    // The claim fails (the API): the next check claims again at once, and
+    // the holder is not taken for one that came back.
+    assert!(f.step(Millis(t + 100), I::Claimed { ok: false }).is_empty());
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(yielded(&mut f, holder, t), vec![O::Claim]);
+    f.step(Millis(t + 100), I::Claimed { ok: true });
+    // Now it came back (took the address): no more probes.
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(
+        yielded(&mut f, holder, t),
+        vec![O::SteppedBack(Some(holder)), O::SetHeld(false)]
+    );
+}
