@@ -71,10 +71,12 @@ pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
     let mut call: Option<Call> = None;
     let outs = f.start();
     ctx.exec(&mut call, outs);
+    // tokio's clock (the same as std's, but a test may pause it).
+    let origin = tokio::time::Instant::from_std(ctx.started);
     loop {
         let wake = f
             .next_wake()
-            .map(|t| ctx.started + Duration::from_millis(t.0));
+            .map(|t| origin + Duration::from_millis(t.0));
         let event = tokio::select! {
             r = want.changed() => match r {
                 Ok(()) => Event::Want,
@@ -93,15 +95,15 @@ pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
                 ctx.finished(d)
             }
         };
-        let now = Millis(ctx.started.elapsed().as_millis() as u64);
+        let now = Millis(origin.elapsed().as_millis() as u64);
         let outs = f.step(now, input);
         ctx.exec(&mut call, outs);
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -318,5 +320,76 @@ mod tests {
         assert!(!probe(Some(at), PROBE_TIMEOUT).await);
         // Nothing to probe: the safe answer (keep yielding).
         assert!(probe(None, PROBE_TIMEOUT).await);
+    }
+    /// Waits (simulated time) until `cond`, at most `limit`.
+    async fn until(limit: Duration, cond: impl Fn() -> bool) -> Duration {
+        let t0 = tokio::time::Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < limit, "not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    /// The shell with the real driver against the simulator, and a local
+    /// listener standing in for the holder's service behind the Reserved IP:
+    /// a yielded master keeps yielding while it serves, and claims after
+    /// three probes once it does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_yielded_master_claims_once_the_holder_does_not_serve() {
+        use dynia_testkit::dosim::DoSim;
+        const TOKEN: &str = "dop_v1_5ecret70ken0123456789abcdef";
+        let (me, other) = (3_164_444, 3_164_555);
+        let rip: IpAddr = "203.0.113.10".parse().unwrap();
+        let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
+            .await
+            .unwrap();
+        sim.add_droplet(me, "10.10.0.11".parse().unwrap());
+        sim.add_droplet(other, "10.10.0.12".parse().unwrap());
+        sim.add_reserved_ip(rip, None);
+        sim.set_action_delay(Duration::from_millis(30));
+        let mut c = crate::driver::DigitalOceanConfig::new(rip, crate::driver::Secret::new(TOKEN));
+        c.api_url = sim.url();
+        c.droplet_id = Some(me);
+        c.metadata_url = "http://127.0.0.1:9".into();
+        let driver = Driver::from(crate::driver::DigitalOcean::new(c).await.unwrap());
+        let holder: IpAddr = "10.10.0.12".parse().unwrap();
+        let peer = crate::settings::ElectionPeer {
+            id: "b".into(),
+            addr: holder,
+            droplet_id: Some(other),
+        };
+        let view = Arc::new(ElectionView::new(100, vec![peer]));
+        view.set_role(crate::election::Role::Master);
+        let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registry = prometheus::Registry::new();
+        let ctx = FollowCtx {
+            driver,
+            view: view.clone(),
+            metrics: ElectionMetrics::new(&registry, crate::settings::TransportKind::Dynia)
+                .unwrap(),
+            wake: Arc::new(Wakeups::default()),
+            heard_window: Duration::from_secs(3),
+            probe: Some(service.local_addr().unwrap()),
+            started: Instant::now(),
+        };
+        let (want, rx) = watch::channel(Want::Idle);
+        tokio::spawn(follow(ctx, rx));
+        want.send(Want::Hold).unwrap();
+        let limit = Duration::from_secs(60);
+        until(limit, || sim.holder(rip) == Some(me) && view.held()).await;
+        // The other side of a split takes it (a master we cannot hear).
+        sim.set_holder(rip, Some(other));
+        until(limit, || view.stepped_back_from() == Some(holder)).await;
+        // It serves: a real split; no claim for a minute.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(sim.holder(rip), Some(other));
+        assert_eq!(view.stepped_back_from(), Some(holder));
+        // Its dynia dies (droplet still running): three failed probes, one
+        // reconcile period apart, then the claim.
+        drop(service);
+        let took = until(limit, || sim.holder(rip) == Some(me) && view.held()).await;
+        assert!(took >= Duration::from_secs(10), "{took:?}");
+        assert_eq!(view.stepped_back_from(), None);
     }
 }
