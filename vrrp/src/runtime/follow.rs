@@ -74,9 +74,7 @@ pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
     // tokio's clock (the same as std's, but a test may pause it).
     let origin = tokio::time::Instant::from_std(ctx.started);
     loop {
-        let wake = f
-            .next_wake()
-            .map(|t| origin + Duration::from_millis(t.0));
+        let wake = f.next_wake().map(|t| origin + Duration::from_millis(t.0));
         let event = tokio::select! {
             r = want.changed() => match r {
                 Ok(()) => Event::Want,
