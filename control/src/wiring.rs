@@ -170,6 +170,10 @@ pub fn election_settings(
         generation: cluster.generation,
         config_hash,
         reserved_ip: node.reserved_ip.address,
+        probe_port: node
+            .listeners
+            .first()
+            .map_or(dynia_vrrp::settings::DEFAULT_PROBE_PORT, |l| l.bind.port()),
         hooks: ElectionHooks {
             on_master: node.hooks.on_master.clone(),
             on_backup: node.hooks.on_backup.clone(),

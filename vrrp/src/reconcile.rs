@@ -42,7 +42,16 @@ pub struct Observation {
     pub heard_window: Duration,
     /// Whether a claim of ours succeeded since we last became master.
     pub claimed_since_master: bool,
+    /// Probes in a row, while yielded to this holder, that found nothing
+    /// serving behind the Reserved IP (a TCP connect to the holder's
+    /// listener through the public network: the witness that crosses a VPC
+    /// split). A successful probe resets it.
+    pub unserved_probes: u32,
 }
+
+/// After this many probes in a row find nothing serving behind the Reserved
+/// IP, the holder counts as gone (its droplet runs, its dynia does not).
+pub const UNSERVED_PROBES: u32 = 3;
 
 /// What the master does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +82,30 @@ pub fn decide(o: &Observation) -> Verdict {
             heard_ago,
             running,
         } => {
-            if o.hears(heard_ago) || running == Some(false) || !o.claimed_since_master {
+            if o.hears(heard_ago)
+                || running == Some(false)
+                || !o.claimed_since_master
+                || o.unserved_probes >= UNSERVED_PROBES
+            {
                 Verdict::Claim
             } else {
                 Verdict::Yield { holder: addr }
             }
         }
+    }
+}
+
+/// The backup's rule after stepping down with a claim of its own abandoned
+/// or completed (`docs/election.md`, "Split-brain rules"): a late assign
+/// may have landed here while another node is master, and with silent
+/// backups (`vrrp3`) that master cannot hear us and yields. When a read of
+/// the holder says the address points here and a master is heard, hand it
+/// to that master (`Some(master)`); otherwise leave it.
+#[must_use]
+pub fn hand_to(seen: Option<HolderSeen>, master: Option<IpAddr>) -> Option<IpAddr> {
+    match seen {
+        Some(HolderSeen::Me) => master,
+        _ => None,
     }
 }
 
@@ -101,6 +128,7 @@ mod tests {
             seen,
             heard_window: W,
             claimed_since_master: claimed,
+            unserved_probes: 0,
         }
     }
 
@@ -139,5 +167,40 @@ mod tests {
             decide(&obs(member(None, None), true)),
             Verdict::Yield { holder }
         );
+    }
+
+    #[test]
+    fn a_holder_that_does_not_serve_counts_as_gone() {
+        let holder = "10.0.0.3".parse().unwrap();
+        let split = |n| Observation {
+            unserved_probes: n,
+            ..obs(member(None, Some(true)), true)
+        };
+        // Fewer than the limit: still a split (a probe may be lost).
+        for n in 0..UNSERVED_PROBES {
+            assert_eq!(decide(&split(n)), Verdict::Yield { holder });
+        }
+        // The holder's droplet runs but nothing serves behind the IP.
+        assert_eq!(decide(&split(UNSERVED_PROBES)), Verdict::Claim);
+        assert_eq!(decide(&split(UNSERVED_PROBES + 5)), Verdict::Claim);
+    }
+
+    #[test]
+    fn a_backup_hands_a_late_claim_to_the_master_it_hears() {
+        let m: IpAddr = "10.0.0.2".parse().unwrap();
+        let table = [
+            (Some(HolderSeen::Me), Some(m), Some(m)),
+            // No master heard: nobody to hand it to (the election will
+            // make this node master soon enough).
+            (Some(HolderSeen::Me), None, None),
+            (None, Some(m), None),
+            (Some(HolderSeen::Nobody), Some(m), None),
+            (Some(HolderSeen::Unknown), Some(m), None),
+            (Some(HolderSeen::Outsider), Some(m), None),
+            (Some(member(None, Some(true))), Some(m), None),
+        ];
+        for (seen, master, want) in table {
+            assert_eq!(hand_to(seen, master), want, "{seen:?} {master:?}");
+        }
     }
 }

@@ -28,6 +28,9 @@ pub struct ElectionPeer {
     pub droplet_id: Option<u64>,
 }
 
+/// The probe port when the node has no listener.
+pub const DEFAULT_PROBE_PORT: u16 = 80;
+
 /// Everything the election needs; rebuilt from the files on reload.
 #[derive(Clone)]
 pub struct ElectionSettings {
@@ -50,6 +53,11 @@ pub struct ElectionSettings {
     pub generation: u64,
     pub config_hash: [u8; 32],
     pub reserved_ip: Option<IpAddr>,
+    /// The port a yielded master probes through the Reserved IP to tell a
+    /// holder whose dynia is dead from a live one across a split (this
+    /// node's first listener; [`DEFAULT_PROBE_PORT`] without one; 0: no
+    /// probes). See `docs/election.md`, "Split-brain rules".
+    pub probe_port: u16,
     pub hooks: ElectionHooks,
 }
 

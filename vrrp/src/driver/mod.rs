@@ -197,6 +197,17 @@ impl Driver {
         }
     }
 
+    /// Make the Reserved IP point at another member's machine (`droplet_id`):
+    /// a late claim landed here after this node stepped down, and the master
+    /// cannot hear it (`vrrp3`). Same bounds as [`Driver::claim`]; only
+    /// DigitalOcean can (`l2` and `none` have nothing to hand).
+    pub async fn hand_to(&self, droplet_id: u64) -> Result<ClaimOutcome, DriverError> {
+        match self {
+            Driver::DigitalOcean(d) => d.hand_to(droplet_id).await,
+            _ => Ok(ClaimOutcome::NotApplicable),
+        }
+    }
+
     /// Undo a claim where that means something for the driver.
     pub async fn release(&self) -> Result<ReleaseOutcome, DriverError> {
         match self {

@@ -20,6 +20,13 @@ impl Follower {
             reassert_pending: false,
             held: false,
             stepped_back: None,
+            unserved: 0,
+            last_seen: None,
+            probe_claimed_from: None,
+            probe_claim: None,
+            probes_off: false,
+            claim_issued: false,
+            late: None,
             rng: seed | 1,
             out: Vec::new(),
         }
@@ -48,6 +55,9 @@ impl Follower {
                 }
                 self.done(now, Busy::Release)
             }
+            FollowerInput::Probed { serving } => self.probed(now, serving),
+            FollowerInput::LateRead { seen, master } => self.late_read(now, seen, master),
+            FollowerInput::HandedTo { .. } => self.done(now, Busy::Hand),
         }
         std::mem::take(&mut self.out)
     }
@@ -73,7 +83,10 @@ impl Follower {
     fn wish(&mut self, now: Millis, w: Want) {
         self.want = w;
         self.entered = false;
-        if matches!(self.busy, Some(Busy::Claim | Busy::Check)) {
+        if matches!(
+            self.busy,
+            Some(Busy::Claim | Busy::Check | Busy::Probe | Busy::Late | Busy::Hand)
+        ) {
             self.busy = None;
             self.out.push(FollowerOutput::Abandon);
         }
@@ -89,24 +102,38 @@ impl Follower {
             Want::Hold => {
                 self.claimed = false;
                 self.yielded_to = None;
+                self.unserved = 0;
+                self.probe_claimed_from = None;
+                self.probe_claim = None;
+                self.probes_off = false;
+                self.late = None;
                 self.set_stepped_back(None);
                 self.claim();
             }
             Want::Release => {
+                self.after_step_down();
                 self.busy = Some(Busy::Release);
                 self.next = None;
                 self.out.push(FollowerOutput::Release);
             }
-            Want::Idle => self.idle(now),
+            Want::Idle => {
+                self.after_step_down();
+                self.idle(now);
+            }
         }
     }
 
     fn idle(&mut self, now: Millis) {
+        if let Some(late) = self.late {
+            self.next = Some(after(now, late.gap));
+            return;
+        }
         let d = self.jittered(self.cfg.warm_every);
         self.next = Some(after(now, d));
     }
 
     fn claim(&mut self) {
+        self.claim_issued = true;
         self.busy = Some(Busy::Claim);
         self.next = None;
         self.out.push(FollowerOutput::Claim);
@@ -120,6 +147,9 @@ impl Follower {
         if self.want == Want::Hold {
             self.busy = Some(Busy::Check);
             self.out.push(FollowerOutput::ReadHolder);
+        } else if self.late.is_some() {
+            self.busy = Some(Busy::Late);
+            self.out.push(FollowerOutput::LateRead);
         } else {
             self.busy = Some(Busy::Warm);
             self.out.push(FollowerOutput::Warm { first: false });
@@ -161,6 +191,11 @@ impl Follower {
         }
         self.last_claim = Some(now);
         if ok {
+            // A claim made because the holder did not serve, and it landed.
+            if let Some(h) = self.probe_claim.take() {
+                self.probe_claimed_from = Some(h);
+            }
+            self.unserved = 0;
             self.claimed = true;
             self.set_held(true);
             self.out.push(FollowerOutput::Announce);
@@ -170,7 +205,7 @@ impl Follower {
 
     /// A driver call finished: act on a deferred wish, a pending
     /// re-assertion, or wait for the next check or keep-warm read.
-    fn done(&mut self, now: Millis, what: Busy) {
+    pub(super) fn done(&mut self, now: Millis, what: Busy) {
         if self.busy != Some(what) {
             return;
         }
@@ -194,12 +229,14 @@ impl Follower {
         let Some(seen) = seen else {
             return self.done(now, Busy::Check);
         };
-        let verdict = reconcile::decide(&Observation {
-            seen,
-            heard_window: self.cfg.heard_window,
-            claimed_since_master: self.claimed,
-        });
+        let verdict = self.decide(seen);
         if !matches!(verdict, Verdict::Yield { .. }) {
+            // A claim because the holder does not serve keeps the count
+            // until it lands (a failed one is retried at the next check).
+            self.probe_claim = self.on_probes(seen, verdict);
+            if self.probe_claim.is_none() {
+                self.unserved = 0;
+            }
             self.set_stepped_back(None);
         }
         match verdict {
@@ -217,13 +254,77 @@ impl Follower {
             Verdict::Yield { holder } => {
                 if self.yielded_to != Some(holder) {
                     tracing::warn!(%holder, seen = ?seen, "reconcile: the reserved ip is on a running member we cannot hear (split brain); stepping back instead of re-claiming, and staying master for the nodes that hear us");
+                    self.unserved = 0;
                 }
                 self.yielded_to = Some(holder);
                 self.set_stepped_back(Some(holder));
                 self.set_held(false);
+                if self.probe_holder(holder, seen) {
+                    return;
+                }
             }
         }
         self.done(now, Busy::Check);
+    }
+
+    fn decide(&self, seen: HolderSeen) -> Verdict {
+        reconcile::decide(&Observation {
+            seen,
+            heard_window: self.cfg.heard_window,
+            claimed_since_master: self.claimed,
+            unserved_probes: self.unserved,
+        })
+    }
+
+    /// The holder a `Claim` verdict is taken from only because it does not
+    /// serve (it would be a yield without the probes).
+    fn on_probes(&self, seen: HolderSeen, verdict: Verdict) -> Option<IpAddr> {
+        let without = reconcile::decide(&Observation {
+            seen,
+            heard_window: self.cfg.heard_window,
+            claimed_since_master: self.claimed,
+            unserved_probes: 0,
+        });
+        match (verdict, without) {
+            (Verdict::Claim, Verdict::Yield { holder }) => Some(holder),
+            _ => None,
+        }
+    }
+
+    /// Yielded to `holder`: probe its service through the Reserved IP
+    /// unless probes are off; true when a probe is asked for.
+    fn probe_holder(&mut self, holder: IpAddr, seen: HolderSeen) -> bool {
+        if self.probe_claimed_from == Some(holder) && !self.probes_off {
+            tracing::warn!(%holder, "the holder took the reserved ip back after probes said nothing serves behind it: its dynia lives; no more probes until the next mastership (is the probe port reachable through the reserved ip?)");
+            self.probes_off = true;
+        }
+        if !self.cfg.probe || self.probes_off {
+            return false;
+        }
+        self.last_seen = Some(seen);
+        self.busy = Some(Busy::Probe);
+        self.out.push(FollowerOutput::ProbeHolder);
+        true
+    }
+
+    /// A probe's answer: a holder that does not serve, [`reconcile::UNSERVED_PROBES`]
+    /// times in a row, counts as gone.
+    fn probed(&mut self, now: Millis, serving: bool) {
+        if self.busy != Some(Busy::Probe) {
+            return;
+        }
+        self.unserved = if serving { 0 } else { self.unserved + 1 };
+        let seen = self.last_seen.take();
+        let verdict = seen.map(|s| self.decide(s));
+        if verdict != Some(Verdict::Claim) {
+            return self.done(now, Busy::Probe);
+        }
+        tracing::warn!(holder = ?self.yielded_to, probes = self.unserved, "the holder's droplet runs but nothing serves behind the reserved ip (its dynia is down); claiming it");
+        self.probe_claim = self.yielded_to.take();
+        self.set_stepped_back(None);
+        self.busy = None;
+        self.reassert_pending = false;
+        self.claim();
     }
 
     fn fine(&mut self, seen: HolderSeen) {

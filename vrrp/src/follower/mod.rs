@@ -25,6 +25,13 @@ pub const REASSERT_MIN_GAP: Duration = Duration::from_secs(1);
 pub const WARM_EVERY: Duration = Duration::from_secs(360);
 /// Heartbeat period of a `dynia` node that is not master.
 pub const HEARTBEAT: Duration = Duration::from_millis(1000);
+/// After stepping down with a claim of its own in flight or done, a node
+/// reads the holder this long after (the longest action DigitalOcean takes,
+/// plus a request), then twice as long after each read
+/// ([`LATE_READS`] reads: 15, 45 and 105 s after the step-down).
+pub const LATE_FIRST: Duration = Duration::from_secs(15);
+/// How many such reads (each may hand the address to the master).
+pub const LATE_READS: u32 = 3;
 
 /// What the election wants of the Reserved IP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,17 @@ pub enum FollowerInput {
     Warmed,
     /// The [`FollowerOutput::Release`] finished (whatever its result).
     Released,
+    /// The [`FollowerOutput::ProbeHolder`] answer: whether something
+    /// accepted a connection behind the Reserved IP.
+    Probed { serving: bool },
+    /// The [`FollowerOutput::LateRead`] answer: the holder (`None` when it
+    /// could not be read) and the master this node hears now, if any.
+    LateRead {
+        seen: Option<HolderSeen>,
+        master: Option<IpAddr>,
+    },
+    /// The [`FollowerOutput::HandTo`] finished; `ok` when it succeeded.
+    HandedTo { ok: bool },
 }
 
 /// What the shell does next; each driver call is answered by one input.
@@ -77,6 +95,15 @@ pub enum FollowerOutput {
     /// A claim succeeded: a master sends an advert now, so a predecessor
     /// handing over learns it at once.
     Announce,
+    /// Yielded master: is the holder's service there, behind the Reserved
+    /// IP? (one TCP connect, bounded); answer [`FollowerInput::Probed`].
+    ProbeHolder,
+    /// After a step-down: read the holder (did a late claim land here?);
+    /// answer [`FollowerInput::LateRead`].
+    LateRead,
+    /// Make the Reserved IP point at this member (the master; a late claim
+    /// landed here); answer [`FollowerInput::HandedTo`].
+    HandTo { member: IpAddr },
 }
 
 /// The follower's timing.
@@ -87,6 +114,13 @@ pub struct FollowerConfig {
     pub warm_every: Duration,
     /// A member heard within this window is reachable (see [`heard_window`]).
     pub heard_window: Duration,
+    /// Whether a yielded master probes the holder's service through the
+    /// Reserved IP ([`FollowerOutput::ProbeHolder`]).
+    pub probe: bool,
+    /// The first read after a step-down ([`LATE_FIRST`]); doubles after each.
+    pub late_first: Duration,
+    /// How many reads after a step-down ([`LATE_READS`]; 0: none).
+    pub late_reads: u32,
 }
 
 impl FollowerConfig {
@@ -96,6 +130,9 @@ impl FollowerConfig {
             reassert_gap: REASSERT_MIN_GAP,
             warm_every: WARM_EVERY,
             heard_window,
+            probe: true,
+            late_first: LATE_FIRST,
+            late_reads: LATE_READS,
         }
     }
 }
@@ -107,6 +144,16 @@ enum Busy {
     Check,
     Warm,
     Release,
+    Probe,
+    Late,
+    Hand,
+}
+
+/// Reads still due after a step-down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Late {
+    left: u32,
+    gap: Duration,
 }
 
 /// The follower; see the module docs.
@@ -127,10 +174,27 @@ pub struct Follower {
     reassert_pending: bool,
     held: bool,
     stepped_back: Option<IpAddr>,
+    /// Probes in a row that found nothing serving behind the Reserved IP
+    /// while yielded to `yielded_to`.
+    unserved: u32,
+    /// The holder last yielded to, for re-deciding after a probe.
+    last_seen: Option<HolderSeen>,
+    /// We claimed from this holder because it did not serve; if it takes the
+    /// address back, its dynia lives and the probes are not to be trusted
+    /// (`probes_off`) for the rest of this mastership.
+    probe_claimed_from: Option<IpAddr>,
+    /// The claim in flight is one from this holder because it did not serve
+    /// (it becomes `probe_claimed_from` when it succeeds).
+    probe_claim: Option<IpAddr>,
+    probes_off: bool,
+    /// A claim was asked for since we last became master.
+    claim_issued: bool,
+    late: Option<Late>,
     rng: u64,
     out: Vec<FollowerOutput>,
 }
 
+mod late;
 mod machine;
 #[cfg(test)]
 mod tests;

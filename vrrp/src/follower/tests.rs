@@ -53,7 +53,32 @@ fn checks_every_reconcile_period_and_keeps_warm_as_backup() {
         vec![O::Release]
     );
     assert_eq!(f.step(Millis(6_100), I::Released), vec![O::SetHeld(false)]);
-    let warm = f.next_wake().unwrap().0 - 6_100;
+    // It claimed as master: first the reads after the step-down (below).
+    late_read_at(&mut f, 21_100);
+    f.step(
+        Millis(21_100),
+        I::LateRead {
+            seen: None,
+            master: None,
+        },
+    );
+    late_read_at(&mut f, 51_100);
+    f.step(
+        Millis(51_100),
+        I::LateRead {
+            seen: None,
+            master: None,
+        },
+    );
+    late_read_at(&mut f, 111_100);
+    f.step(
+        Millis(111_100),
+        I::LateRead {
+            seen: None,
+            master: None,
+        },
+    );
+    let warm = f.next_wake().unwrap().0 - 111_100;
     // WARM_EVERY ± 10 %: at most 12 reads an hour.
     assert!((324_000..=396_000).contains(&warm), "{warm}");
 }
@@ -85,11 +110,19 @@ fn yields_to_an_unheard_running_member_and_claims_once_it_stops() {
     f.step(Millis(5_100), I::Tick);
     assert_eq!(
         f.step(Millis(5_200), I::HolderRead(Some(other(true)))),
-        vec![O::SteppedBack(Some(holder)), O::SetHeld(false)]
+        vec![
+            O::SteppedBack(Some(holder)),
+            O::SetHeld(false),
+            O::ProbeHolder
+        ]
     );
-    f.step(Millis(10_200), I::Tick);
+    // The holder serves behind the Reserved IP: a real split, keep yielding.
+    assert!(f
+        .step(Millis(5_300), I::Probed { serving: true })
+        .is_empty());
+    f.step(Millis(10_300), I::Tick);
     assert_eq!(
-        f.step(Millis(10_300), I::HolderRead(Some(other(false)))),
+        f.step(Millis(10_400), I::HolderRead(Some(other(false)))),
         vec![O::SteppedBack(None), O::Claim]
     );
 }
@@ -113,5 +146,204 @@ fn a_new_mastership_starts_without_a_successful_claim() {
     assert_eq!(
         f.step(Millis(7_200), I::HolderRead(Some(seen))),
         vec![O::Claim]
+    );
+}
+
+fn yielded(f: &mut Follower, holder: IpAddr, now: u64) -> Vec<O> {
+    let seen = HolderSeen::Member {
+        addr: holder,
+        heard_ago: None,
+        running: Some(true),
+    };
+    assert_eq!(f.step(Millis(now), I::Tick), vec![O::ReadHolder]);
+    f.step(Millis(now + 10), I::HolderRead(Some(seen)))
+}
+
+#[test]
+fn a_holder_that_does_not_serve_three_times_in_a_row_is_claimed_from() {
+    let mut f = started();
+    holding(&mut f, 0);
+    let holder: IpAddr = "10.0.0.3".parse().unwrap();
+    let mut t = f.next_wake().unwrap().0;
+    let probe = |f: &mut Follower, t: &mut u64, serving: bool| {
+        let outs = yielded(f, holder, *t);
+        assert_eq!(outs.last(), Some(&O::ProbeHolder), "{outs:?}");
+        let outs = f.step(Millis(*t + 20), I::Probed { serving });
+        *t = f.next_wake().map_or(*t, |w| w.0);
+        outs
+    };
+    // Two failures, then a success: the count starts again.
+    assert!(probe(&mut f, &mut t, false).is_empty());
+    assert!(probe(&mut f, &mut t, false).is_empty());
+    assert!(probe(&mut f, &mut t, true).is_empty());
+    assert!(probe(&mut f, &mut t, false).is_empty());
+    assert!(probe(&mut f, &mut t, false).is_empty());
+    // The third failure in a row: the holder's dynia is dead; claim.
+    assert_eq!(
+        probe(&mut f, &mut t, false),
+        vec![O::SteppedBack(None), O::Claim]
+    );
+    assert_eq!(
+        f.step(Millis(t + 100), I::Claimed { ok: true }),
+        vec![O::SetHeld(true), O::Announce]
+    );
+    // The holder takes it back: its dynia lives (the probes were wrong,
+    // e.g. a firewall): yield, and no more probes in this mastership.
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(
+        yielded(&mut f, holder, t),
+        vec![O::SteppedBack(Some(holder)), O::SetHeld(false)]
+    );
+    let t = f.next_wake().unwrap().0;
+    assert!(yielded(&mut f, holder, t).is_empty());
+}
+
+#[test]
+fn a_role_change_abandons_a_probe() {
+    let mut f = started();
+    holding(&mut f, 0);
+    let holder: IpAddr = "10.0.0.3".parse().unwrap();
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(yielded(&mut f, holder, t).last(), Some(&O::ProbeHolder));
+    assert_eq!(
+        f.step(Millis(t + 50), I::Want(Want::Release)),
+        vec![O::Abandon, O::Release]
+    );
+    assert!(f
+        .step(Millis(t + 60), I::Probed { serving: false })
+        .is_empty());
+}
+
+fn late_read_at(f: &mut Follower, at: u64) {
+    assert_eq!(f.next_wake(), Some(Millis(at)));
+    assert!(f.step(Millis(at - 1), I::Tick).is_empty());
+    assert_eq!(f.step(Millis(at), I::Tick), vec![O::LateRead]);
+}
+
+#[test]
+fn after_a_step_down_a_late_claim_here_is_handed_to_the_master() {
+    let mut f = started();
+    let master: IpAddr = "10.0.0.2".parse().unwrap();
+    // Master, claim in flight, demoted: the POST may still land.
+    assert_eq!(f.step(Millis(0), I::Want(Want::Hold)), vec![O::Claim]);
+    assert_eq!(
+        f.step(Millis(100), I::Want(Want::Release)),
+        vec![O::Abandon, O::Release]
+    );
+    f.step(Millis(200), I::Released);
+    // 15 s on: the address points here and a master is heard: hand it over.
+    late_read_at(&mut f, 15_200);
+    assert_eq!(
+        f.step(
+            Millis(15_300),
+            I::LateRead {
+                seen: Some(HolderSeen::Me),
+                master: Some(master)
+            }
+        ),
+        vec![O::HandTo { member: master }]
+    );
+    assert!(f.step(Millis(16_000), I::HandedTo { ok: false }).is_empty());
+    // The hand failed: the next read (30 s later) tries again.
+    late_read_at(&mut f, 46_000);
+    assert_eq!(
+        f.step(
+            Millis(46_100),
+            I::LateRead {
+                seen: Some(HolderSeen::Me),
+                master: Some(master)
+            }
+        ),
+        vec![O::HandTo { member: master }]
+    );
+    f.step(Millis(47_000), I::HandedTo { ok: true });
+    // The third and last read (60 s later) finds it on the master.
+    late_read_at(&mut f, 107_000);
+    let on_master = HolderSeen::Member {
+        addr: master,
+        heard_ago: Some(Duration::from_millis(100)),
+        running: Some(true),
+    };
+    assert!(f
+        .step(
+            Millis(107_100),
+            I::LateRead {
+                seen: Some(on_master),
+                master: Some(master)
+            }
+        )
+        .is_empty());
+    // Then only keep-warm reads.
+    let warm = f.next_wake().unwrap().0 - 107_100;
+    assert!((324_000..=396_000).contains(&warm), "{warm}");
+}
+
+#[test]
+fn no_late_reads_without_a_claim_and_none_while_master() {
+    let mut f = started();
+    // Backup from the start: never claimed, nothing to check.
+    f.step(Millis(0), I::Want(Want::Release));
+    f.step(Millis(10), I::Released);
+    assert!(f.next_wake().unwrap().0 > 300_000);
+    // Master, then backup: the late read; master again before the hand
+    // finishes: the hand is abandoned.
+    holding(&mut f, 1_000);
+    f.step(Millis(2_000), I::Want(Want::Release));
+    f.step(Millis(2_100), I::Released);
+    late_read_at(&mut f, 17_100);
+    let master: IpAddr = "10.0.0.2".parse().unwrap();
+    assert_eq!(
+        f.step(
+            Millis(17_200),
+            I::LateRead {
+                seen: Some(HolderSeen::Me),
+                master: Some(master)
+            }
+        ),
+        vec![O::HandTo { member: master }]
+    );
+    assert_eq!(
+        f.step(Millis(17_300), I::Want(Want::Hold)),
+        vec![O::Abandon, O::Claim]
+    );
+    assert!(f.step(Millis(17_400), I::HandedTo { ok: true }).is_empty());
+    // A read that finds it here with no master heard does nothing.
+    f.step(Millis(17_500), I::Claimed { ok: true });
+    f.step(Millis(18_000), I::Want(Want::Release));
+    f.step(Millis(18_100), I::Released);
+    late_read_at(&mut f, 33_100);
+    assert!(f
+        .step(
+            Millis(33_200),
+            I::LateRead {
+                seen: Some(HolderSeen::Me),
+                master: None
+            }
+        )
+        .is_empty());
+}
+
+#[test]
+fn a_failed_claim_from_a_holder_that_does_not_serve_is_retried() {
+    let mut f = started();
+    holding(&mut f, 0);
+    let holder: IpAddr = "10.0.0.3".parse().unwrap();
+    let mut t = 0;
+    for _ in 0..3 {
+        t = f.next_wake().unwrap().0;
+        assert_eq!(yielded(&mut f, holder, t).last(), Some(&O::ProbeHolder));
+        f.step(Millis(t + 20), I::Probed { serving: false });
+    }
+    // The claim fails (the API): the next check claims again at once, and
+    // the holder is not taken for one that came back.
+    assert!(f.step(Millis(t + 100), I::Claimed { ok: false }).is_empty());
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(yielded(&mut f, holder, t), vec![O::Claim]);
+    f.step(Millis(t + 100), I::Claimed { ok: true });
+    // Now it came back (took the address): no more probes.
+    let t = f.next_wake().unwrap().0;
+    assert_eq!(
+        yielded(&mut f, holder, t),
+        vec![O::SteppedBack(Some(holder)), O::SetHeld(false)]
     );
 }

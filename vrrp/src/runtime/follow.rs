@@ -4,6 +4,7 @@
 //! `docs/election.md`, "The Reserved-IP follower".
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::ElectionView;
+use crate::advert::SenderRole;
 use crate::driver::{ClaimOutcome, Driver, DriverError, Holder};
 use crate::election::Millis;
 use crate::follower::{self, Follower, FollowerConfig, FollowerInput, FollowerOutput, Want};
@@ -31,9 +33,15 @@ pub(super) struct FollowCtx {
     pub metrics: ElectionMetrics,
     pub wake: Arc<Wakeups>,
     pub heard_window: Duration,
+    /// Where a yielded master probes the holder's service: the Reserved IP
+    /// and this node's first listener port (`None`: no probes).
+    pub probe: Option<SocketAddr>,
     /// The election's clock origin.
     pub started: Instant,
 }
+
+/// One probe's connect timeout: the holder serves, or it does not.
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A finished driver call.
 enum Done {
@@ -41,6 +49,9 @@ enum Done {
     Holder(Result<Holder, DriverError>),
     Warmed,
     Released,
+    Probed(bool),
+    Late(Result<Holder, DriverError>),
+    Handed(Result<ClaimOutcome, DriverError>),
 }
 
 type Call = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -54,15 +65,16 @@ enum Event {
 
 /// Runs until the election loop (the `want` sender) is gone.
 pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
-    let cfg = FollowerConfig::new(ctx.heard_window);
+    let mut cfg = FollowerConfig::new(ctx.heard_window);
+    cfg.probe = ctx.probe.is_some();
     let mut f = Follower::new(cfg, rand::random());
     let mut call: Option<Call> = None;
     let outs = f.start();
     ctx.exec(&mut call, outs);
+    // tokio's clock (the same as std's, but a test may pause it).
+    let origin = tokio::time::Instant::from_std(ctx.started);
     loop {
-        let wake = f
-            .next_wake()
-            .map(|t| ctx.started + Duration::from_millis(t.0));
+        let wake = f.next_wake().map(|t| origin + Duration::from_millis(t.0));
         let event = tokio::select! {
             r = want.changed() => match r {
                 Ok(()) => Event::Want,
@@ -81,15 +93,15 @@ pub(super) async fn follow(ctx: FollowCtx, mut want: watch::Receiver<Want>) {
                 ctx.finished(d)
             }
         };
-        let now = Millis(ctx.started.elapsed().as_millis() as u64);
+        let now = Millis(origin.elapsed().as_millis() as u64);
         let outs = f.step(now, input);
         ctx.exec(&mut call, outs);
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
+async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
@@ -134,6 +146,16 @@ impl FollowCtx {
                 }
                 FollowerOutput::SteppedBack(h) => self.view.set_stepped_back_from(h),
                 FollowerOutput::Announce => self.wake.claimed.notify_one(),
+                FollowerOutput::ProbeHolder => {
+                    let at = self.probe;
+                    *call = Some(Box::pin(async move {
+                        Done::Probed(probe(at, PROBE_TIMEOUT).await)
+                    }))
+                }
+                FollowerOutput::LateRead => {
+                    *call = Some(Box::pin(async move { Done::Late(d.holder().await) }))
+                }
+                FollowerOutput::HandTo { member } => *call = Some(self.hand_to(member)),
             }
         }
     }
@@ -161,24 +183,93 @@ impl FollowCtx {
                 tracing::warn!(error = %e, "reconcile: cannot read the reserved ip's holder");
                 FollowerInput::HolderRead(None)
             }
-            Done::Holder(Ok(h)) => {
-                let members = self.view.members();
-                let seen = follower::resolve(
-                    h,
-                    |id| {
-                        members
-                            .iter()
-                            .find(|p| p.droplet_id == Some(id))
-                            .map(|p| p.addr)
-                    },
-                    |addr| self.view.seen(addr).map(|s| s.at.elapsed()),
-                );
-                FollowerInput::HolderRead(Some(seen))
-            }
+            Done::Holder(Ok(h)) => FollowerInput::HolderRead(Some(self.resolve(h))),
             Done::Warmed => FollowerInput::Warmed,
             Done::Released => FollowerInput::Released,
+            Done::Probed(serving) => {
+                tracing::info!(serving, at = ?self.probe, "probed the reserved ip's holder");
+                FollowerInput::Probed { serving }
+            }
+            Done::Late(r) => self.late_read(r),
+            Done::Handed(r) => {
+                if let Err(e) = &r {
+                    tracing::warn!(driver = name, error = %e, "handing the reserved ip to the master failed; the next read after the step-down retries");
+                }
+                FollowerInput::HandedTo { ok: r.is_ok() }
+            }
         }
     }
+
+    fn resolve(&self, h: Holder) -> crate::reconcile::HolderSeen {
+        let members = self.view.members();
+        follower::resolve(
+            h,
+            |id| {
+                members
+                    .iter()
+                    .find(|p| p.droplet_id == Some(id))
+                    .map(|p| p.addr)
+            },
+            |addr| self.view.seen(addr).map(|s| s.at.elapsed()),
+        )
+    }
+
+    fn late_read(&self, r: Result<Holder, DriverError>) -> FollowerInput {
+        let seen = match r {
+            Ok(h) => Some(self.resolve(h)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the reserved ip's holder after the step-down");
+                None
+            }
+        };
+        FollowerInput::LateRead {
+            seen,
+            master: self.master_heard(),
+        }
+    }
+
+    /// The member most recently heard as master, within the heard window.
+    fn master_heard(&self) -> Option<IpAddr> {
+        self.view
+            .members()
+            .iter()
+            .filter_map(|p| self.view.seen(p.addr).map(|s| (p.addr, s)))
+            .filter(|(_, s)| s.role == SenderRole::Master && s.at.elapsed() <= self.heard_window)
+            .max_by_key(|(_, s)| s.at)
+            .map(|(addr, _)| addr)
+    }
+
+    /// Assigns the Reserved IP to the member at `member` (its droplet id
+    /// from the member list).
+    fn hand_to(&self, member: IpAddr) -> Call {
+        let d = self.driver.clone();
+        let droplet = self
+            .view
+            .members()
+            .iter()
+            .find(|p| p.addr == member)
+            .and_then(|p| p.droplet_id);
+        Box::pin(async move {
+            let Some(id) = droplet else {
+                return Done::Handed(Err(DriverError::Config {
+                    what: format!("member {member} has no droplet_id in the cluster document"),
+                    hint: "set droplet_id for every member",
+                }));
+            };
+            tracing::info!(%member, droplet_id = id, "handing the reserved ip to the master");
+            Done::Handed(d.hand_to(id).await)
+        })
+    }
+}
+
+/// Whether something accepts a TCP connection at `at` within `timeout`
+/// (`None`: cannot probe; the holder counts as serving, the safe answer).
+pub(super) async fn probe(at: Option<SocketAddr>, timeout: Duration) -> bool {
+    let Some(at) = at else { return true };
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(at)).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn release(driver: &Driver) {
@@ -209,5 +300,94 @@ async fn warm(driver: &Driver, first: bool) {
         Err(e) => {
             tracing::warn!(driver = driver.name(), error = %e, why, "cannot read the reserved ip's holder")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_connects_or_says_nothing_serves() {
+        // A local listener stands in for the holder behind the Reserved IP.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        assert!(probe(Some(at), PROBE_TIMEOUT).await);
+        // The holder's dynia is dead: the port is closed.
+        drop(l);
+        assert!(!probe(Some(at), PROBE_TIMEOUT).await);
+        // Nothing to probe: the safe answer (keep yielding).
+        assert!(probe(None, PROBE_TIMEOUT).await);
+    }
+    /// Waits (simulated time) until `cond`, at most `limit`.
+    async fn until(limit: Duration, cond: impl Fn() -> bool) -> Duration {
+        let t0 = tokio::time::Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < limit, "not within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        t0.elapsed()
+    }
+
+    /// The shell with the real driver against the simulator, and a local
+    /// listener standing in for the holder's service behind the Reserved IP:
+    /// a yielded master keeps yielding while it serves, and claims after
+    /// three probes once it does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_yielded_master_claims_once_the_holder_does_not_serve() {
+        use dynia_testkit::dosim::DoSim;
+        const TOKEN: &str = "dop_v1_5ecret70ken0123456789abcdef";
+        let (me, other) = (3_164_444, 3_164_555);
+        let rip: IpAddr = "203.0.113.10".parse().unwrap();
+        let sim = DoSim::start("127.0.0.1:0".parse().unwrap(), TOKEN)
+            .await
+            .unwrap();
+        sim.add_droplet(me, "10.10.0.11".parse().unwrap());
+        sim.add_droplet(other, "10.10.0.12".parse().unwrap());
+        sim.add_reserved_ip(rip, None);
+        sim.set_action_delay(Duration::from_millis(30));
+        let mut c = crate::driver::DigitalOceanConfig::new(rip, crate::driver::Secret::new(TOKEN));
+        c.api_url = sim.url();
+        c.droplet_id = Some(me);
+        c.metadata_url = "http://127.0.0.1:9".into();
+        let driver = Driver::from(crate::driver::DigitalOcean::new(c).await.unwrap());
+        let holder: IpAddr = "10.10.0.12".parse().unwrap();
+        let peer = crate::settings::ElectionPeer {
+            id: "b".into(),
+            addr: holder,
+            droplet_id: Some(other),
+        };
+        let view = Arc::new(ElectionView::new(100, vec![peer]));
+        view.set_role(crate::election::Role::Master);
+        let service = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let registry = prometheus::Registry::new();
+        let ctx = FollowCtx {
+            driver,
+            view: view.clone(),
+            metrics: ElectionMetrics::new(&registry, crate::settings::TransportKind::Dynia)
+                .unwrap(),
+            wake: Arc::new(Wakeups::default()),
+            heard_window: Duration::from_secs(3),
+            probe: Some(service.local_addr().unwrap()),
+            started: Instant::now(),
+        };
+        let (want, rx) = watch::channel(Want::Idle);
+        tokio::spawn(follow(ctx, rx));
+        want.send(Want::Hold).unwrap();
+        let limit = Duration::from_secs(60);
+        until(limit, || sim.holder(rip) == Some(me) && view.held()).await;
+        // The other side of a split takes it (a master we cannot hear).
+        sim.set_holder(rip, Some(other));
+        until(limit, || view.stepped_back_from() == Some(holder)).await;
+        // It serves: a real split; no claim for a minute.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(sim.holder(rip), Some(other));
+        assert_eq!(view.stepped_back_from(), Some(holder));
+        // Its dynia dies (droplet still running): three failed probes, one
+        // reconcile period apart, then the claim.
+        drop(service);
+        let took = until(limit, || sim.holder(rip) == Some(me) && view.held()).await;
+        assert!(took >= Duration::from_secs(10), "{took:?}");
+        assert_eq!(view.stepped_back_from(), None);
     }
 }

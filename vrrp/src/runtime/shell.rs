@@ -80,6 +80,11 @@ impl Shell {
                 metrics: self.metrics.clone(),
                 wake: self.wake.clone(),
                 heard_window: self.heard_window(),
+                probe: self
+                    .settings
+                    .reserved_ip
+                    .filter(|_| self.settings.probe_port != 0)
+                    .map(|ip| std::net::SocketAddr::new(ip, self.settings.probe_port)),
                 started: self.started,
             },
             self.want.subscribe(),

@@ -7,6 +7,7 @@
 //! `budget`: hours of steady state and the calls they cost.
 
 mod budget;
+mod late_claim;
 mod real_api;
 
 use std::io::Write;

@@ -21,7 +21,10 @@ use crate::driver::{ClaimOutcome, DriverError, Holder};
 
 /// The state of one claim.
 struct Run {
+    /// The droplet the IP is assigned to.
     droplet_id: u64,
+    /// Whether that droplet is this one (a claim) or another (a hand-over).
+    mine: bool,
     deadline: Instant,
     /// Failed requests so far (bounded by `max_attempts`).
     failed: u32,
@@ -56,6 +59,15 @@ enum ActionEnd {
 }
 
 impl Run {
+    /// Whether the IP pointing at `holder` means the assign landed.
+    fn landed(&self, holder: Holder) -> bool {
+        match holder {
+            Holder::Me => self.mine,
+            Holder::Other { droplet_id, .. } => !self.mine && droplet_id == self.droplet_id,
+            _ => false,
+        }
+    }
+
     fn failed(&mut self, f: Failure) {
         self.failed = self.failed.saturating_add(1);
         self.next = match self.last.note(f) {
@@ -71,10 +83,24 @@ impl DigitalOcean {
     /// [`super::RetryPolicy::max_attempts`] failed requests.
     pub async fn claim(&self) -> Result<ClaimOutcome, DriverError> {
         let droplet_id = self.droplet_id().await?;
+        self.assign_to(droplet_id, true).await
+    }
+
+    /// Make the Reserved IP point at another droplet (`droplet_id`, the
+    /// master: a late claim landed here after this node stepped down), with
+    /// the claim's bounds and rules.
+    pub async fn hand_to(&self, droplet_id: u64) -> Result<ClaimOutcome, DriverError> {
+        // "Me" in the answers needs our own id.
+        let me = self.droplet_id().await?;
+        self.assign_to(droplet_id, droplet_id == me).await
+    }
+
+    async fn assign_to(&self, droplet_id: u64, mine: bool) -> Result<ClaimOutcome, DriverError> {
         let ip = self.inner.address;
         let started = Instant::now();
         let mut run = Run {
             droplet_id,
+            mine,
             deadline: started + self.inner.retry.max_total,
             failed: 0,
             posts: 0,
@@ -200,9 +226,9 @@ impl DigitalOcean {
         let pending = message.to_ascii_lowercase().contains("pending");
         match state {
             IpState {
-                holder: Holder::Me,
+                holder,
                 locked: false,
-            } => Step::Done(ClaimOutcome::AlreadyHeld),
+            } if run.landed(holder) => Step::Done(ClaimOutcome::AlreadyHeld),
             IpState { locked: true, .. } => self.after_lock(run, None).await,
             _ if pending => {
                 // The droplet (not the IP) has an action in flight.
@@ -237,9 +263,9 @@ impl DigitalOcean {
         tracing::debug!(action_id, reason = %why, "reserved ip action status unknown; reading the ip");
         match self.read_ip().await {
             Ok(IpState {
-                holder: Holder::Me,
+                holder,
                 locked: false,
-            }) => Step::Done(ClaimOutcome::Assigned { action_id }),
+            }) if run.landed(holder) => Step::Done(ClaimOutcome::Assigned { action_id }),
             Ok(IpState { locked: true, .. }) => self.after_lock(run, Some(action_id)).await,
             Ok(s) => {
                 run.last.set(
@@ -260,7 +286,7 @@ impl DigitalOcean {
     /// Waits the lock out; done when the IP then points here.
     async fn after_lock(&self, run: &mut Run, action_id: Option<u64>) -> Step {
         match self.wait_unlocked(run).await {
-            Some(Holder::Me) => Step::Done(match action_id {
+            Some(h) if run.landed(h) => Step::Done(match action_id {
                 Some(action_id) => ClaimOutcome::Assigned { action_id },
                 None => ClaimOutcome::AlreadyHeld,
             }),
