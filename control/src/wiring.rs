@@ -66,8 +66,7 @@ pub fn proxy_config(node: &NodeFile, cluster: &ClusterDoc) -> ProxyConfig {
                 timeout: s.health.timeout.as_std(),
                 fall: s.health.fall,
                 rise: s.health.rise,
-                // No TOML key yet: interval / 10 within 100–500 ms.
-                fastinter: None,
+                fastinter: s.health.fastinter.map(|d| d.as_std()),
             },
             // Validation already refused values that are not header values.
             hsts: s

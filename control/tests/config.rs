@@ -431,6 +431,8 @@ fn health_rules_each_at_their_place() {
         ("interval = \"1s\"", "\"1s\"", "checks would pile up"),
         ("fall = 0", "0", "fall must be between 1 and 100"),
         ("rise = 101", "101", "rise must be between 1 and 100"),
+        ("fastinter = \"6s\"", "\"6s\"", "longer than interval"),
+        ("fastinter = \"1ms\"", "\"1ms\"", "between 10ms and 1h"),
     ];
     for (line, needle, says) in cases {
         let text = format!("{CLUSTER_MIN}[service.health]\n{line}\n");

@@ -240,6 +240,10 @@ pub struct HealthChecks {
     pub fall: u32,
     /// Passed checks in a row that mark a member UP. Default 2.
     pub rise: u32,
+    /// Time between (and bound of) the checks of a suspected member.
+    /// Default: `interval / 10` within 100 ms–500 ms, at most `interval`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fastinter: Option<Duration>,
 }
 
 impl Default for HealthChecks {
@@ -253,6 +257,7 @@ impl Default for HealthChecks {
             timeout: p.timeout.into(),
             fall: p.fall,
             rise: p.rise,
+            fastinter: p.fastinter.map(Into::into),
         }
     }
 }

@@ -509,6 +509,15 @@ fn health(p: &mut Problems, i: usize, h: &HealthChecks) {
             ),
         );
     }
+    if let Some(fast) = h.fastinter {
+        within(p, kp!["service", i, "health", "fastinter"], "fastinter", fast, ms(10), secs(3600));
+        if fast > h.interval && fast >= ms(10) && h.interval >= ms(100) {
+            p.push(
+                kp!["service", i, "health", "fastinter"],
+                format!("fastinter {fast} is longer than interval {}; set it at most the interval", h.interval),
+            );
+        }
+    }
     for (key, value) in [("fall", h.fall), ("rise", h.rise)] {
         if !(1..=MAX_FALL_RISE).contains(&value) {
             p.push(

@@ -262,14 +262,22 @@ impl FollowCtx {
     }
 }
 
-/// Whether something accepts a TCP connection at `at` within `timeout`
-/// (`None`: cannot probe; the holder counts as serving, the safe answer).
+/// Whether the holder may be serving at `at`: only a refused connection
+/// (the holder's kernel answers, nothing listens: its droplet runs, its
+/// dynia does not) says it is not. A timeout, no route or any other error
+/// says nothing about the holder (a filtered port, a Reserved IP this
+/// network cannot reach), so it counts as serving, the safe answer that
+/// keeps the yield; so does `None` (cannot probe).
 pub(super) async fn probe(at: Option<SocketAddr>, timeout: Duration) -> bool {
     let Some(at) = at else { return true };
-    matches!(
-        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(at)).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(at)).await {
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => false,
+        Ok(Err(e)) => {
+            tracing::debug!(%at, error = %e, "probe of the reserved ip says nothing");
+            true
+        }
+        Ok(Ok(_)) | Err(_) => true,
+    }
 }
 
 async fn release(driver: &Driver) {
@@ -318,6 +326,9 @@ mod tests {
         assert!(!probe(Some(at), PROBE_TIMEOUT).await);
         // Nothing to probe: the safe answer (keep yielding).
         assert!(probe(None, PROBE_TIMEOUT).await);
+        // No route to the Reserved IP (a documentation address): no evidence.
+        let nowhere: SocketAddr = "203.0.113.20:80".parse().unwrap();
+        assert!(probe(Some(nowhere), Duration::from_millis(300)).await);
     }
     /// Waits (simulated time) until `cond`, at most `limit`.
     async fn until(limit: Duration, cond: impl Fn() -> bool) -> Duration {
