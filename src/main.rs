@@ -51,8 +51,8 @@ enum Command {
         /// This node's private IP.
         #[arg(long)]
         private_ip: IpAddr,
-        /// This node's member id; default: a generated two-word id.
-        #[arg(long)]
+        /// This node's member id, a DNS label (`lb1`); default: a generated two-word id.
+        #[arg(long, value_parser = parse_member_id)]
         id: Option<String>,
         #[arg(long, default_value_t = 150)]
         priority: u8,
@@ -126,8 +126,8 @@ enum NodeCommand {
         /// The new member's private IP.
         #[arg(long)]
         ip: IpAddr,
-        /// Its two-word id; default: generated.
-        #[arg(long)]
+        /// Its member id, a DNS label (`lb2`); default: a generated two-word id.
+        #[arg(long, value_parser = parse_member_id)]
         id: Option<String>,
         #[arg(long)]
         priority: Option<u8>,
@@ -155,6 +155,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<dynia_control::config::Duration>()
         .map(|d| d.as_std())
         .map_err(|e| e.to_string())
+}
+
+fn parse_member_id(s: &str) -> Result<String, String> {
+    dynia_control::names::check(s)
+        .map(|()| s.to_string())
+        .map_err(|why| format!("{why}; {}", dynia_control::names::RULE))
 }
 
 fn main() -> ExitCode {

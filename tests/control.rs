@@ -21,7 +21,10 @@ use dynia_testkit::upstream::DemoUpstream;
 use dynia_testkit::web::{get, Client};
 
 const WAIT: Duration = Duration::from_secs(20);
-const IDS: [&str; 4] = ["north-fox", "east-owl", "south-elk", "west-yak"];
+/// Member ids: any DNS label (issue 14 item 5), so one-word ids with
+/// digits, as operators name nodes, beside generated-style two-word ones;
+/// `node add --id lb3` in the add test adds one through the CLI.
+const IDS: [&str; 4] = ["lb1", "east-owl", "lb3", "web-04"];
 
 struct Rig {
     nodes: Vec<ClusterNode>,
@@ -310,7 +313,7 @@ async fn admin_api_refuses_bad_calls_and_applies_a_document() {
             .contains("larger than 1048576 bytes"),
         "{text}"
     );
-    let bad = serde_json::json!({"base_generation": 1, "document": "generation = 2\ncluster = \"ctl\"\n[[member]]\nid = \"north-fox\"\nprivate_ip = \"127.0.3.2\"\npriority = 999\n"}).to_string();
+    let bad = serde_json::json!({"base_generation": 1, "document": "generation = 2\ncluster = \"ctl\"\n[[member]]\nid = \"lb1\"\nprivate_ip = \"127.0.3.2\"\npriority = 999\n"}).to_string();
     let (code, text) = admin_call(admin, "PUT", "/v1/cluster", Some(TOKEN), bad.as_bytes()).await;
     assert_eq!(code, 400, "{text}");
     assert!(
@@ -1242,7 +1245,7 @@ async fn node_remove_drains_a_long_request_through_it_and_hands_over_mastership_
     );
     assert_eq!(o.status.code(), Some(0), "{out}{err}\n{}", rig.logs());
     assert!(
-        out.contains("nothing in flight to or through north-fox"),
+        out.contains(&format!("nothing in flight to or through {}", IDS[0])),
         "{out}"
     );
     stop.store(true, Ordering::Relaxed);
@@ -1338,6 +1341,27 @@ async fn init_writes_a_node_that_checks_and_runs() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{check:?}");
+    // An id that is not a DNS label is refused by the command line, naming the rule.
+    let bad = std::process::Command::new(bin())
+        .args([
+            "init",
+            "--cluster",
+            "x",
+            "--private-ip",
+            "127.0.8.3",
+            "--id",
+            "LB_1",
+        ])
+        .arg("-c")
+        .arg(dir.0.join("etc/other.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--id") && err.contains("a member id is a DNS label"),
+        "{err}"
+    );
     // The generated id is two lowercase words: adjective-animal.
     let id = stdout
         .strip_prefix("initialised member ")
