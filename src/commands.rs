@@ -8,8 +8,9 @@ use std::path::Path;
 
 use dynia_control::client::{AdminClient, ClientError};
 use dynia_control::config::{self, ConfigErrors};
+use dynia_control::status::ClusterStatus;
 
-pub use crate::exit::{FAILED, OK};
+pub use crate::exit::{FAILED, OK, UNHEALTHY};
 use crate::runtime;
 
 fn print_config_errors(errors: &ConfigErrors) {
@@ -97,7 +98,7 @@ pub fn reload(node_path: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("dynia: {e}");
-            FAILED
+            crate::exit::of_client(&e)
         }
     }
 }
@@ -107,7 +108,8 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `dynia status [--json]`: this node's status with every member's own
 /// `/status.json`, read at once (bounded); unreachable members and drift
-/// are marked.
+/// are marked. Exits [`UNHEALTHY`] when the cluster is (after printing it),
+/// `exit::UNREACHABLE` when the local daemon does not answer.
 pub fn status(node_path: &Path, json: bool) -> u8 {
     let ctx = match dynia_control::ops::Ctx::load(node_path) {
         Ok(c) => c,
@@ -116,44 +118,56 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
             return FAILED;
         }
     };
-    let view = runtime().block_on(async {
-        let local = ctx.local.status().await?;
-        // Members and their admin addresses: the daemon's document, or the
-        // file it loaded when the call is refused (no admin token here).
-        let doc = match ctx.current().await {
-            Ok(d) => Some(d),
-            Err(_) => config::load_cluster_doc(config::cluster_doc_path(&ctx.node)).ok(),
-        };
-        let peers = local
-            .members
-            .iter()
-            .filter(|m| m.id != local.node)
-            .filter_map(|m| {
-                let addr = match doc.as_ref().and_then(|d| d.member(&m.id)) {
-                    Some(dm) => dm.admin_addr(ctx.node.admin.listen.port()),
-                    None => {
-                        SocketAddr::new(m.private_ip.parse().ok()?, ctx.node.admin.listen.port())
-                    }
-                };
-                Some((
-                    m.id.clone(),
-                    AdminClient::new(addr, None).with_timeout(STATUS_TIMEOUT),
-                ))
-            })
-            .collect();
-        Ok::<_, ClientError>(dynia_control::status::gather(local, peers).await)
-    });
-    let v = match view {
+    let v = match runtime().block_on(gather(&ctx)) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("dynia: {e}");
-            return FAILED;
+            return crate::exit::of_client(&e);
         }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print_status(&v, node_path);
+    }
+    let problems = v.problems();
+    if problems.is_empty() {
         return OK;
     }
+    eprintln!("dynia: the cluster is unhealthy: {}", problems.join("; "));
+    UNHEALTHY
+}
+
+/// This node's status and every other member's own answer.
+async fn gather(ctx: &dynia_control::ops::Ctx) -> Result<ClusterStatus, ClientError> {
+    let local = ctx.local.status().await?;
+    // Members and their admin addresses: the daemon's document, or the
+    // file it loaded when the call is refused (no admin token here).
+    let doc = match ctx.current().await {
+        Ok(d) => Some(d),
+        Err(_) => config::load_cluster_doc(config::cluster_doc_path(&ctx.node)).ok(),
+    };
+    let port = ctx.node.admin.listen.port();
+    let peers = local
+        .members
+        .iter()
+        .filter(|m| m.id != local.node)
+        .filter_map(|m| {
+            let addr = match doc.as_ref().and_then(|d| d.member(&m.id)) {
+                Some(dm) => dm.admin_addr(port),
+                None => SocketAddr::new(m.private_ip.parse().ok()?, port),
+            };
+            Some((
+                m.id.clone(),
+                AdminClient::new(addr, None).with_timeout(STATUS_TIMEOUT),
+            ))
+        })
+        .collect();
+    Ok(dynia_control::status::gather(local, peers).await)
+}
+
+/// The table and the lines under it.
+fn print_status(v: &ClusterStatus, node_path: &Path) {
     let s = &v.status;
     println!(
         "cluster {}  generation {}  config {}  reserved ip {} held by {}",
@@ -171,33 +185,7 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
         "ID", "ROLE", "LIVENESS", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
     );
     for m in &s.members {
-        let (up, total) = v.services_up(&m.id);
-        let me = if m.id == s.node { " (this)" } else { "" };
-        let drift = if s.drift.contains(&m.id) { "*" } else { "" };
-        let mut note = Vec::new();
-        if let Some(e) = v.unreachable(&m.id) {
-            note.push(format!("UNREACHABLE: {e}"));
-        } else if !drift.is_empty() {
-            note.push("drift".to_string());
-        }
-        if v.reserved_ip_holders.contains(&m.id) {
-            note.push("holds the Reserved IP".to_string());
-        }
-        println!(
-            "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
-            format!("{}{}", m.id, me),
-            m.role,
-            m.liveness,
-            m.priority,
-            m.private_ip,
-            m.state,
-            format!(
-                "{}{drift}",
-                m.generation.map_or("?".into(), |g| g.to_string())
-            ),
-            format!("{up}/{total}"),
-            note.join("; ")
-        );
+        print_member(v, m);
     }
     for line in v.service_lines().iter().chain(&v.lost_lines()) {
         println!("{line}");
@@ -211,20 +199,40 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
     for line in v.split_brain_lines() {
         println!("{line}");
     }
-    OK
 }
 
-/// Arguments of `dynia init`.
-pub struct InitArgs {
-    pub cluster: String,
-    pub private_ip: std::net::IpAddr,
-    pub id: Option<String>,
-    pub priority: u8,
-    pub admin_listen: SocketAddr,
-    pub listen: SocketAddr,
-    pub state_dir: std::path::PathBuf,
-    pub force: bool,
+fn print_member(v: &ClusterStatus, m: &dynia_control::status::MemberStatus) {
+    let s = &v.status;
+    let (up, total) = v.services_up(&m.id);
+    let me = if m.id == s.node { " (this)" } else { "" };
+    let drift = if s.drift.contains(&m.id) { "*" } else { "" };
+    let mut note = Vec::new();
+    if let Some(e) = v.unreachable(&m.id) {
+        note.push(format!("UNREACHABLE: {e}"));
+    } else if !drift.is_empty() {
+        note.push("drift".to_string());
+    }
+    if v.reserved_ip_holders.contains(&m.id) {
+        note.push("holds the Reserved IP".to_string());
+    }
+    println!(
+        "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
+        format!("{}{}", m.id, me),
+        m.role,
+        m.liveness,
+        m.priority,
+        m.private_ip,
+        m.state,
+        format!(
+            "{}{drift}",
+            m.generation.map_or("?".into(), |g| g.to_string())
+        ),
+        format!("{up}/{total}"),
+        note.join("; ")
+    );
 }
+
+pub use crate::cli::InitArgs;
 
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;

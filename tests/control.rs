@@ -539,10 +539,11 @@ async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
     }
 }
 
-/// `dynia status --json`, parsed; the public fields (docs/control.md) are there.
-async fn cluster_json(rig: &Rig, i: usize) -> serde_json::Value {
+/// `dynia status --json`, parsed; the public fields (docs/control.md) are
+/// there; it exits `want` (0 healthy, 6 unhealthy).
+async fn cluster_json(rig: &Rig, i: usize, want: i32) -> serde_json::Value {
     let (code, out, err) = rig.cli(i, &["status", "--json"]).await;
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, want, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     for k in ["node", "cluster", "config_hash", "role"] {
         assert!(v[k].is_string(), "{k}: {out}");
@@ -607,7 +608,12 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     // not drift (two reachable members with different documents), and
     // there is no advice to `dynia sync` (a sync cannot reach it).
     let (code, out, err) = rig.cli(1, &["status"]).await;
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, 6, "unhealthy: {out}{err}");
+    assert_eq!(
+        line_starting(&err, "dynia: the cluster is unhealthy"),
+        Some(format!("dynia: the cluster is unhealthy: {} is unreachable", IDS[2]).as_str()),
+        "{err}"
+    );
     let row = line_starting(&out, IDS[2]).unwrap_or_else(|| panic!("{out}"));
     assert!(
         row.contains("UNREACHABLE") && !row.contains("drift"),
@@ -626,7 +632,7 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
             .ends_with(&format!("held by {}", IDS[0])),
         "{out}"
     );
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 6).await;
     assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(ids(&v["unreachable"]), vec![IDS[2].to_string()], "{v}");
     // The node's own /status.json, from adverts: lost once silent, not drift.
@@ -653,9 +659,11 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     })
     .await
     .expect("node 2 to catch up");
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 0).await;
     assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(v["unreachable"], serde_json::json!([]), "{v}");
+    let (code, out, err) = rig.cli(1, &["status"]).await;
+    assert_eq!(code, 0, "healthy again: {out}{err}");
     let (code, out, err) = rig.cli(0, &["sync"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("in sync"), "{out}");
@@ -665,11 +673,16 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     let (g, h) = rig.version(1).await;
     rig.same_generation_change(1, (g, &h), |d| d.services[0].health.rise = 2)
         .await;
-    let (_, out, _) = rig.cli(0, &["status"]).await;
+    let (code, out, err) = rig.cli(0, &["status"]).await;
     let row = line_starting(&out, IDS[1]).unwrap_or_else(|| panic!("{out}"));
     assert!(
         row.contains("drift") && !row.contains("UNREACHABLE"),
         "{out}"
+    );
+    assert_eq!(code, 6, "drift is unhealthy: {out}{err}");
+    assert!(
+        err.contains(&format!("drift: the document differs on {}", IDS[1])),
+        "{err}"
     );
     let (code, out, err) = rig.cli(0, &["sync"]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -904,7 +917,7 @@ async fn deploy_rolls_health_gated_stops_on_an_unhealthy_member_and_resumes_unde
         out.contains("drift:") && out.contains("dynia sync"),
         "{out}"
     );
-    let v = cluster_json(&rig, 0).await;
+    let v = cluster_json(&rig, 0, 6).await;
     assert_eq!(ids(&v["drift"]), vec![IDS[2].to_string()], "{v}");
     let dom = chromium_dom(&format!("http://{admin}/status"))
         .expect("chromium must be installed (apt-get install -y chromium)");
@@ -1477,7 +1490,7 @@ async fn make_active_moves_the_reserved_ip_without_failed_requests() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 0).await;
     assert_eq!(
         ids(&v["reserved_ip_holders"]),
         vec![IDS[2].to_string()],
