@@ -64,11 +64,11 @@ fn promtool_unit_tests_of_the_alert_rules_pass_and_cover_every_rule() {
 
 #[test]
 fn systemd_unit_is_notify_with_reload_by_sighup() {
-    let unit = std::fs::read_to_string(root().join("deploy/dynia.service")).unwrap();
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/dynia.service")).unwrap();
     for line in [
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "ExecStart=/usr/local/bin/dynia run -c /etc/dynia/dynia.toml",
+        "ExecStart=/usr/bin/dynia run -c /etc/dynia/dynia.toml",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing `{line}`");
     }
