@@ -46,7 +46,7 @@ pub enum Command {
     },
     /// Write a first node file, secrets (mode 0600) and cluster document for a one-node cluster.
     #[command(
-        after_help = "Example:\n  dynia init --cluster web --id lb1 --private-ip 10.0.0.2 --admin-listen 10.0.0.2:9180"
+        after_help = "Example:\n  sudo dynia init --cluster web --id lb1 --private-ip 10.0.0.2 --admin-listen 10.0.0.2:9180 --user dynia"
     )]
     Init(InitArgs),
     /// Members: list, add, remove, drain, undrain, make-active.
@@ -135,6 +135,9 @@ pub struct InitArgs {
     /// Replace existing files, e.g. `--force`.
     #[arg(long)]
     pub force: bool,
+    /// Give the files it writes to this user, the one the daemon runs as (the package's unit: `User=dynia`), e.g. `--user dynia`.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// Arguments of `dynia deploy`.

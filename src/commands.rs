@@ -257,6 +257,13 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
             }
         }
     }
+    let owner = match a.user.as_deref().map(lookup_user).transpose() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dynia init: {e}; nothing written");
+            return FAILED;
+        }
+    };
     let dir = node_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -311,19 +318,18 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
         print_config_errors(&e);
         return FAILED;
     }
-    let written = (|| -> Result<(), String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::create_dir_all(&a.state_dir)
-            .map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
-        config::write_secret(&token_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
-        config::write_secret(&key_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
-        dynia_control::store::atomic_write(node_path, node_text.as_bytes())
-            .map_err(|e| format!("{}: {e}", node_path.display()))?;
-        dynia_control::store::atomic_write(&doc_path, doc.to_toml().as_bytes())
-            .map_err(|e| format!("{}: {e}", doc_path.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = written {
+    let files = InitFiles {
+        dir: &dir,
+        state_dir: &a.state_dir,
+        token: &token_path,
+        key: &key_path,
+        node: (node_path, &node_text),
+        doc: (&doc_path, &doc.to_toml()),
+    };
+    if let Err(e) = files.write().and_then(|()| match owner {
+        Some(o) => files.give_to(o),
+        None => Ok(()),
+    }) {
         eprintln!("dynia init: {e}");
         return FAILED;
     }
@@ -337,4 +343,63 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
         node_path.display()
     );
     OK
+}
+
+/// What `dynia init` writes.
+struct InitFiles<'a> {
+    dir: &'a Path,
+    state_dir: &'a Path,
+    token: &'a Path,
+    key: &'a Path,
+    node: (&'a Path, &'a str),
+    doc: (&'a Path, &'a str),
+}
+
+impl InitFiles<'_> {
+    fn write(&self) -> Result<(), String> {
+        fn at(p: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+            move |e| format!("{}: {e}", p.display())
+        }
+        std::fs::create_dir_all(self.dir).map_err(at(self.dir))?;
+        std::fs::create_dir_all(self.state_dir).map_err(at(self.state_dir))?;
+        config::write_secret(self.token, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        config::write_secret(self.key, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        dynia_control::store::atomic_write(self.node.0, self.node.1.as_bytes())
+            .map_err(at(self.node.0))?;
+        dynia_control::store::atomic_write(self.doc.0, self.doc.1.as_bytes())
+            .map_err(at(self.doc.0))?;
+        Ok(())
+    }
+
+    /// `--user`: the daemon (the unit's `User=`) must read the secrets
+    /// (0600) and write the state directory.
+    fn give_to(&self, (uid, gid): (u32, u32)) -> Result<(), String> {
+        for p in [
+            self.token,
+            self.key,
+            self.node.0,
+            self.state_dir,
+            self.doc.0,
+        ] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The uid and gid of user `name`.
+fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("no user {name:?}"))?;
+    // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer to
+    // static storage (or null), read at once on this thread.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!(
+            "no user {name:?} (the package creates `dynia`; leave --user out to keep the files root's)"
+        ));
+    }
+    // SAFETY: non-null, just returned by getpwnam.
+    let pw = unsafe { &*pw };
+    Ok((pw.pw_uid, pw.pw_gid))
 }

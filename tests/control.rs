@@ -1375,6 +1375,45 @@ async fn init_writes_a_node_that_checks_and_runs() {
         err.contains("--id") && err.contains("a member id is a DNS label"),
         "{err}"
     );
+    // `--user`: as root, the files go to that user (the unit's User=dynia
+    // must read the 0600 secrets); an unknown user writes nothing.
+    let other = dir.0.join("owned");
+    let init_as = |user: &str, d: &std::path::Path| {
+        std::process::Command::new(bin())
+            .args([
+                "init",
+                "--cluster",
+                "x",
+                "--private-ip",
+                "127.0.8.3",
+                "--user",
+                user,
+            ])
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("-c")
+            .arg(d.join("dynia.toml"))
+            .output()
+            .unwrap()
+    };
+    let none = init_as("no-such-user-here", &other);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(!other.join("dynia.toml").exists());
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let out = init_as("nobody", &other);
+        assert!(out.status.success(), "{out:?}");
+        for f in [
+            "admin.token",
+            "cluster.key",
+            "dynia.toml",
+            "state",
+            "state/cluster.toml",
+        ] {
+            let meta = std::fs::metadata(other.join(f)).unwrap();
+            assert_eq!(meta.uid(), 65534, "{f} belongs to nobody");
+        }
+    }
     // The generated id is two lowercase words: adjective-animal.
     let id = stdout
         .strip_prefix("initialised member ")
