@@ -29,4 +29,10 @@ man -w dynia-node-add >/dev/null 2>&1 || [ ! -d /usr/share/man/man1 ] || {
   echo "man page dynia-node-add not installed" >&2
   exit 1
 }
-echo "unit $unit verifies"
+# The sandbox: `systemd-analyze security` exposure at most 3.0 (docs/packaging.md).
+exposure="$(systemd-analyze security --offline=true "$unit" 2>/dev/null | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')"
+echo "unit $unit verifies; systemd-analyze security exposure $exposure"
+awk -v e="$exposure" 'BEGIN { exit !(e != "" && e <= 3.0) }' || {
+  echo "exposure $exposure is above 3.0" >&2
+  exit 1
+}
