@@ -483,9 +483,14 @@ async fn systemd_readiness_reload_and_status_are_notified() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let _d =
-        DaemonProcess::start_with_env(&files, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())])
-            .await;
+    let _d = DaemonProcess::start_with_env(
+        &files,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .await;
     let recv = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("no sd_notify message");
@@ -564,6 +569,12 @@ async fn systemd_readiness_reload_and_status_are_notified() {
     next_with("RELOADING=1");
     next_with("READY=1");
     assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+    // WatchdogSec= (here 0.4 s): pinged, the proxy runtime and the election
+    // thread both alive.
+    let t = std::time::Instant::now();
+    next_with("WATCHDOG=1");
+    next_with("WATCHDOG=1");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 #[tokio::test]

@@ -1,9 +1,11 @@
 //! systemd notifications (`sd_notify`, Type=notify): `READY=1` once
 //! listening, `RELOADING=1` with `MONOTONIC_USEC` around every reload (so
 //! `systemctl reload` waits for it), `STOPPING=1`, and a `STATUS=` line
-//! (role, generation, members up) kept current by `process`. Outside systemd
-//! (`NOTIFY_SOCKET` unset) every call does nothing. Why no `WatchdogSec=`:
-//! docs/packaging.md.
+//! (role, generation, members up) kept current by `process`, and
+//! `WATCHDOG=1` pings that `process` sends only while both the proxy
+//! runtime and the election thread prove alive ([`watchdog_ok`];
+//! docs/packaging.md). Outside systemd (`NOTIFY_SOCKET` unset) every call
+//! does nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -56,6 +58,33 @@ pub fn status_line(s: &Status) -> String {
     )
 }
 
+/// systemd's watchdog interval (`WatchdogSec=`), if any: `WATCHDOG_USEC`,
+/// for this process when `WATCHDOG_PID` names it or is unset, as
+/// libsystemd's `sd_watchdog_enabled` reads them (the `sd-notify` crate
+/// insists on `WATCHDOG_PID`).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = match std::env::var("WATCHDOG_PID") {
+        Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
+        Err(_) => true,
+    };
+    (for_us && usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Whether to ping: the proxy runtime ran its heartbeat lately, and the
+/// election loop went round lately (`None`: this node runs no election).
+/// While stopping the election has resigned and stopped on purpose, so only
+/// the proxy, still finishing requests, counts.
+pub fn watchdog_ok(proxy_alive: bool, election_alive: Option<bool>) -> bool {
+    let stopping = STOPPING.load(Ordering::Relaxed);
+    proxy_alive && (stopping || election_alive.unwrap_or(true))
+}
+
+/// `WATCHDOG=1`.
+pub fn watchdog_ping() {
+    send(&[NotifyState::Watchdog]);
+}
+
 /// `STATUS=` alone, unless [`stopping`] was sent (its line stays).
 pub fn status(line: &str) {
     if !STOPPING.load(Ordering::Relaxed) {
@@ -80,6 +109,15 @@ mod tests {
             last_seen_ms: None,
             config_hash: None,
         }
+    }
+
+    #[test]
+    fn the_watchdog_is_pinged_only_when_both_runtimes_are_alive() {
+        assert!(watchdog_ok(true, Some(true)));
+        assert!(watchdog_ok(true, None), "no election: the proxy alone");
+        assert!(!watchdog_ok(false, Some(true)), "proxy runtime stalled");
+        assert!(!watchdog_ok(true, Some(false)), "election thread stalled");
+        assert!(!watchdog_ok(false, None));
     }
 
     #[test]

@@ -68,6 +68,9 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
         "dynia started"
     );
     crate::notify::ready(&crate::notify::status_line(&daemon.status()));
+    if let Some(every) = crate::notify::watchdog_interval() {
+        start_watchdog(daemon.clone(), every);
+    }
     loop {
         tokio::select! {
             // Daemon::reload tells systemd RELOADING=1 … READY=1 itself.
@@ -109,5 +112,35 @@ async fn status_loop(daemon: std::sync::Arc<Daemon>) {
             crate::notify::status(&line);
             last = line;
         }
+    }
+}
+
+/// How old a proxy heartbeat or election beat may be for a watchdog ping.
+const ALIVE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Pings systemd's watchdog four times per interval from a thread of its
+/// own, each time only if the proxy runtime and the election thread both
+/// proved alive within [`ALIVE_WITHIN`]; a stall longer than the interval
+/// gets the process killed and restarted (`Restart=on-failure`).
+fn start_watchdog(daemon: std::sync::Arc<Daemon>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("dynia-watchdog".into())
+        .spawn(move || {
+            let mut was_ok = true;
+            loop {
+                std::thread::sleep(every / 4);
+                let proxy = daemon.proxy().runtime_alive();
+                let election = daemon.election().map(|e| e.view().loop_alive(ALIVE_WITHIN));
+                let ok = crate::notify::watchdog_ok(proxy, election);
+                if ok {
+                    crate::notify::watchdog_ping();
+                } else if was_ok {
+                    tracing::error!(proxy_alive = proxy, election_alive = ?election, "watchdog ping withheld: a runtime is stalled");
+                }
+                was_ok = ok;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "watchdog thread not started; systemd will restart dynia");
     }
 }
