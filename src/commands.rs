@@ -8,8 +8,9 @@ use std::path::Path;
 
 use dynia_control::client::{AdminClient, ClientError};
 use dynia_control::config::{self, ConfigErrors};
+use dynia_control::status::ClusterStatus;
 
-pub use crate::exit::{FAILED, OK};
+pub use crate::exit::{FAILED, OK, UNHEALTHY};
 use crate::runtime;
 
 fn print_config_errors(errors: &ConfigErrors) {
@@ -97,7 +98,7 @@ pub fn reload(node_path: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("dynia: {e}");
-            FAILED
+            crate::exit::of_client(&e)
         }
     }
 }
@@ -107,7 +108,8 @@ const STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `dynia status [--json]`: this node's status with every member's own
 /// `/status.json`, read at once (bounded); unreachable members and drift
-/// are marked.
+/// are marked. Exits [`UNHEALTHY`] when the cluster is (after printing it),
+/// `exit::UNREACHABLE` when the local daemon does not answer.
 pub fn status(node_path: &Path, json: bool) -> u8 {
     let ctx = match dynia_control::ops::Ctx::load(node_path) {
         Ok(c) => c,
@@ -116,44 +118,56 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
             return FAILED;
         }
     };
-    let view = runtime().block_on(async {
-        let local = ctx.local.status().await?;
-        // Members and their admin addresses: the daemon's document, or the
-        // file it loaded when the call is refused (no admin token here).
-        let doc = match ctx.current().await {
-            Ok(d) => Some(d),
-            Err(_) => config::load_cluster_doc(config::cluster_doc_path(&ctx.node)).ok(),
-        };
-        let peers = local
-            .members
-            .iter()
-            .filter(|m| m.id != local.node)
-            .filter_map(|m| {
-                let addr = match doc.as_ref().and_then(|d| d.member(&m.id)) {
-                    Some(dm) => dm.admin_addr(ctx.node.admin.listen.port()),
-                    None => {
-                        SocketAddr::new(m.private_ip.parse().ok()?, ctx.node.admin.listen.port())
-                    }
-                };
-                Some((
-                    m.id.clone(),
-                    AdminClient::new(addr, None).with_timeout(STATUS_TIMEOUT),
-                ))
-            })
-            .collect();
-        Ok::<_, ClientError>(dynia_control::status::gather(local, peers).await)
-    });
-    let v = match view {
+    let v = match runtime().block_on(gather(&ctx)) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("dynia: {e}");
-            return FAILED;
+            return crate::exit::of_client(&e);
         }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print_status(&v, node_path);
+    }
+    let problems = v.problems();
+    if problems.is_empty() {
         return OK;
     }
+    eprintln!("dynia: the cluster is unhealthy: {}", problems.join("; "));
+    UNHEALTHY
+}
+
+/// This node's status and every other member's own answer.
+async fn gather(ctx: &dynia_control::ops::Ctx) -> Result<ClusterStatus, ClientError> {
+    let local = ctx.local.status().await?;
+    // Members and their admin addresses: the daemon's document, or the
+    // file it loaded when the call is refused (no admin token here).
+    let doc = match ctx.current().await {
+        Ok(d) => Some(d),
+        Err(_) => config::load_cluster_doc(config::cluster_doc_path(&ctx.node)).ok(),
+    };
+    let port = ctx.node.admin.listen.port();
+    let peers = local
+        .members
+        .iter()
+        .filter(|m| m.id != local.node)
+        .filter_map(|m| {
+            let addr = match doc.as_ref().and_then(|d| d.member(&m.id)) {
+                Some(dm) => dm.admin_addr(port),
+                None => SocketAddr::new(m.private_ip.parse().ok()?, port),
+            };
+            Some((
+                m.id.clone(),
+                AdminClient::new(addr, None).with_timeout(STATUS_TIMEOUT),
+            ))
+        })
+        .collect();
+    Ok(dynia_control::status::gather(local, peers).await)
+}
+
+/// The table and the lines under it.
+fn print_status(v: &ClusterStatus, node_path: &Path) {
     let s = &v.status;
     println!(
         "cluster {}  generation {}  config {}  reserved ip {} held by {}",
@@ -171,33 +185,7 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
         "ID", "ROLE", "LIVENESS", "PRIORITY", "PRIVATE IP", "STATE", "GENERATION", "SERVICES"
     );
     for m in &s.members {
-        let (up, total) = v.services_up(&m.id);
-        let me = if m.id == s.node { " (this)" } else { "" };
-        let drift = if s.drift.contains(&m.id) { "*" } else { "" };
-        let mut note = Vec::new();
-        if let Some(e) = v.unreachable(&m.id) {
-            note.push(format!("UNREACHABLE: {e}"));
-        } else if !drift.is_empty() {
-            note.push("drift".to_string());
-        }
-        if v.reserved_ip_holders.contains(&m.id) {
-            note.push("holds the Reserved IP".to_string());
-        }
-        println!(
-            "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
-            format!("{}{}", m.id, me),
-            m.role,
-            m.liveness,
-            m.priority,
-            m.private_ip,
-            m.state,
-            format!(
-                "{}{drift}",
-                m.generation.map_or("?".into(), |g| g.to_string())
-            ),
-            format!("{up}/{total}"),
-            note.join("; ")
-        );
+        print_member(v, m);
     }
     for line in v.service_lines().iter().chain(&v.lost_lines()) {
         println!("{line}");
@@ -211,20 +199,40 @@ pub fn status(node_path: &Path, json: bool) -> u8 {
     for line in v.split_brain_lines() {
         println!("{line}");
     }
-    OK
 }
 
-/// Arguments of `dynia init`.
-pub struct InitArgs {
-    pub cluster: String,
-    pub private_ip: std::net::IpAddr,
-    pub id: Option<String>,
-    pub priority: u8,
-    pub admin_listen: SocketAddr,
-    pub listen: SocketAddr,
-    pub state_dir: std::path::PathBuf,
-    pub force: bool,
+fn print_member(v: &ClusterStatus, m: &dynia_control::status::MemberStatus) {
+    let s = &v.status;
+    let (up, total) = v.services_up(&m.id);
+    let me = if m.id == s.node { " (this)" } else { "" };
+    let drift = if s.drift.contains(&m.id) { "*" } else { "" };
+    let mut note = Vec::new();
+    if let Some(e) = v.unreachable(&m.id) {
+        note.push(format!("UNREACHABLE: {e}"));
+    } else if !drift.is_empty() {
+        note.push("drift".to_string());
+    }
+    if v.reserved_ip_holders.contains(&m.id) {
+        note.push("holds the Reserved IP".to_string());
+    }
+    println!(
+        "{:<22} {:<8} {:<9} {:>8} {:<16} {:<7} {:>11} {:>9}  {}",
+        format!("{}{}", m.id, me),
+        m.role,
+        m.liveness,
+        m.priority,
+        m.private_ip,
+        m.state,
+        format!(
+            "{}{drift}",
+            m.generation.map_or("?".into(), |g| g.to_string())
+        ),
+        format!("{up}/{total}"),
+        note.join("; ")
+    );
 }
+
+pub use crate::cli::InitArgs;
 
 fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
@@ -249,6 +257,13 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
             }
         }
     }
+    let owner = match a.user.as_deref().map(lookup_user).transpose() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("dynia init: {e}; nothing written");
+            return FAILED;
+        }
+    };
     let dir = node_path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -303,19 +318,18 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
         print_config_errors(&e);
         return FAILED;
     }
-    let written = (|| -> Result<(), String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::create_dir_all(&a.state_dir)
-            .map_err(|e| format!("{}: {e}", a.state_dir.display()))?;
-        config::write_secret(&token_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
-        config::write_secret(&key_path, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
-        dynia_control::store::atomic_write(node_path, node_text.as_bytes())
-            .map_err(|e| format!("{}: {e}", node_path.display()))?;
-        dynia_control::store::atomic_write(&doc_path, doc.to_toml().as_bytes())
-            .map_err(|e| format!("{}: {e}", doc_path.display()))?;
-        Ok(())
-    })();
-    if let Err(e) = written {
+    let files = InitFiles {
+        dir: &dir,
+        state_dir: &a.state_dir,
+        token: &token_path,
+        key: &key_path,
+        node: (node_path, &node_text),
+        doc: (&doc_path, &doc.to_toml()),
+    };
+    if let Err(e) = files.write().and_then(|()| match owner {
+        Some(o) => files.give_to(o),
+        None => Ok(()),
+    }) {
         eprintln!("dynia init: {e}");
         return FAILED;
     }
@@ -329,4 +343,63 @@ pub fn init(node_path: &Path, a: InitArgs) -> u8 {
         node_path.display()
     );
     OK
+}
+
+/// What `dynia init` writes.
+struct InitFiles<'a> {
+    dir: &'a Path,
+    state_dir: &'a Path,
+    token: &'a Path,
+    key: &'a Path,
+    node: (&'a Path, &'a str),
+    doc: (&'a Path, &'a str),
+}
+
+impl InitFiles<'_> {
+    fn write(&self) -> Result<(), String> {
+        fn at(p: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+            move |e| format!("{}: {e}", p.display())
+        }
+        std::fs::create_dir_all(self.dir).map_err(at(self.dir))?;
+        std::fs::create_dir_all(self.state_dir).map_err(at(self.state_dir))?;
+        config::write_secret(self.token, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        config::write_secret(self.key, random_hex(32).as_bytes()).map_err(|e| e.to_string())?;
+        dynia_control::store::atomic_write(self.node.0, self.node.1.as_bytes())
+            .map_err(at(self.node.0))?;
+        dynia_control::store::atomic_write(self.doc.0, self.doc.1.as_bytes())
+            .map_err(at(self.doc.0))?;
+        Ok(())
+    }
+
+    /// `--user`: the daemon (the unit's `User=`) must read the secrets
+    /// (0600) and write the state directory.
+    fn give_to(&self, (uid, gid): (u32, u32)) -> Result<(), String> {
+        for p in [
+            self.token,
+            self.key,
+            self.node.0,
+            self.state_dir,
+            self.doc.0,
+        ] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| format!("chown {}: {e}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The uid and gid of user `name`.
+fn lookup_user(name: &str) -> Result<(u32, u32), String> {
+    let c = std::ffi::CString::new(name).map_err(|_| format!("no user {name:?}"))?;
+    // SAFETY: getpwnam reads a NUL-terminated name and returns a pointer to
+    // static storage (or null), read at once on this thread.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!(
+            "no user {name:?} (the package creates `dynia`; leave --user out to keep the files root's)"
+        ));
+    }
+    // SAFETY: non-null, just returned by getpwnam.
+    let pw = unsafe { &*pw };
+    Ok((pw.pw_uid, pw.pw_gid))
 }

@@ -1,5 +1,6 @@
-//! The `dynia` command's exit statuses, one per kind of result; `dynia
-//! --help` lists them and `docs/control.md` ("Exit status") explains them.
+//! The `dynia` command's exit statuses, one per kind of result: one table,
+//! [`HELP`], printed by `dynia --help` and copied in README.md ("Exit
+//! status"; a test keeps them equal); `docs/control.md` explains them.
 
 use dynia_control::client::ClientError;
 use dynia_control::ops::{OpsError, Report};
@@ -17,12 +18,20 @@ pub const CONFLICT: u8 = 3;
 pub const PARTIAL: u8 = 4;
 /// A daemon that had to answer could not be reached; nothing was changed.
 pub const UNREACHABLE: u8 = 5;
+/// `dynia status` only: the cluster is unhealthy (a member unreachable or
+/// lost, no master or several, drift, a split brain).
+pub const UNHEALTHY: u8 = 6;
 
-/// The help text's section.
-pub const HELP: &str = "Exit status: 0 done on every member; 1 refused or failed, nothing changed; \
-3 conflict (another change won or members differ), nothing changed; \
-4 partial (some members did not take it, or a workflow stopped midway; the printed command resumes); \
-5 a daemon could not be reached, nothing changed. Usage errors exit 2.";
+/// The help text's section: the exit-status table.
+pub const HELP: &str = "\
+Exit status:
+  0  ok: done on every member (status: the cluster is healthy)
+  1  refused or invalid (configuration, arguments, an unknown member, a daemon's refusal) or failed; nothing changed
+  2  usage error (unknown flag, bad value)
+  3  conflict: another change won, or members have different documents; nothing changed
+  4  partial: some members took the change and others did not, or a workflow stopped midway; the printed command resumes
+  5  unreachable: a daemon that had to answer could not be reached; nothing changed
+  6  unhealthy (status): a member unreachable or lost, no master or several, drift, a split brain";
 
 /// The status of a fan-out's report.
 pub fn of_report(r: &Report) -> u8 {
@@ -35,7 +44,8 @@ pub fn of_report(r: &Report) -> u8 {
     }
 }
 
-fn of_client(e: &ClientError) -> u8 {
+/// The status of a call to one daemon that failed.
+pub fn of_client(e: &ClientError) -> u8 {
     match e {
         ClientError::Unreachable { .. } | ClientError::Timeout { .. } => UNREACHABLE,
         ClientError::Conflict { .. } => CONFLICT,
@@ -60,6 +70,17 @@ pub fn of_error(e: &OpsError, reported: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// README.md's "Exit status" section holds the same table as `--help`.
+    #[test]
+    fn readme_has_the_help_table() {
+        let readme = include_str!("../README.md");
+        let table = HELP.strip_prefix("Exit status:\n").unwrap();
+        assert!(
+            readme.contains(&format!("```text\n{table}\n```")),
+            "README.md's exit-status table differs from exit::HELP:\n{table}"
+        );
+    }
     use dynia_control::ops::{MemberOutcome, MemberReport};
 
     fn report(outcomes: Vec<MemberOutcome>, aborted: bool) -> Report {

@@ -21,7 +21,10 @@ use dynia_testkit::upstream::DemoUpstream;
 use dynia_testkit::web::{get, Client};
 
 const WAIT: Duration = Duration::from_secs(20);
-const IDS: [&str; 4] = ["north-fox", "east-owl", "south-elk", "west-yak"];
+/// Member ids: any DNS label (issue 14 item 5), so one-word ids with
+/// digits, as operators name nodes, beside generated-style two-word ones;
+/// `node add --id lb3` in the add test adds one through the CLI.
+const IDS: [&str; 4] = ["lb1", "east-owl", "lb3", "web-04"];
 
 struct Rig {
     nodes: Vec<ClusterNode>,
@@ -310,7 +313,7 @@ async fn admin_api_refuses_bad_calls_and_applies_a_document() {
             .contains("larger than 1048576 bytes"),
         "{text}"
     );
-    let bad = serde_json::json!({"base_generation": 1, "document": "generation = 2\ncluster = \"ctl\"\n[[member]]\nid = \"north-fox\"\nprivate_ip = \"127.0.3.2\"\npriority = 999\n"}).to_string();
+    let bad = serde_json::json!({"base_generation": 1, "document": "generation = 2\ncluster = \"ctl\"\n[[member]]\nid = \"lb1\"\nprivate_ip = \"127.0.3.2\"\npriority = 999\n"}).to_string();
     let (code, text) = admin_call(admin, "PUT", "/v1/cluster", Some(TOKEN), bad.as_bytes()).await;
     assert_eq!(code, 400, "{text}");
     assert!(
@@ -536,10 +539,11 @@ async fn node_add_reaches_every_member_and_concurrent_adds_conflict() {
     }
 }
 
-/// `dynia status --json`, parsed; the public fields (docs/control.md) are there.
-async fn cluster_json(rig: &Rig, i: usize) -> serde_json::Value {
+/// `dynia status --json`, parsed; the public fields (docs/control.md) are
+/// there; it exits `want` (0 healthy, 6 unhealthy).
+async fn cluster_json(rig: &Rig, i: usize, want: i32) -> serde_json::Value {
     let (code, out, err) = rig.cli(i, &["status", "--json"]).await;
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, want, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     for k in ["node", "cluster", "config_hash", "role"] {
         assert!(v[k].is_string(), "{k}: {out}");
@@ -604,7 +608,12 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     // not drift (two reachable members with different documents), and
     // there is no advice to `dynia sync` (a sync cannot reach it).
     let (code, out, err) = rig.cli(1, &["status"]).await;
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, 6, "unhealthy: {out}{err}");
+    assert_eq!(
+        line_starting(&err, "dynia: the cluster is unhealthy"),
+        Some(format!("dynia: the cluster is unhealthy: {} is unreachable", IDS[2]).as_str()),
+        "{err}"
+    );
     let row = line_starting(&out, IDS[2]).unwrap_or_else(|| panic!("{out}"));
     assert!(
         row.contains("UNREACHABLE") && !row.contains("drift"),
@@ -623,7 +632,7 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
             .ends_with(&format!("held by {}", IDS[0])),
         "{out}"
     );
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 6).await;
     assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(ids(&v["unreachable"]), vec![IDS[2].to_string()], "{v}");
     // The node's own /status.json, from adverts: lost once silent, not drift.
@@ -650,9 +659,11 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     })
     .await
     .expect("node 2 to catch up");
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 0).await;
     assert_eq!(v["drift"], serde_json::json!([]), "{v}");
     assert_eq!(v["unreachable"], serde_json::json!([]), "{v}");
+    let (code, out, err) = rig.cli(1, &["status"]).await;
+    assert_eq!(code, 0, "healthy again: {out}{err}");
     let (code, out, err) = rig.cli(0, &["sync"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("in sync"), "{out}");
@@ -662,11 +673,16 @@ async fn a_node_down_during_a_change_catches_up_and_sync_undrain_rollback_conver
     let (g, h) = rig.version(1).await;
     rig.same_generation_change(1, (g, &h), |d| d.services[0].health.rise = 2)
         .await;
-    let (_, out, _) = rig.cli(0, &["status"]).await;
+    let (code, out, err) = rig.cli(0, &["status"]).await;
     let row = line_starting(&out, IDS[1]).unwrap_or_else(|| panic!("{out}"));
     assert!(
         row.contains("drift") && !row.contains("UNREACHABLE"),
         "{out}"
+    );
+    assert_eq!(code, 6, "drift is unhealthy: {out}{err}");
+    assert!(
+        err.contains(&format!("drift: the document differs on {}", IDS[1])),
+        "{err}"
     );
     let (code, out, err) = rig.cli(0, &["sync"]).await;
     assert_eq!(code, 0, "{out}{err}");
@@ -901,7 +917,7 @@ async fn deploy_rolls_health_gated_stops_on_an_unhealthy_member_and_resumes_unde
         out.contains("drift:") && out.contains("dynia sync"),
         "{out}"
     );
-    let v = cluster_json(&rig, 0).await;
+    let v = cluster_json(&rig, 0, 6).await;
     assert_eq!(ids(&v["drift"]), vec![IDS[2].to_string()], "{v}");
     let dom = chromium_dom(&format!("http://{admin}/status"))
         .expect("chromium must be installed (apt-get install -y chromium)");
@@ -1242,7 +1258,7 @@ async fn node_remove_drains_a_long_request_through_it_and_hands_over_mastership_
     );
     assert_eq!(o.status.code(), Some(0), "{out}{err}\n{}", rig.logs());
     assert!(
-        out.contains("nothing in flight to or through north-fox"),
+        out.contains(&format!("nothing in flight to or through {}", IDS[0])),
         "{out}"
     );
     stop.store(true, Ordering::Relaxed);
@@ -1338,6 +1354,66 @@ async fn init_writes_a_node_that_checks_and_runs() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{check:?}");
+    // An id that is not a DNS label is refused by the command line, naming the rule.
+    let bad = std::process::Command::new(bin())
+        .args([
+            "init",
+            "--cluster",
+            "x",
+            "--private-ip",
+            "127.0.8.3",
+            "--id",
+            "LB_1",
+        ])
+        .arg("-c")
+        .arg(dir.0.join("etc/other.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--id") && err.contains("a member id is a DNS label"),
+        "{err}"
+    );
+    // `--user`: as root, the files go to that user (the unit's User=dynia
+    // must read the 0600 secrets); an unknown user writes nothing.
+    let other = dir.0.join("owned");
+    let init_as = |user: &str, d: &std::path::Path| {
+        std::process::Command::new(bin())
+            .args([
+                "init",
+                "--cluster",
+                "x",
+                "--private-ip",
+                "127.0.8.3",
+                "--user",
+                user,
+            ])
+            .arg("--state-dir")
+            .arg(d.join("state"))
+            .arg("-c")
+            .arg(d.join("dynia.toml"))
+            .output()
+            .unwrap()
+    };
+    let none = init_as("no-such-user-here", &other);
+    assert_eq!(none.status.code(), Some(1), "{none:?}");
+    assert!(!other.join("dynia.toml").exists());
+    if unsafe { libc::geteuid() } == 0 {
+        use std::os::unix::fs::MetadataExt;
+        let out = init_as("nobody", &other);
+        assert!(out.status.success(), "{out:?}");
+        for f in [
+            "admin.token",
+            "cluster.key",
+            "dynia.toml",
+            "state",
+            "state/cluster.toml",
+        ] {
+            let meta = std::fs::metadata(other.join(f)).unwrap();
+            assert_eq!(meta.uid(), 65534, "{f} belongs to nobody");
+        }
+    }
     // The generated id is two lowercase words: adjective-animal.
     let id = stdout
         .strip_prefix("initialised member ")
@@ -1453,7 +1529,7 @@ async fn make_active_moves_the_reserved_ip_without_failed_requests() {
         failed.len(),
         &failed[..failed.len().min(3)]
     );
-    let v = cluster_json(&rig, 1).await;
+    let v = cluster_json(&rig, 1, 0).await;
     assert_eq!(
         ids(&v["reserved_ip_holders"]),
         vec![IDS[2].to_string()],

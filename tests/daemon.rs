@@ -471,7 +471,7 @@ async fn out_of_descriptors_the_listener_does_not_serve_and_the_node_goes_fault_
 }
 
 #[tokio::test]
-async fn systemd_readiness_is_notified_once_listening() {
+async fn systemd_readiness_reload_and_status_are_notified() {
     let (_ups, port) = members3().await;
     let files = NodeFiles::new(
         "notify",
@@ -483,15 +483,98 @@ async fn systemd_readiness_is_notified_once_listening() {
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let _d =
-        DaemonProcess::start_with_env(&files, &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())])
-            .await;
-    let mut buf = [0u8; 256];
-    let n = sock.recv(&mut buf).expect("no sd_notify message");
-    let msg = String::from_utf8_lossy(&buf[..n]);
+    let _d = DaemonProcess::start_with_env(
+        &files,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .await;
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("no sd_notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let msg = recv();
     assert!(msg.contains("READY=1"), "{msg}");
+    // The STATUS= line: role, generation, members up (itself at least).
+    let status_line = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_else(|| panic!("no STATUS= with READY=1: {msg}"));
+    assert!(
+        status_line.contains(", generation 1, ") && status_line.ends_with("/3 members up"),
+        "{status_line}"
+    );
     // READY means the proxy listener accepts.
     assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+
+    // The unit's ExecReload= command: RELOADING=1 with MONOTONIC_USEC, then
+    // READY=1; it exits 0 on a good configuration and 1 on a refused one.
+    let exec_reload = || {
+        let unit = include_str!("../deploy/systemd/dynia.service");
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecReload="))
+            .expect("the unit has ExecReload=");
+        let line = line
+            .replace("/usr/bin/dynia", bin())
+            .replace("/etc/dynia/dynia.toml", files.node_file.to_str().unwrap());
+        let mut words = line.split_whitespace();
+        std::process::Command::new(words.next().unwrap())
+            .args(words)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    // The next message with `what`; STATUS= updates may come between.
+    let next_with = |what: &str| loop {
+        let msg = recv();
+        if msg.lines().any(|l| l == what) {
+            return msg;
+        }
+    };
+    let out = exec_reload();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let reloading = next_with("RELOADING=1");
+    let usec = reloading
+        .lines()
+        .find_map(|l| l.strip_prefix("MONOTONIC_USEC="))
+        .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading}"));
+    let now = {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+    };
+    let usec: u64 = usec.parse().unwrap();
+    assert!(
+        usec <= now && now - usec < 20_000_000,
+        "{usec} vs now {now}"
+    );
+    next_with("READY=1");
+    // A refused configuration: the command fails (so `systemctl reload`
+    // does), and systemd still hears READY=1 (the old one keeps serving).
+    files.write_cluster("generation = 2\nnot toml at all [\n");
+    let out = exec_reload();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reload refused"),
+        "{out:?}"
+    );
+    next_with("RELOADING=1");
+    next_with("READY=1");
+    assert_eq!(get(files.proxy_addr, HOST, "/").await.unwrap().status, 200);
+    // WatchdogSec= (here 0.4 s): pinged, the proxy runtime and the election
+    // thread both alive.
+    let t = std::time::Instant::now();
+    next_with("WATCHDOG=1");
+    next_with("WATCHDOG=1");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
 
 #[tokio::test]

@@ -63,12 +63,19 @@ fn promtool_unit_tests_of_the_alert_rules_pass_and_cover_every_rule() {
 }
 
 #[test]
-fn systemd_unit_is_notify_with_reload_by_sighup() {
-    let unit = std::fs::read_to_string(root().join("deploy/dynia.service")).unwrap();
+fn systemd_unit_is_notify_reloads_by_dynia_reload_and_runs_as_dynia() {
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/dynia.service")).unwrap();
+    assert!(
+        !unit.contains("/usr/local/bin"),
+        "the unit names /usr/bin/dynia"
+    );
     for line in [
         "Type=notify",
-        "ExecReload=/bin/kill -HUP $MAINPID",
-        "ExecStart=/usr/local/bin/dynia run -c /etc/dynia/dynia.toml",
+        "User=dynia",
+        "ExecReload=/usr/bin/dynia reload -c /etc/dynia/dynia.toml",
+        "ExecStart=/usr/bin/dynia run -c /etc/dynia/dynia.toml",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/dynia",
     ] {
         assert!(unit.lines().any(|l| l == line), "missing `{line}`");
     }

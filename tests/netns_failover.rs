@@ -426,7 +426,10 @@ fn partition_and_heal_leave_exactly_one_holder() {
     let liveness = |of: usize| {
         let s = rig.status(1)?;
         let ip = rig.c.node_ip(of).to_string();
-        let m = s["members"].as_array()?.iter().find(|m| m["private_ip"] == ip.as_str())?;
+        let m = s["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["private_ip"] == ip.as_str())?;
         m["liveness"].as_str().map(str::to_string)
     };
     assert!(
@@ -434,7 +437,11 @@ fn partition_and_heal_leave_exactly_one_holder() {
         "node 1 does not count node 0 lost: {:?}",
         liveness(0)
     );
-    assert_eq!(liveness(2).as_deref(), Some("heard"), "node 2 seen from node 1");
+    assert_eq!(
+        liveness(2).as_deref(),
+        Some("heard"),
+        "node 2 seen from node 1"
+    );
     // Both sides hold the VIP while split: unavoidable on L2, and harmless
     // as the partitioned side is unreachable.
     rig.c.heal(0);

@@ -151,7 +151,14 @@ async fn status_shows_health_reasons_rates_and_election_transitions() {
 
     let out = files.dynia(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    // brave-two's daemon is not running: the cluster is unhealthy (exit 6),
+    // after the whole view is printed.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{text}{err}");
+    assert!(
+        err.contains("the cluster is unhealthy: brave-two is unreachable"),
+        "{err}"
+    );
     assert!(
         text.lines().any(
             |l| l.starts_with("service web member brave-two: down since") && l.contains("refused")

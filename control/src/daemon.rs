@@ -1,6 +1,7 @@
 //! The daemon's state: the proxy, the election, the loaded files and the
 //! control metrics, reloaded on SIGHUP, `/v1/reload` or an applied document;
-//! the process around it (signals, sd_notify) is [`crate::process`].
+//! the process around it (signals, sd_notify) is [`crate::process`] and
+//! [`crate::notify`].
 //!
 //! Reload discipline (`docs/control.md`): parse and validate everything first; only a
 //! configuration that passed every check reaches the proxy, in one store. An
@@ -165,8 +166,16 @@ impl Daemon {
     }
 
     /// Re-reads both files; applies them only if everything is valid.
+    /// systemd hears `RELOADING=1` before and `READY=1` after, either way.
     pub async fn reload(&self) -> Result<Reloaded, ConfigErrors> {
         let _one_at_a_time = self.reload_lock.lock().await;
+        crate::notify::reloading();
+        let result = self.reload_files().await;
+        crate::notify::ready(&crate::notify::status_line(&self.status()));
+        result
+    }
+
+    async fn reload_files(&self) -> Result<Reloaded, ConfigErrors> {
         let result = load(&self.node_path).and_then(|new| {
             let old = self.loaded();
             warn_restart_only(&old.node, &new.node);

@@ -19,6 +19,7 @@ pub mod loaded;
 pub mod logging;
 pub mod names;
 pub mod node_metrics;
+pub mod notify;
 pub mod ops;
 pub mod page;
 pub mod process;

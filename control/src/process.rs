@@ -1,6 +1,7 @@
 //! The daemon process: the runtime (sized by `node.worker_threads`), the
 //! admin listener and catch-up tasks, signals (SIGHUP reloads, SIGTERM and
-//! SIGINT stop gracefully) and systemd readiness (`sd_notify`). The state it
+//! SIGINT stop gracefully) and systemd readiness (`sd_notify`, in
+//! [`crate::notify`]). The state it
 //! runs is [`crate::daemon::Daemon`]; the shutdown order: `docs/control.md`.
 
 use std::path::Path;
@@ -51,6 +52,7 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
     let admin_local = admin.local_addr().unwrap_or(admin_addr);
     tokio::spawn(crate::admin::serve(daemon.clone(), admin));
     tokio::spawn(crate::catchup::run(daemon.clone()));
+    tokio::spawn(status_loop(daemon.clone()));
     let (mut hup, mut term, mut int) = (
         signal(SignalKind::hangup()).map_err(DaemonError::Runtime)?,
         signal(SignalKind::terminate()).map_err(DaemonError::Runtime)?,
@@ -65,20 +67,20 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
         listeners = ?daemon.proxy().listeners().iter().map(|l| l.local.to_string()).collect::<Vec<_>>(),
         "dynia started"
     );
-    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    crate::notify::ready(&crate::notify::status_line(&daemon.status()));
+    if let Some(every) = crate::notify::watchdog_interval() {
+        start_watchdog(daemon.clone(), every);
+    }
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                notify_systemd(&[sd_notify::NotifyState::Reloading]);
-                let _ = daemon.reload().await;
-                notify_systemd(&[sd_notify::NotifyState::Ready]);
-            }
+            // Daemon::reload tells systemd RELOADING=1 … READY=1 itself.
+            _ = hup.recv() => { let _ = daemon.reload().await; }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = daemon.stop_requested() => break,
         }
     }
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    crate::notify::stopping();
     if let Some(e) = daemon.election() {
         // Resign first (priority 0) and hand the Reserved IP over while still serving.
         e.shutdown(Duration::from_secs(5)).await;
@@ -93,9 +95,52 @@ async fn serve(node_path: &Path, loaded: Loaded) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn notify_systemd(state: &[sd_notify::NotifyState]) {
-    // Outside systemd NOTIFY_SOCKET is unset and this does nothing.
-    if let Err(e) = sd_notify::notify(false, state) {
-        tracing::debug!(error = %e, "sd_notify failed");
+/// How often the `STATUS=` line is recomputed (sent only when it changed).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps systemd's `STATUS=` line current (role, generation, members up).
+async fn status_loop(daemon: std::sync::Arc<Daemon>) {
+    let mut last = crate::notify::status_line(&daemon.status());
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = daemon.stop_requested() => return,
+        }
+        let line = crate::notify::status_line(&daemon.status());
+        if line != last {
+            crate::notify::status(&line);
+            last = line;
+        }
+    }
+}
+
+/// How old a proxy heartbeat or election beat may be for a watchdog ping.
+const ALIVE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Pings systemd's watchdog four times per interval from a thread of its
+/// own, each time only if the proxy runtime and the election thread both
+/// proved alive within [`ALIVE_WITHIN`]; a stall longer than the interval
+/// gets the process killed and restarted (`Restart=on-failure`).
+fn start_watchdog(daemon: std::sync::Arc<Daemon>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("dynia-watchdog".into())
+        .spawn(move || {
+            let mut was_ok = true;
+            loop {
+                std::thread::sleep(every / 4);
+                let proxy = daemon.proxy().runtime_alive();
+                let election = daemon.election().map(|e| e.view().loop_alive(ALIVE_WITHIN));
+                let ok = crate::notify::watchdog_ok(proxy, election);
+                if ok {
+                    crate::notify::watchdog_ping();
+                } else if was_ok {
+                    tracing::error!(proxy_alive = proxy, election_alive = ?election, "watchdog ping withheld: a runtime is stalled");
+                }
+                was_ok = ok;
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "watchdog thread not started; systemd will restart dynia");
     }
 }

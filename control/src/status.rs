@@ -288,6 +288,48 @@ impl ClusterStatus {
             .collect()
     }
 
+    /// Why the cluster is unhealthy, one reason each; empty when it is
+    /// healthy: every member answered and is heard, exactly one master,
+    /// no drift, no split brain. `dynia status` exits non-zero on any.
+    pub fn problems(&self) -> Vec<String> {
+        let s = &self.status;
+        let mut out: Vec<String> = self
+            .unreachable
+            .iter()
+            .map(|u| format!("{} is unreachable", u.id))
+            .collect();
+        for id in s.lost.iter().filter(|id| self.unreachable(id).is_none()) {
+            out.push(format!("{id} is lost (this node no longer hears it)"));
+        }
+        let masters: Vec<&str> = s
+            .members
+            .iter()
+            .filter(|m| {
+                if m.id == s.node {
+                    s.role == "master"
+                } else {
+                    m.role == "master"
+                }
+            })
+            .map(|m| m.id.as_str())
+            .collect();
+        match masters.len() {
+            0 => out.push("no member is master".into()),
+            1 => {}
+            _ => out.push(format!("several masters: {}", masters.join(", "))),
+        }
+        if !s.drift.is_empty() {
+            out.push(format!(
+                "drift: the document differs on {}",
+                s.drift.join(", ")
+            ));
+        }
+        for (m, h) in &self.stepped_back {
+            out.push(format!("split brain: {m} cannot hear {h}"));
+        }
+        out
+    }
+
     /// One line naming the reachable members in drift and the command that
     /// fixes it; `None` when every member that answered has this node's
     /// document.
@@ -426,6 +468,53 @@ mod tests {
         ] {
             assert!(v.get(k).is_some(), "{k}");
         }
+    }
+
+    #[test]
+    fn problems_name_unreachable_lost_masterless_and_drift() {
+        let ok = |id: &str, role: &str| Ok(node(id, 2, "h2", role, false));
+        let healthy = combine(
+            node("a-fox", 2, "h2", "master", true),
+            vec![
+                ("b-owl".into(), ok("b-owl", "backup")),
+                ("c-elk".into(), ok("c-elk", "backup")),
+            ],
+        );
+        assert_eq!(healthy.problems(), Vec::<String>::new());
+        let mut local = node("a-fox", 2, "h2", "backup", false);
+        local.lost = vec!["b-owl".into()];
+        let sick = combine(
+            local,
+            vec![
+                ("b-owl".into(), ok("b-owl", "backup")),
+                ("c-elk".into(), Err("connection refused".into())),
+            ],
+        );
+        assert_eq!(
+            sick.problems(),
+            vec![
+                "c-elk is unreachable".to_string(),
+                "b-owl is lost (this node no longer hears it)".into(),
+                "no member is master".into(),
+            ]
+        );
+        let two = combine(
+            node("a-fox", 2, "h2", "master", true),
+            vec![
+                (
+                    "b-owl".into(),
+                    Ok(node("b-owl", 2, "other", "master", false)),
+                ),
+                ("c-elk".into(), ok("c-elk", "backup")),
+            ],
+        );
+        assert_eq!(
+            two.problems(),
+            vec![
+                "several masters: a-fox, b-owl".to_string(),
+                "drift: the document differs on b-owl".into()
+            ]
+        );
     }
 
     #[test]

@@ -378,8 +378,9 @@ fn cluster_rules_each_at_their_place() {
     #[rustfmt::skip]
     let cases: &[(&str, &str, &str, &str)] = &[
         // (replace, with, error at, message says)
-        ("id = \"misty-owl\"", "id = \"MistyOwl\"", "\"MistyOwl\"", "two lowercase words"),
-        ("id = \"misty-owl\"", "id = \"misty-owl-x\"", "\"misty-owl-x\"", "two lowercase words"),
+        ("id = \"misty-owl\"", "id = \"MistyOwl\"", "\"MistyOwl\"", "member id \"MistyOwl\" is invalid: it has uppercase letters"),
+        ("id = \"misty-owl\"", "id = \"lb_1\"", "\"lb_1\"", "a member id is a DNS label"),
+        ("id = \"misty-owl\"", "id = \"-lb1\"", "\"-lb1\"", "starts or ends with '-'"),
         ("priority = 150", "priority = 0", "0\n\n[[service]]", "between 1 and 254"),
         ("priority = 150", "priority = 255", "255", "between 1 and 254"),
         ("cluster = \"myapp\"", "cluster = \"\"", "\"\"", "cluster name"),
@@ -611,14 +612,23 @@ fn plain_http_api_only_on_loopback_or_when_allowed() {
 }
 
 #[test]
-fn node_id_must_be_two_words() {
-    let text = node_with("\"misty-owl\"", "\"misty\"");
+fn node_id_must_be_a_dns_label() {
+    let text = node_with("\"misty-owl\"", "\"lb.1\"");
     one_error(
         node_errors(&text),
         &text,
-        "\"misty\"",
-        "two lowercase words",
+        "\"lb.1\"",
+        "member id \"lb.1\" is invalid: only a-z, 0-9 and '-' are allowed",
     );
+}
+
+#[test]
+fn one_word_and_digit_ids_are_accepted() {
+    for id in ["lb1", "lb2", "web-01", "node"] {
+        let text = node_with("\"misty-owl\"", &format!("\"{id}\""));
+        let n = parse_node_file(&text, "dynia.toml").unwrap();
+        assert_eq!(n.node.id, id);
+    }
 }
 
 // ---------------------------------------------------------------- node + cluster

@@ -380,6 +380,12 @@ impl Proxy {
             .collect()
     }
 
+    /// Whether the proxy runtime runs tasks: its heartbeat task stamped the
+    /// time within [`HEARTBEAT_STALE`]. Callable from any thread.
+    pub fn runtime_alive(&self) -> bool {
+        self.shared.runtime_alive(self.shared.now_ms())
+    }
+
     /// Whether this node's proxy can serve: its runtime runs tasks (recent
     /// heartbeat), every listener is accepting (see [`Proxy::listeners`]), and,
     /// if any service is configured, at least one service has a member not DOWN.

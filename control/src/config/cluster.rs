@@ -120,7 +120,7 @@ pub enum MemberState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Member {
-    /// Two lowercase words joined by a dash: `misty-owl`.
+    /// A DNS label: `lb1`, `misty-owl` (`crate::names::check`).
     pub id: String,
     /// Where the proxy and the election reach this member.
     pub private_ip: IpAddr,

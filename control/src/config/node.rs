@@ -100,7 +100,7 @@ impl fmt::Debug for Origin {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
-    /// This node's member id in the cluster document (`misty-owl`).
+    /// This node's member id in the cluster document (a DNS label: `lb1`, `misty-owl`).
     pub id: String,
     /// The private IP, or "auto" to read it from the metadata service.
     pub private_ip: PrivateIp,

@@ -510,11 +510,21 @@ fn health(p: &mut Problems, i: usize, h: &HealthChecks) {
         );
     }
     if let Some(fast) = h.fastinter {
-        within(p, kp!["service", i, "health", "fastinter"], "fastinter", fast, ms(10), secs(3600));
+        within(
+            p,
+            kp!["service", i, "health", "fastinter"],
+            "fastinter",
+            fast,
+            ms(10),
+            secs(3600),
+        );
         if fast > h.interval && fast >= ms(10) && h.interval >= ms(100) {
             p.push(
                 kp!["service", i, "health", "fastinter"],
-                format!("fastinter {fast} is longer than interval {}; set it at most the interval", h.interval),
+                format!(
+                    "fastinter {fast} is longer than interval {}; set it at most the interval",
+                    h.interval
+                ),
             );
         }
     }
@@ -616,24 +626,14 @@ fn non_empty_path(p: &mut Problems, path: KeyPath, value: &std::path::Path) {
     }
 }
 
-/// Member ids: two lowercase ASCII words joined by one dash, `misty-owl`.
+/// Member ids: a DNS label ([`crate::names::check`]), `lb1` or `misty-owl`.
 fn member_id(p: &mut Problems, path: KeyPath, id: &str) {
-    if !is_member_id(id) {
+    if let Err(why) = crate::names::check(id) {
         p.push(
             path,
-            format!(
-                "member id {id:?} must be two lowercase words (a-z) joined by one dash, like \"misty-owl\""
-            ),
+            format!("member id {id:?} is invalid: {why}; {}", crate::names::RULE),
         );
     }
-}
-
-fn is_member_id(id: &str) -> bool {
-    let mut words = id.split('-');
-    let ok = |w: Option<&str>| {
-        w.is_some_and(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
-    };
-    id.len() <= 63 && ok(words.next()) && ok(words.next()) && words.next().is_none()
 }
 
 fn is_simple_name(name: &str) -> bool {
@@ -717,27 +717,6 @@ fn plain_http_off_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn member_ids() {
-        for good in ["misty-owl", "a-b", "brave-panda"] {
-            assert!(is_member_id(good), "{good}");
-        }
-        for bad in [
-            "misty",
-            "misty-owl-x",
-            "Misty-owl",
-            "misty--owl",
-            "-owl",
-            "misty-",
-            "misty_owl",
-            "misty-0wl",
-            "",
-            "mïsty-owl",
-        ] {
-            assert!(!is_member_id(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn host_patterns() {

@@ -133,6 +133,7 @@ impl Shell {
                     self.liveness_tick();
                 }
                 _ = track.tick() => {
+                    self.view.beat();
                     let now_serving = can_serve();
                     if now_serving != serving {
                         serving = now_serving;

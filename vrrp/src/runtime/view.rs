@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::advert::SenderRole;
 use crate::election::Role;
@@ -35,6 +35,11 @@ pub struct ElectionView {
     /// The other members as the cluster document lists them now (the
     /// follower maps a holder's droplet id to a member with it).
     members: Mutex<Arc<Vec<ElectionPeer>>>,
+    /// When the view was made; [`ElectionView::beat`] stamps are relative to it.
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the election loop last went round
+    /// (its tracking tick, at least every 200 ms); `u64::MAX`: never.
+    beat_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -51,7 +56,24 @@ impl ElectionView {
             peers: Mutex::new(HashMap::new()),
             liveness: Mutex::new(HashMap::new()),
             members: Mutex::new(Arc::new(members)),
+            epoch: Instant::now(),
+            beat_ms: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The election loop went round (called on the election thread).
+    pub(crate) fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.beat_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the election loop went round within `stale`: the election
+    /// thread and its runtime run (systemd's watchdog pings need it).
+    pub fn loop_alive(&self, stale: Duration) -> bool {
+        let beat = self.beat_ms.load(Ordering::Relaxed);
+        beat != u64::MAX
+            && (self.epoch.elapsed().as_millis() as u64).saturating_sub(beat)
+                <= stale.as_millis() as u64
     }
 
     pub fn role(&self) -> Role {
@@ -132,5 +154,20 @@ impl ElectionView {
         lock(&self.peers).retain(|a, _| members.iter().any(|p| p.addr == *a));
         lock(&self.liveness).retain(|a, _| members.iter().any(|p| p.addr == *a));
         *lock(&self.members) = Arc::new(members.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loop_is_alive_only_after_a_recent_beat() {
+        let v = ElectionView::new(100, Vec::new());
+        assert!(!v.loop_alive(Duration::from_secs(1)), "never went round");
+        v.beat();
+        assert!(v.loop_alive(Duration::from_secs(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!v.loop_alive(Duration::ZERO), "a stale beat");
     }
 }

@@ -24,6 +24,10 @@ pub fn add_member(
     let taken: Vec<&str> = doc.members.iter().map(|m| m.id.as_str()).collect();
     m.id = match id {
         Some(id) if taken.contains(&id.as_str()) => return Err(PlanError::IdTaken(id)),
+        Some(id) if crate::names::check(&id).is_err() => {
+            let why = crate::names::check(&id).unwrap_err();
+            return Err(PlanError::BadId { id, why });
+        }
         Some(id) => id,
         None => crate::names::generate(&taken).ok_or(PlanError::NoFreeId)?,
     };

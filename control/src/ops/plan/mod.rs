@@ -24,6 +24,8 @@ pub enum PlanError {
     NoMember { id: String, ids: Vec<String> },
     #[error("member id {0:?} is taken; pick another or leave --id out")]
     IdTaken(String),
+    #[error("--id {id:?} is invalid: {why}; {}", crate::names::RULE)]
+    BadId { id: String, why: &'static str },
     #[error("no free two-word id left")]
     NoFreeId,
     #[error("{ip} is already the private IP of member {id}")]

@@ -9,7 +9,7 @@ use super::L2;
 use crate::driver::DriverError;
 
 pub(super) const HINT_CAPS: &str =
-    "the l2 driver needs CAP_NET_ADMIN and CAP_NET_RAW; run as root or see deploy/dynia.service";
+    "the l2 driver needs CAP_NET_ADMIN and CAP_NET_RAW; run as root or see deploy/systemd/dynia.service";
 pub(super) const HINT_INTERFACE: &str =
     "check [reserved_ip] interface in the node file: it must name an Ethernet interface of this node (see `ip link`)";
 pub(super) const HINT_ADDRESS: &str =
