@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use crate::advert::AdvertKey;
 use crate::election::{heartbeat_every_ms, ElectionConfig, Priority};
+
+/// The least a `dynia` node waits, beyond Master_Down_Interval, before it
+/// takes over at start: members started "together" (a fleet booting, a
+/// loaded machine) are seldom within a heartbeat of each other, and a node
+/// that hears a higher one in that time leaves it the take-over. A node
+/// that starts while a master runs hears its adverts and never waits.
+pub const START_GRACE_MIN: Duration = Duration::from_secs(2);
 use crate::hooks::ElectionHooks;
 
 /// How adverts travel (see `docs/election.md`, "Transports").
@@ -69,7 +76,8 @@ impl ElectionSettings {
         cfg.preempt_delay = self.preempt_delay;
         if self.transport == TransportKind::Dynia {
             let advert = u32::try_from(self.advert_interval.as_millis()).unwrap_or(u32::MAX);
-            cfg.start_grace = Duration::from_millis(heartbeat_every_ms(advert).into());
+            let heartbeat = Duration::from_millis(heartbeat_every_ms(advert).into());
+            cfg.start_grace = heartbeat.max(START_GRACE_MIN);
         }
         cfg
     }
