@@ -82,6 +82,8 @@ pub(super) async fn api(s: &SimShared, req: Request<Incoming>) -> Response<Full<
         at,
         instant: now,
     });
+    drop(w);
+    s.served.notify_waiters();
     resp
 }
 

@@ -101,6 +101,7 @@ impl DoSim {
                 calls: VecDeque::new(),
             }),
             accepted: Arc::new(AtomicU64::new(0)),
+            served: tokio::sync::Notify::new(),
         });
         let s = shared.clone();
         let server = spawn_server(listener, shared.accepted.clone(), move |req| {
@@ -161,6 +162,26 @@ impl DoSim {
     }
 
     /// True while an action on `ip` is in progress.
+    /// Waits until `cond` holds, looking again after each API call the
+    /// simulator answers (the calls are what change it); `false` after
+    /// `limit` (tokio's clock, so a paused test clock runs it forward).
+    pub async fn until_served(
+        &self,
+        limit: Duration,
+        mut cond: impl FnMut(&DoSim) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = self.shared.served.notified();
+            if cond(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, next).await.is_err() {
+                return cond(self);
+            }
+        }
+    }
+
     pub fn is_locked(&self, ip: IpAddr) -> bool {
         self.shared
             .world()

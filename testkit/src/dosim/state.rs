@@ -158,6 +158,8 @@ pub(super) struct SimShared {
     pub(super) world: Mutex<World>,
     /// TCP connections the API server accepted (keep-alive shows as few).
     pub(super) accepted: Arc<AtomicU64>,
+    /// Woken after every API call is answered (see `DoSim::until_served`).
+    pub(super) served: tokio::sync::Notify,
 }
 
 impl SimShared {

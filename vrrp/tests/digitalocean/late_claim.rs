@@ -77,9 +77,10 @@ async fn a_late_claim_on_a_backup_is_handed_to_the_master() {
     );
     let d = me.clone();
     let claim = tokio::spawn(async move { d.claim().await });
-    while posts(&sim.api_calls()).is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let posted = sim.until_served(Duration::from_secs(30), |s| {
+        !posts(&s.api_calls()).is_empty()
+    });
+    assert!(posted.await, "the claim's POST never went out");
     // ...and it steps down (a higher master is heard): the claim is
     // abandoned, but the assign runs on at the API.
     claim.abort();

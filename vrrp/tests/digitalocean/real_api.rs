@@ -115,9 +115,8 @@ async fn with_11_s_actions_a_claim_waits_the_lock_out_then_succeeds_first_time()
     let old = driver(real_cfg(&sim, OTHER)).await;
     sim.set_same_droplet_assign(SameDropletAssign::NewAction);
     let reassert = tokio::spawn(async move { old.claim().await });
-    while !sim.is_locked(RIP) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let locked = sim.until_served(Duration::from_secs(30), |s| s.is_locked(RIP));
+    assert!(locked.await, "the first assign never locked the IP");
     let (buf, _g) = capture();
     let d = driver(real_cfg(&sim, ME)).await;
     let t0 = Instant::now();
@@ -279,9 +278,8 @@ async fn refusals_that_are_not_ours_are_clear_errors() {
     c2.address = second;
     let other_ip = DigitalOcean::new(c2).await.unwrap();
     let bg = tokio::spawn(async move { other_ip.claim().await });
-    while !sim.is_locked(second) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let locked = sim.until_served(Duration::from_secs(30), |s| s.is_locked(second));
+    assert!(locked.await, "the first assign never locked the IP");
     sim.clear_calls();
     let e = d.claim().await.expect_err("one Reserved IP per droplet");
     bg.await.unwrap().unwrap();
