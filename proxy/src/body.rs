@@ -204,3 +204,14 @@ impl Stall {
         timer.as_mut().poll(cx).is_ready()
     }
 }
+
+/// A response made by the proxy itself.
+pub fn local(status: http::StatusCode, text: &'static str) -> http::Response<RespBody> {
+    let mut r = http::Response::new(RespBody::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

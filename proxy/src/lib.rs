@@ -10,6 +10,8 @@ pub mod backend;
 pub mod body;
 pub mod config;
 mod conn;
+mod connect;
+mod exchange;
 pub mod forward;
 pub mod health;
 pub mod hedge;
@@ -20,6 +22,7 @@ pub mod route;
 pub mod server;
 pub mod state;
 pub mod tls;
+mod tunnel;
 pub mod upload;
 
 use std::net::SocketAddr;
