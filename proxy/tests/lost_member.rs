@@ -3,21 +3,19 @@
 //! another member at once; no new request goes to it; heard again, it waits
 //! for a passing health check. Members on 127.0.0.x.
 
+mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::HOST;
 
-use dynia_proxy::{
-    AdminState, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, Proxy,
-    ProxyConfig, ServiceConfig,
-};
+use dynia_proxy::{HealthConfig, Limits, Proxy};
 use dynia_testkit::eventually_async;
 use dynia_testkit::upstream::DemoUpstream;
 use dynia_testkit::web::{get, read_request};
 use tokio::net::TcpListener;
 
-const HOST: &str = "app.example.com";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A member that reads requests and never answers (as a node that died with
@@ -40,34 +38,6 @@ async fn mute(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
-fn config(members: &[(&str, SocketAddr)]) -> ProxyConfig {
-    ProxyConfig {
-        generation: 1,
-        listeners: vec![ListenerConfig {
-            name: "http".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            redirect_https: false,
-            certificates: Vec::new(),
-        }],
-        limits: Limits::default(),
-        services: vec![ServiceConfig {
-            name: "web".into(),
-            hosts: vec![HostPattern::parse(HOST).unwrap()],
-            retries: 2,
-            health: HealthConfig::default(),
-            hsts: None,
-            members: members
-                .iter()
-                .map(|(id, addr)| MemberConfig {
-                    id: Arc::from(*id),
-                    addr: *addr,
-                    state: AdminState::Active,
-                })
-                .collect(),
-        }],
-    }
-}
-
 #[tokio::test]
 async fn a_request_waiting_on_a_lost_member_goes_to_another_at_once() {
     let good = DemoUpstream::start("127.0.0.50:0".parse().unwrap(), "good")
@@ -76,7 +46,12 @@ async fn a_request_waiting_on_a_lost_member_goes_to_another_at_once() {
     let (mute_addr, mute_seen) = mute("127.0.0.51").await;
     let registry = prometheus::Registry::new();
     let members = [("good", good.addr), ("mute", mute_addr)];
-    let proxy = Proxy::start(config(&members), &registry).await.unwrap();
+    let proxy = Proxy::start(
+        support::active(&members, HealthConfig::default(), Limits::default()),
+        &registry,
+    )
+    .await
+    .unwrap();
     let addr = proxy.listeners()[0].local;
 
     // Round robin: of two GETs at once, one waits on the mute member.

@@ -1,23 +1,21 @@
 //! The proxy against real members on 127.0.0.x: balancing, health, retries,
 //! drain, limits, tunnels and streaming, as a user would check them.
 
+mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{one_service, HOST};
 
-use dynia_proxy::{
-    AdminState, Health, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, Proxy,
-    ProxyConfig, ServiceConfig,
-};
+use dynia_proxy::{AdminState, Health, HealthConfig, HostPattern, Limits, Proxy};
 use dynia_testkit::eventually_async;
 use dynia_testkit::upstream::DemoUpstream;
 use dynia_testkit::web::{get, read_request, reset, write_ok, Client, RawMember};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const HOST: &str = "app.example.com";
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fast_health() -> HealthConfig {
@@ -25,38 +23,6 @@ fn fast_health() -> HealthConfig {
         interval: Duration::from_millis(50),
         timeout: Duration::from_millis(500),
         ..HealthConfig::default()
-    }
-}
-
-fn config(
-    members: &[(&str, SocketAddr, AdminState)],
-    health: HealthConfig,
-    limits: Limits,
-) -> ProxyConfig {
-    ProxyConfig {
-        generation: 1,
-        listeners: vec![ListenerConfig {
-            name: "http".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            redirect_https: false,
-            certificates: Vec::new(),
-        }],
-        limits,
-        services: vec![ServiceConfig {
-            name: "web".into(),
-            hosts: vec![HostPattern::parse(HOST).unwrap()],
-            retries: 2,
-            health,
-            hsts: None,
-            members: members
-                .iter()
-                .map(|(id, addr, state)| MemberConfig {
-                    id: Arc::from(*id),
-                    addr: *addr,
-                    state: *state,
-                })
-                .collect(),
-        }],
     }
 }
 
@@ -83,7 +49,7 @@ impl Rig {
             .map(|u| (&*u.id, u.addr, AdminState::Active))
             .collect();
         let registry = prometheus::Registry::new();
-        let proxy = Proxy::start(config(&members, health, limits), &registry)
+        let proxy = Proxy::start(one_service(&members, health, limits), &registry)
             .await
             .unwrap();
         let addr = proxy.listeners()[0].local;
@@ -362,7 +328,7 @@ async fn drained_member_finishes_its_request_and_gets_no_new_ones() {
     let mut states = [AdminState::Active; 3];
     states[busy] = AdminState::Drain;
     rig.proxy
-        .apply(config(
+        .apply(one_service(
             &rig.members(&states),
             fast_health(),
             Limits::default(),
@@ -565,7 +531,7 @@ async fn reload_keeps_health_of_remaining_members_and_stops_removed_ones() {
     // Drop member-2; member-0 must still be DOWN right after the swap.
     let members = rig.members(&[AdminState::Active; 3]);
     rig.proxy
-        .apply(config(&members[..2], fast_health(), Limits::default()))
+        .apply(one_service(&members[..2], fast_health(), Limits::default()))
         .unwrap();
     let st = rig.proxy.status();
     assert_eq!(st[0].members.len(), 2);
@@ -659,7 +625,7 @@ async fn removed_member_finishes_its_inflight_request() {
         .map(|(_, m)| m)
         .collect();
     rig.proxy
-        .apply(config(&keep, fast_health(), Limits::default()))
+        .apply(one_service(&keep, fast_health(), Limits::default()))
         .unwrap();
     let gone = rig.ups[busy].id.to_string();
     let mut c = Client::connect(rig.addr).await.unwrap();
@@ -756,7 +722,7 @@ impl Plain {
         limits: Limits,
     ) -> Plain {
         let registry = prometheus::Registry::new();
-        let proxy = Proxy::start(config(members, health, limits), &registry)
+        let proxy = Proxy::start(one_service(members, health, limits), &registry)
             .await
             .unwrap();
         let addr = proxy.listeners()[0].local;
@@ -1643,7 +1609,7 @@ fn stalled_proxy_runtime_cannot_serve() {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut cfg = config(&[], fast_health(), Limits::default());
+            let mut cfg = one_service(&[], fast_health(), Limits::default());
             cfg.services.clear();
             let proxy = Proxy::start(cfg, &prometheus::Registry::new())
                 .await
@@ -1686,7 +1652,7 @@ async fn round_robin_goes_on_across_reloads() {
     let mut answers = Vec::new();
     for i in 0..30 {
         answers.push(c.get(HOST, "/").await.unwrap());
-        let mut cfg = config(&members, fast_health(), Limits::default());
+        let mut cfg = one_service(&members, fast_health(), Limits::default());
         cfg.generation = 2 + i;
         rig.proxy.apply(cfg).unwrap();
     }
@@ -1703,7 +1669,7 @@ async fn removed_service_leaves_the_metrics() {
     let rig = Rig::new(1, fast_health(), Limits::default()).await;
     rig.all_up().await;
     let members = rig.members(&[AdminState::Active]);
-    let mut two = config(&members, fast_health(), Limits::default());
+    let mut two = one_service(&members, fast_health(), Limits::default());
     let mut api = two.services[0].clone();
     api.name = "api".into();
     api.hosts = vec![HostPattern::parse("api.example.com").unwrap()];
@@ -1723,7 +1689,7 @@ async fn removed_service_leaves_the_metrics() {
     );
     assert_eq!(get(rig.addr, HOST, "/").await.unwrap().status, 200);
     assert!(rig.metrics().contains("service=\"api\""));
-    let mut one = config(&members, fast_health(), Limits::default());
+    let mut one = one_service(&members, fast_health(), Limits::default());
     one.generation = 3;
     rig.proxy.apply(one).unwrap();
     let m = rig.metrics();

@@ -6,22 +6,20 @@
 //! that loses the race but succeeds later is no failure and goes to the pool.
 //! Members on 127.0.0.x.
 
+mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::HOST;
 
-use dynia_proxy::{
-    AdminState, Health, HealthConfig, HostPattern, Limits, ListenerConfig, MemberConfig, Proxy,
-    ProxyConfig, ServiceConfig,
-};
+use dynia_proxy::{Health, HealthConfig, Limits, Proxy};
 use dynia_testkit::eventually_async;
 use dynia_testkit::upstream::DemoUpstream;
 use dynia_testkit::web::{read_request, write_ok, Client};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-const HOST: &str = "app.example.com";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A listening port that answers no SYN: `listen(0)`, never accepted, its
@@ -81,34 +79,6 @@ impl Unanswered {
     }
 }
 
-fn config(members: &[(&str, SocketAddr)], health: HealthConfig, limits: Limits) -> ProxyConfig {
-    ProxyConfig {
-        generation: 1,
-        listeners: vec![ListenerConfig {
-            name: "http".into(),
-            bind: "127.0.0.1:0".parse().unwrap(),
-            redirect_https: false,
-            certificates: Vec::new(),
-        }],
-        limits,
-        services: vec![ServiceConfig {
-            name: "web".into(),
-            hosts: vec![HostPattern::parse(HOST).unwrap()],
-            retries: 2,
-            health,
-            hsts: None,
-            members: members
-                .iter()
-                .map(|(id, addr)| MemberConfig {
-                    id: Arc::from(*id),
-                    addr: *addr,
-                    state: AdminState::Active,
-                })
-                .collect(),
-        }],
-    }
-}
-
 fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
@@ -151,7 +121,7 @@ async fn unanswered_member_costs_no_failed_or_slow_get_and_leaves_within_fall_fa
     let registry = prometheus::Registry::new();
     let members = [("good", good.addr), ("hole", hole.addr)];
     let started = Instant::now();
-    let proxy = Proxy::start(config(&members, health.clone(), limits), &registry)
+    let proxy = Proxy::start(support::active(&members, health.clone(), limits), &registry)
         .await
         .unwrap();
     let addr = proxy.listeners()[0].local;
@@ -225,9 +195,12 @@ async fn connect_abandoned_by_a_leaving_client_counts_as_a_passive_failure() {
         ..Limits::default()
     };
     let registry = prometheus::Registry::new();
-    let proxy = Proxy::start(config(&[("hole", hole.addr)], health, limits), &registry)
-        .await
-        .unwrap();
+    let proxy = Proxy::start(
+        support::active(&[("hole", hole.addr)], health, limits),
+        &registry,
+    )
+    .await
+    .unwrap();
     let addr = proxy.listeners()[0].local;
 
     // The client leaves while the proxy is still connecting.
@@ -273,9 +246,12 @@ async fn hedged_connect_that_succeeds_late_is_no_failure_and_is_pooled() {
     let registry = prometheus::Registry::new();
     // The rotation starts with the first member: the slow one.
     let members = [("slow", slow.addr), ("good", good.addr)];
-    let proxy = Proxy::start(config(&members, health, Limits::default()), &registry)
-        .await
-        .unwrap();
+    let proxy = Proxy::start(
+        support::active(&members, health, Limits::default()),
+        &registry,
+    )
+    .await
+    .unwrap();
     let mut client = Client::connect(proxy.listeners()[0].local).await.unwrap();
     let t = Instant::now();
     let a = client.get(HOST, "/").await.unwrap();
@@ -324,7 +300,7 @@ async fn member_failing_its_first_checks_is_not_down_before_fall() {
     let fall = health.fall;
     let registry = prometheus::Registry::new();
     let proxy = Proxy::start(
-        config(&[("late", late.addr)], health, Limits::default()),
+        support::active(&[("late", late.addr)], health, Limits::default()),
         &registry,
     )
     .await
