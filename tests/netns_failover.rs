@@ -102,18 +102,7 @@ impl Rig {
     }
 
     fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let ns = self.c.client_ns().to_string();
-        let a = self
-            .c
-            .get_from(
-                &ns,
-                self.c.node_ip(i),
-                ADMIN_PORT,
-                "/status.json",
-                Duration::from_secs(1),
-            )
-            .ok()?;
-        serde_json::from_str(&a.body).ok()
+        self.c.status_json(i, ADMIN_PORT)
     }
 
     fn role(&self, i: usize) -> String {

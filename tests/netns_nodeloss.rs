@@ -131,17 +131,7 @@ impl Rig {
     }
 
     fn status(&self, i: usize) -> Option<serde_json::Value> {
-        let a = self
-            .c
-            .get_from(
-                self.c.client_ns(),
-                self.c.node_ip(i),
-                ADMIN_PORT,
-                "/status.json",
-                Duration::from_secs(1),
-            )
-            .ok()?;
-        serde_json::from_str(&a.body).ok()
+        self.c.status_json(i, ADMIN_PORT)
     }
 
     fn role(&self, i: usize) -> String {
@@ -262,19 +252,8 @@ fn watch(load: PacedLoad, t0: Instant) -> (LossFigures, Vec<PacedSample>) {
 /// The failed requests after `t0`, one line each, the first few (for the
 /// failure message).
 fn failures(samples: &[PacedSample], t0: Instant) -> String {
-    let failed: Vec<&PacedSample> = samples.iter().filter(|s| s.start >= t0 && !s.ok).collect();
-    let mut lines: Vec<String> = failed
-        .iter()
-        .take(8)
-        .map(|s| {
-            format!(
-                "+{:.0} ms ({:.0} ms): {}",
-                (s.start - t0).as_secs_f64() * 1000.0,
-                s.latency.as_secs_f64() * 1000.0,
-                s.detail
-            )
-        })
-        .collect();
+    let failed: Vec<&PacedSample> = dynia_testkit::paced::failed_from(samples, t0).collect();
+    let mut lines: Vec<String> = failed.iter().take(8).map(|s| s.describe(t0)).collect();
     if failed.len() > lines.len() {
         lines.push(format!("… {} more", failed.len() - lines.len()));
     }

@@ -508,6 +508,21 @@ impl NetnsCluster {
         self.get_from(&self.client, addr, port, path, Duration::from_secs(1))
     }
 
+    /// Node `i`'s `/status.json` (admin on `port`), read from the client
+    /// namespace within 1 s; `None` if it does not answer or is not JSON.
+    pub fn status_json(&self, i: usize, port: u16) -> Option<serde_json::Value> {
+        let a = self
+            .get_from(
+                self.client_ns(),
+                self.node_ip(i),
+                port,
+                "/status.json",
+                Duration::from_secs(1),
+            )
+            .ok()?;
+        serde_json::from_str(&a.body).ok()
+    }
+
     /// Like [`client_get`](Self::client_get) from any namespace, with a bound.
     pub fn get_from(
         &self,

@@ -31,6 +31,22 @@ impl PacedSample {
     pub fn end(&self) -> Instant {
         self.start + self.latency
     }
+
+    /// `+120 ms (1001 ms): timeout: connect`: when it was sent after `t0`,
+    /// how long it took, and what came back.
+    pub fn describe(&self, t0: Instant) -> String {
+        format!(
+            "+{:.0} ms ({:.0} ms): {}",
+            self.start.saturating_duration_since(t0).as_secs_f64() * 1000.0,
+            self.latency.as_secs_f64() * 1000.0,
+            self.detail
+        )
+    }
+}
+
+/// The requests sent from `t0` on that failed, in order.
+pub fn failed_from(samples: &[PacedSample], t0: Instant) -> impl Iterator<Item = &PacedSample> {
+    samples.iter().filter(move |s| s.start >= t0 && !s.ok)
 }
 
 /// A running paced client; stops on [`finish`](Self::finish) or drop.

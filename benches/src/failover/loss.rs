@@ -159,18 +159,9 @@ fn run_loss(
 }
 
 fn first_failures(samples: &[PacedSample], t0: Instant) -> Vec<String> {
-    samples
-        .iter()
-        .filter(|s| s.start >= t0 && !s.ok)
+    dynia_testkit::paced::failed_from(samples, t0)
         .take(3)
-        .map(|s| {
-            format!(
-                "+{:.0} ms ({:.0} ms): {}",
-                (s.start - t0).as_secs_f64() * 1000.0,
-                s.latency.as_secs_f64() * 1000.0,
-                s.detail
-            )
-        })
+        .map(|s| s.describe(t0))
         .collect()
 }
 
